@@ -1,0 +1,45 @@
+"""xchm: canopy height maps from very-high-resolution imagery, native to xarray and Dask.
+
+``import xchm`` is light: torch, timm and other heavy dependencies are imported
+only by the functions that need them.
+
+Examples
+--------
+>>> import xchm
+>>> "test-tiny" in xchm.list_models()
+True
+"""
+
+from xchm._version import __version__
+from xchm.errors import (
+    BandError,
+    DeviceError,
+    InputError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    RandomWeightsWarning,
+    StacSearchError,
+    WeightsError,
+    XCHMError,
+    XCHMWarning,
+)
+from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
+
+__all__ = [
+    "BandError",
+    "BandStats",
+    "DeviceError",
+    "InputError",
+    "MissingDependencyError",
+    "ModelCard",
+    "ModelNotFoundError",
+    "RandomWeightsWarning",
+    "StacSearchError",
+    "WeightsError",
+    "XCHMError",
+    "XCHMWarning",
+    "__version__",
+    "list_models",
+    "load_model",
+    "model_info",
+]

@@ -1,0 +1,62 @@
+"""Exceptions and warnings raised by xchm.
+
+Every error derives from :class:`XCHMError` and also from the builtin exception a
+user would naturally catch (``ValueError``, ``LookupError``, ``OSError``...), so
+``except ValueError`` keeps working for code that does not know about xchm.
+Messages say what was wrong, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "XCHMError",
+    "InputError",
+    "BandError",
+    "ModelNotFoundError",
+    "WeightsError",
+    "MissingDependencyError",
+    "DeviceError",
+    "StacSearchError",
+    "XCHMWarning",
+    "RandomWeightsWarning",
+]
+
+
+class XCHMError(Exception):
+    """Base class of every error raised by xchm."""
+
+
+class InputError(XCHMError, ValueError):
+    """An argument or an input array is not what xchm expects."""
+
+
+class BandError(InputError):
+    """Input bands are missing, ambiguous or cannot be mapped to the model's bands."""
+
+
+class ModelNotFoundError(XCHMError, LookupError):
+    """A model preset name or checkpoint path does not exist."""
+
+
+class WeightsError(XCHMError, OSError):
+    """A weights file or checkpoint is missing, corrupt or does not fit the model."""
+
+
+class MissingDependencyError(XCHMError, ImportError):
+    """An optional dependency is needed; the message names the pip extra to install."""
+
+
+class DeviceError(XCHMError, RuntimeError):
+    """A requested compute device is unavailable or failed."""
+
+
+class StacSearchError(XCHMError, RuntimeError):
+    """A STAC API request failed (the message carries the URL and status)."""
+
+
+class XCHMWarning(UserWarning):
+    """Something the user should act on, but that does not stop the work."""
+
+
+class RandomWeightsWarning(XCHMWarning):
+    """A model meant for pretrained weights was built with random weights."""

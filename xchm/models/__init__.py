@@ -1,0 +1,24 @@
+"""Canopy height models: presets, the model card, loading and saving.
+
+Importing this package does not import torch; the network modules
+(``backbone``, ``decoder``, ``network``, ``weights``, ``checkpoint``) do.
+"""
+
+from xchm.models.api import create_model, list_models, load_model, model_info
+from xchm.models.bands import REFERENCE_BANDS
+from xchm.models.card import REFERENCE_STATISTICS, BandStats, ModelCard
+from xchm.models.presets import PRESETS, DecoderSpec, Preset
+
+__all__ = [
+    "BandStats",
+    "DecoderSpec",
+    "ModelCard",
+    "PRESETS",
+    "Preset",
+    "REFERENCE_BANDS",
+    "REFERENCE_STATISTICS",
+    "create_model",
+    "list_models",
+    "load_model",
+    "model_info",
+]

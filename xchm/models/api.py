@@ -1,0 +1,281 @@
+"""Public entry points: list presets, create or load a canopy height model.
+
+This module imports torch only inside its functions, so ``import xchm`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xchm.errors import BandError, InputError, ModelNotFoundError, RandomWeightsWarning, WeightsError
+from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
+from xchm.models.card import BandStats, ModelCard
+from xchm.models.presets import PRESETS, get_preset
+
+if TYPE_CHECKING:
+    from xchm.models.network import CanopyHeightModel
+
+__all__ = ["list_models", "model_info", "create_model", "load_model"]
+
+#: Initial output bias in metres: the 90th percentile of the reference's labels.
+DEFAULT_OUTPUT_BIAS = 8.42
+
+StatisticsLike = Mapping[str, BandStats | Mapping[str, float] | Sequence[float]] | Sequence[BandStats]
+
+
+def list_models() -> list[str]:
+    """Return the names of the model presets.
+
+    Examples
+    --------
+    >>> "dinov3-vitl16-sat" in list_models()
+    True
+    """
+    return sorted(PRESETS)
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Describe a preset, counting its parameters without allocating them (meta device).
+
+    Examples
+    --------
+    >>> info = model_info("test-tiny")
+    >>> info["bands"], info["backbone_parameters"] > 0
+    (('nir', 'red', 'green'), True)
+    """
+    import torch
+
+    preset = get_preset(name)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        model = create_model(name)
+    return {
+        "name": name,
+        "backbone": preset.timm_name + (f".{preset.pretrained_tag}" if preset.pretrained_tag else ""),
+        "backbone_parameters": model.num_parameters("backbone"),
+        "decoder_parameters": model.num_parameters("decoder"),
+        "bands": model.card.bands,
+        "window": model.card.window,
+        "summary": preset.summary,
+        "notes": preset.notes,
+    }
+
+
+def _statistics(bands: tuple[str, ...], statistics: StatisticsLike | None) -> tuple[BandStats, ...] | None:
+    if statistics is None:
+        return None
+
+    def as_stats(value: Any) -> BandStats:
+        if isinstance(value, BandStats):
+            return value
+        if isinstance(value, Mapping):
+            return BandStats(**value)
+        clip_max, mean, std = value
+        return BandStats(clip_max=clip_max, mean=mean, std=std)
+
+    if isinstance(statistics, Mapping):
+        given = {normalize_bands([k])[0]: v for k, v in statistics.items()}
+        missing = [b for b in bands if b not in given]
+        extra = sorted(set(given) - set(bands))
+        if missing or extra:
+            raise BandError(
+                f"statistics must cover exactly the bands {bands}: missing {missing}, "
+                f"not a band {extra}"
+            )
+        return tuple(as_stats(given[b]) for b in bands)
+    stats = tuple(as_stats(v) for v in statistics)
+    if len(stats) != len(bands):
+        raise BandError(f"got {len(stats)} statistics for {len(bands)} bands {bands}")
+    return stats
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    import torch
+
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"weights": path.name}
+    if path.is_file() and path.stat().st_size < (4 << 30):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        info["weights_sha256"] = digest.hexdigest()
+    return info
+
+
+def create_model(
+    preset: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    bands: Sequence[str] | None = None,
+    band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
+    statistics: StatisticsLike | None = None,
+    multilevel: bool = False,
+    window: int = 64,
+    pixel_size: float = 2.0,
+    output_bias: float = DEFAULT_OUTPUT_BIAS,
+    seed: int | None = None,
+) -> CanopyHeightModel:
+    """Build a new (untrained decoder) model from a preset; see :func:`load_model`."""
+    from xchm.models.backbone import adapt_patch_embed, build_backbone
+    from xchm.models.decoder import CHMDecoder
+    from xchm.models.network import CanopyHeightModel
+    from xchm.models.weights import load_backbone_weights
+
+    spec = get_preset(preset)
+    band_names = normalize_bands(bands) if bands is not None else REFERENCE_BANDS
+    provenance: dict[str, Any] = {}
+    if weights is not None:
+        provenance.update(_file_identity(Path(weights).expanduser()))
+    card = ModelCard(
+        preset=preset,
+        bands=band_names,
+        statistics=_statistics(band_names, statistics),
+        band_map=resolve_band_map(band_names, band_map),
+        feature_indices=spec.multilevel_indices if multilevel else (),
+        window=window,
+        pixel_size=pixel_size,
+        provenance=provenance,
+    )
+    with _seeded(spec.seed if seed is None else seed):
+        backbone = build_backbone(spec, card.window)
+        if weights is not None:
+            layout = load_backbone_weights(backbone, weights)
+            card = card.replace(provenance={**provenance, "weights_layout": layout})
+        elif spec.seed is None:
+            warnings.warn(
+                f"{preset!r} was built with a random backbone; pass weights=PATH to Meta's "
+                f"DINOv3 file ({spec.notes})",
+                RandomWeightsWarning,
+                stacklevel=3,
+            )
+        adapt_patch_embed(backbone, card.band_map)
+        levels = max(len(card.feature_indices), 1)
+        decoder = CHMDecoder(spec.embed_dim, levels, spec.decoder, output_bias=output_bias)
+    return CanopyHeightModel(backbone, decoder, card, spec.decoder).eval()
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    bands: Sequence[str] | None = None,
+    band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
+    statistics: StatisticsLike | None = None,
+    multilevel: bool = False,
+    window: int = 64,
+    pixel_size: float = 2.0,
+    output_bias: float = DEFAULT_OUTPUT_BIAS,
+    seed: int | None = None,
+) -> CanopyHeightModel:
+    """Create a model from a preset, or load a saved xchm checkpoint.
+
+    Parameters
+    ----------
+    name_or_path
+        A preset name (``xchm.list_models()``) or a checkpoint directory written by
+        ``model.save(dir)``.
+    weights
+        Pretrained backbone weights for a preset: Meta's official DINOv3 ``.pth``,
+        a Hugging Face ``facebook/dinov3-*`` snapshot folder, or a timm checkpoint.
+        Read offline and without unpickling objects. Without it the backbone is
+        random (a :class:`~xchm.errors.RandomWeightsWarning` says so, except for
+        ``test-tiny``, which is random by design).
+    bands
+        Input band names in order (default ``("nir", "red", "green")``).
+    band_map
+        Which pretrained RGB filter each band's patch-embedding channel copies:
+        default nir<-red, red<-red, green<-green, blue<-blue; a mapping such as
+        ``{"nir": "green"}``; one filter index per band; or ``"reference"`` for the
+        reference project's quirk (``(2, 2, 1)`` for nir/red/green).
+    statistics
+        Normalisation statistics per band (``{band: BandStats(...)}``); default the
+        reference's when every band has one, otherwise none (predicting then needs them).
+    multilevel
+        Feed the decoder four backbone depths (e.g. blocks 5, 11, 17, 23 of ViT-L)
+        instead of the last block only (the reference).
+    window
+        Window size in pixels (multiple of 16; 64 by default).
+    pixel_size
+        Ground sampling distance in metres the model is meant for.
+    output_bias
+        Initial output bias in metres (a high percentile of the training labels).
+    seed
+        Seed for the random parts (default: the preset's seed, if any).
+
+    Returns
+    -------
+    CanopyHeightModel
+        A ``torch.nn.Module`` in eval mode with ``.card`` and ``.save(dir)``;
+        ``model(x)`` maps normalised (B, bands, W, W) float input to (B, 1, W, W) metres.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Unknown preset or missing checkpoint directory.
+    WeightsError
+        Unreadable, corrupt or mismatched weights or checkpoint.
+    BandError
+        Bands, band map or statistics that do not fit together.
+
+    Examples
+    --------
+    >>> import torch, xchm
+    >>> model = xchm.load_model("test-tiny")
+    >>> model(torch.zeros(2, 3, 64, 64)).shape
+    torch.Size([2, 1, 64, 64])
+    """
+    options = {"weights": weights, "bands": bands, "band_map": band_map, "statistics": statistics}
+    if isinstance(name_or_path, str) and name_or_path in PRESETS:
+        return create_model(
+            name_or_path,
+            weights=weights,
+            bands=bands,
+            band_map=band_map,
+            statistics=statistics,
+            multilevel=multilevel,
+            window=window,
+            pixel_size=pixel_size,
+            output_bias=output_bias,
+            seed=seed,
+        )
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        from xchm.models.checkpoint import load_checkpoint
+
+        model = load_checkpoint(path)
+        given = [k for k, v in options.items() if v is not None]
+        if bands is not None and normalize_bands(bands) == model.card.bands:
+            given.remove("bands")
+        if given:
+            raise InputError(
+                f"{given} cannot change a trained checkpoint (bands {model.card.bands}); "
+                "reorder or rename your input bands instead, or start from a preset"
+            )
+        return model
+    if path.is_file():
+        raise WeightsError(
+            f"{str(path)!r} is a file; xchm checkpoints are directories. For backbone weights "
+            f"use xchm.load_model('dinov3-vitl16-sat', weights={str(path)!r})"
+        )
+    if isinstance(name_or_path, str) and os.sep not in name_or_path and not path.suffix:
+        get_preset(name_or_path)  # raises with close matches
+    raise ModelNotFoundError(
+        f"{str(path)!r} is neither a model preset {list_models()} nor an existing checkpoint "
+        "directory"
+    )

@@ -1,0 +1,102 @@
+"""The DINOv3 backbone: timm's ViT, sized to the window, with band-adapted input.
+
+timm provides the exact DINOv3 architecture (``Eva`` with DINOv3 RoPE, register
+tokens, layer scale). This module only sizes it to the model's window (a fixed
+patch grid, so the RoPE table is cached), rebuilds the patch embedding for the
+model's bands and handles the RoPE periods, which timm keeps as a non-persistent
+buffer but Meta's releases store (bf16-rounded) with the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+from torch import nn
+
+from xchm.models.presets import Preset
+
+__all__ = [
+    "build_backbone",
+    "adapt_patch_embed",
+    "get_rope_periods",
+    "set_rope_periods",
+    "backbone_features",
+]
+
+
+def build_backbone(preset: Preset, window: int) -> nn.Module:
+    """Create the preset's timm ViT for ``window`` x ``window`` RGB input (random weights).
+
+    The patch embedding has 3 input channels (the pretrained RGB layout); call
+    :func:`adapt_patch_embed` after loading pretrained weights.
+    """
+    return timm.create_model(
+        preset.timm_name,
+        pretrained=False,
+        num_classes=0,
+        img_size=window,
+        dynamic_img_size=False,
+        in_chans=3,
+        **preset.timm_kwargs,
+    )
+
+
+def adapt_patch_embed(backbone: nn.Module, band_map: Sequence[int]) -> None:
+    """Replace the RGB patch embedding with one channel per band, in place.
+
+    Input channel ``i`` gets a copy of the pretrained filter ``band_map[i]``
+    (0 red, 1 green, 2 blue); the bias is kept. Filters are copied, not rescaled,
+    as in the reference.
+    """
+    old = backbone.patch_embed.proj
+    if old.in_channels != 3:
+        raise ValueError(f"expected an RGB patch embedding, found {old.in_channels} channels")
+    new = nn.Conv2d(
+        len(band_map),
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(old.weight[:, list(band_map)])
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    backbone.patch_embed.proj = new
+
+
+def get_rope_periods(backbone: nn.Module) -> torch.Tensor:
+    """Return the backbone's RoPE periods (float32)."""
+    return backbone.rope.periods
+
+
+def set_rope_periods(backbone: nn.Module, periods: torch.Tensor) -> None:
+    """Set the RoPE periods and rebuild the cached position table.
+
+    Meta's files store the periods rounded to bf16; timm recomputes them in fp32
+    (about 1e-3 different features), so loaders copy the stored values here.
+    """
+    rope = backbone.rope
+    if tuple(periods.shape) != tuple(rope.periods.shape):
+        raise ValueError(
+            f"RoPE periods of shape {tuple(periods.shape)} do not fit the backbone's "
+            f"{tuple(rope.periods.shape)}"
+        )
+    with torch.no_grad():
+        rope.periods.copy_(periods.to(rope.periods.dtype))
+    # timm offers no public call to rebuild the cache from the current periods.
+    rope._cache_embed(list(rope.feat_shape))
+
+
+def backbone_features(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+    """Patch-token maps (B, C, H/16, W/16) of the given blocks, final norm applied.
+
+    With the last block's index this equals Meta's ``x_norm_patchtokens``.
+    """
+    return backbone.forward_intermediates(
+        x, indices=list(indices), norm=True, intermediates_only=True, stop_early=True
+    )

@@ -1,0 +1,144 @@
+"""xchm checkpoints: a directory with ``model.safetensors`` and ``card.json``.
+
+``card.json`` holds the model card, the decoder's widths and the SHA-256 of the
+weights file, so a card and weights from different runs are never mixed silently.
+Files are written to a temporary name and renamed, so an interrupted save leaves
+the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+from xchm.errors import ModelNotFoundError, WeightsError
+from xchm.models.backbone import adapt_patch_embed, build_backbone, set_rope_periods
+from xchm.models.card import ModelCard
+from xchm.models.decoder import CHMDecoder
+from xchm.models.network import CanopyHeightModel
+from xchm.models.presets import DecoderSpec, get_preset
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CARD_FILE", "WEIGHTS_FILE"]
+
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.safetensors"
+_FORMAT = "xchm-checkpoint"
+_FORMAT_VERSION = 1
+# Non-persistent in timm, but Meta's values differ from timm's recomputation.
+_PERIODS_KEY = "backbone.rope.periods"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
+    """Save ``model`` to ``directory`` (created if needed); return the directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise WeightsError(f"cannot save a checkpoint to {str(directory)!r}: it is a file")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors[_PERIODS_KEY] = model.backbone.rope.periods.detach().cpu().contiguous()
+    weights = directory / WEIGHTS_FILE
+    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": _FORMAT}))
+    meta = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "card": model.card.to_dict(),
+        "decoder": model.decoder_spec.to_dict(),
+        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
+    }
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    _write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
+    return directory
+
+
+def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
+    """Read and validate ``card.json``; return the card and the whole JSON object."""
+    directory = Path(directory).expanduser()
+    card_path = directory / CARD_FILE
+    if not directory.is_dir():
+        raise ModelNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+    if not card_path.is_file():
+        raise WeightsError(
+            f"{str(directory)!r} is not an xchm checkpoint: {CARD_FILE} is missing. If it holds "
+            "backbone weights (Meta, Hugging Face, timm), pass it as weights= with a preset name"
+        )
+    try:
+        meta = json.loads(card_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{str(card_path)!r} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise WeightsError(f"{str(card_path)!r} is not an xchm card (format != {_FORMAT!r})")
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise WeightsError(
+            f"{str(card_path)!r} has format version {meta.get('format_version')!r}; this xchm "
+            f"reads version {_FORMAT_VERSION}: upgrade xchm"
+        )
+    return ModelCard.from_dict(meta.get("card")), meta
+
+
+def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
+    """Load a model saved by :func:`save_checkpoint` (outputs are bit-identical)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    card, meta = read_card(directory)
+    try:
+        preset = get_preset(card.preset)
+        spec = DecoderSpec.from_dict(meta["decoder"])
+        expected_sha = meta["weights"]["sha256"]
+    except (ModelNotFoundError, KeyError, TypeError, ValueError) as err:
+        raise WeightsError(f"invalid {CARD_FILE} in {str(directory)!r}: {err}") from err
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise WeightsError(f"{str(directory)!r} has a card but no {WEIGHTS_FILE}")
+    if _sha256(weights) != expected_sha:
+        raise WeightsError(
+            f"{WEIGHTS_FILE} in {str(directory)!r} does not match its {CARD_FILE} (SHA-256 "
+            "differs): the file is corrupt or comes from another checkpoint"
+        )
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"cannot read {str(weights)!r}: {err}") from err
+    periods = tensors.pop(_PERIODS_KEY, None)
+
+    backbone = build_backbone(preset, card.window)
+    adapt_patch_embed(backbone, card.band_map)
+    levels = max(len(card.feature_indices), 1)
+    decoder = CHMDecoder(preset.embed_dim, levels, spec, output_bias=0.0)
+    model = CanopyHeightModel(backbone, decoder, card, spec)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(
+            f"{WEIGHTS_FILE} in {str(directory)!r} does not fit the architecture its card "
+            f"describes: {str(err)[:400]}"
+        ) from err
+    if periods is not None:
+        set_rope_periods(backbone, periods)
+    return model.eval()
+
+

@@ -1,0 +1,126 @@
+"""The canopy height model: a DINOv3 backbone, a CHM decoder and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xchm.errors import InputError
+from xchm.models.backbone import backbone_features
+from xchm.models.card import ModelCard
+from xchm.models.decoder import CHMDecoder
+from xchm.models.presets import DecoderSpec
+
+__all__ = ["CanopyHeightModel"]
+
+
+class CanopyHeightModel(nn.Module):
+    """Backbone + decoder mapping normalised (B, bands, W, W) chips to (B, 1, W, W) metres.
+
+    Build it with :func:`xchm.load_model`; the constructor wires already-built parts.
+    The backbone is frozen by default (no gradients, kept in eval mode even when
+    the model is put in train mode), as in the reference.
+
+    Parameters
+    ----------
+    backbone
+        A timm DINOv3 ViT whose patch embedding takes ``card.num_bands`` channels.
+    decoder
+        The CHM decoder.
+    card
+        The model card (bands, statistics, window...).
+    decoder_spec
+        The decoder's widths (saved with checkpoints).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, decoder: CHMDecoder, card: ModelCard, decoder_spec: DecoderSpec
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.card = card
+        self.decoder_spec = decoder_spec
+        self.feature_indices = card.feature_indices or (len(backbone.blocks) - 1,)
+        self.validate_inputs = True
+        self.freeze_backbone(True)
+
+    # -- training state ------------------------------------------------------------
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether the backbone is frozen (no gradients, always in eval mode)."""
+        return self._backbone_frozen
+
+    def freeze_backbone(self, frozen: bool = True) -> CanopyHeightModel:
+        """Freeze (default) or unfreeze every backbone parameter; returns ``self``."""
+        self._backbone_frozen = bool(frozen)
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> CanopyHeightModel:
+        """Set train/eval mode; a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if getattr(self, "_backbone_frozen", False):
+            self.backbone.eval()
+        return self
+
+    # -- forward -------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputError` unless ``x`` is a finite (B, bands, W, W) float batch."""
+        card = self.card
+        expected = f"(batch, {card.num_bands}, {card.window}, {card.window})"
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"expected a torch.Tensor of shape {expected}, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise InputError(f"expected a 4-D batch {expected}, got shape {tuple(x.shape)}")
+        if x.shape[1] != card.num_bands:
+            raise InputError(
+                f"the model expects {card.num_bands} bands {card.bands}, got {x.shape[1]} "
+                f"channels (shape {tuple(x.shape)})"
+            )
+        if x.shape[2:] != (card.window, card.window):
+            raise InputError(
+                f"the model expects {card.window}x{card.window} windows, got "
+                f"{x.shape[2]}x{x.shape[3]}; cut the input into windows of the card's size"
+            )
+        if not x.is_floating_point():
+            raise InputError(f"expected normalised float input, got dtype {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(
+                "the input contains NaN or infinite values; mask nodata before the model "
+                "(xchm's predict does this) instead of feeding it"
+            )
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone feature maps (B, C, W/16, W/16) of the configured blocks, final norm applied.
+
+        The last map is the final block's patch tokens after the final norm (Meta's
+        ``x_norm_patchtokens``).
+        """
+        if self.validate_inputs:
+            self.check_input(x)
+        return backbone_features(self.backbone, x, self.feature_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict canopy height (B, 1, W, W) in metres (>= 0) from normalised input."""
+        return self.decoder(self.features(x))
+
+    # -- persistence and description -----------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``card.json`` to ``directory``; see ``xchm.load_model``."""
+        from xchm.models.checkpoint import save_checkpoint
+
+        return save_checkpoint(self, directory)
+
+    def num_parameters(self, part: str = "all") -> int:
+        """Count parameters of ``"backbone"``, ``"decoder"`` or ``"all"``."""
+        module = {"all": self, "backbone": self.backbone, "decoder": self.decoder}[part]
+        return sum(p.numel() for p in module.parameters())
+
+    def extra_repr(self) -> str:
+        c = self.card
+        return f"preset={c.preset!r}, bands={c.bands}, window={c.window}, blocks={self.feature_indices}"

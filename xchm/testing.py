@@ -1,0 +1,111 @@
+"""Public builders for tests, examples and demos: synthetic weights files.
+
+Real DINOv3 weights are gated and large; these helpers write small random
+backbones in the on-disk layouts xchm reads, so loaders can be exercised (and
+demonstrated) offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["export_meta_state_dict", "random_backbone", "write_meta_weights"]
+
+
+def random_backbone(preset: str = "test-tiny", *, seed: int = 0, window: int = 64) -> nn.Module:
+    """A preset's RGB backbone with random weights (as a pretrained file would hold).
+
+    Layer-scale and norm parameters are randomised too, so loaders that drop or
+    mix up any tensor produce different features.
+    """
+    import torch
+
+    from xchm.models.backbone import build_backbone
+    from xchm.models.presets import get_preset
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = build_backbone(get_preset(preset), window)
+        with torch.no_grad():
+            for name, p in backbone.named_parameters():
+                if name.endswith(("gamma_1", "gamma_2", "norm1.weight", "norm2.weight", "norm.weight")):
+                    p.uniform_(0.5, 1.5)
+                elif name.endswith(("bias", "q_bias", "v_bias")):
+                    p.normal_(0.0, 0.1)
+    return backbone
+
+
+def export_meta_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Write a timm DINOv3 backbone's tensors in Meta's original key layout.
+
+    Meta's layout: ``cls_token``, ``storage_tokens``, ``mask_token``,
+    ``patch_embed.proj.*``, ``rope_embed.periods`` (bf16-rounded),
+    ``blocks.N.attn.qkv.{weight,bias,bias_mask}`` (one fused bias whose key part is
+    masked out), ``blocks.N.ls{1,2}.gamma``, ``blocks.N.mlp.{fc1,fc2}`` (or
+    ``w1/w2/w3`` for SwiGLU), ``norm.*``. The key bias written here is random:
+    Meta's model multiplies it by a zero mask, so loaders must drop it.
+    """
+    import torch
+
+    sd = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    out: dict[str, torch.Tensor] = {
+        "cls_token": sd.pop("cls_token"),
+        "storage_tokens": sd.pop("reg_token"),
+        "mask_token": torch.zeros(1, sd["norm.weight"].shape[0]),
+        "rope_embed.periods": backbone.rope.periods.detach().to(torch.bfloat16),
+    }
+    for key in [k for k in sd if k.startswith("rope.") or k.endswith(".k_bias")]:
+        sd.pop(key)
+    renames = {
+        "gamma_1": "ls1.gamma",
+        "gamma_2": "ls2.gamma",
+        "mlp.fc1_g": "mlp.w1",
+        "mlp.fc1_x": "mlp.w2",
+    }
+    for key in [k for k in sd if k.endswith(".attn.q_bias")]:
+        prefix = key[: -len("q_bias")]
+        q, v = sd.pop(key), sd.pop(prefix + "v_bias")
+        k_random = torch.randn_like(q)
+        out[prefix + "qkv.bias"] = torch.cat([q, k_random, v])
+        out[prefix + "qkv.bias_mask"] = torch.cat(
+            [torch.ones_like(q), torch.zeros_like(q), torch.ones_like(v)]
+        )
+    swiglu = any(".mlp.fc1_g." in k for k in sd)
+    for key, value in sd.items():
+        new = key
+        for old, meta in renames.items():
+            new = new.replace(old, meta)
+        if swiglu:
+            new = new.replace("mlp.fc2", "mlp.w3")
+        out[new] = value
+    return out
+
+
+def write_meta_weights(
+    path: str | os.PathLike[str], preset: str = "test-tiny", *, seed: int = 0
+) -> nn.Module:
+    """Write a random backbone of ``preset`` as a Meta-layout ``.pth`` file.
+
+    Returns the backbone whose tensors were written (to compare against).
+
+    Examples
+    --------
+    >>> import tempfile, xchm
+    >>> from xchm.testing import write_meta_weights
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = write_meta_weights(f"{tmp}/meta.pth")
+    ...     model = xchm.load_model("test-tiny", weights=f"{tmp}/meta.pth")
+    >>> model.card.provenance["weights_layout"]
+    'meta'
+    """
+    import torch
+
+    backbone = random_backbone(preset, seed=seed)
+    torch.save(export_meta_state_dict(backbone), Path(path))
+    return backbone
