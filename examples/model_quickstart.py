@@ -41,18 +41,30 @@ def main() -> None:
         scaled = np.clip(raw, 0, clip[:, None]) / clip[:, None]
         stats = {
             band: xchm.BandStats(clip_max=float(c), mean=float(m), std=float(s))
-            for band, c, m, s in zip(("red", "green", "blue"), clip, np.nanmean(scaled, 1), np.nanstd(scaled, 1))
+            for band, c, m, s in zip(
+                ("red", "green", "blue"),
+                clip,
+                np.nanmean(scaled, 1),
+                np.nanstd(scaled, 1),
+                strict=True,
+            )
         }
         model = xchm.load_model(
-            "test-tiny", weights=weights, bands=("red", "green", "blue"), statistics=stats,
+            "test-tiny",
+            weights=weights,
+            bands=("red", "green", "blue"),
+            statistics=stats,
             pixel_size=0.625,
         )
-        print(f"model: {model.card.preset}, bands {model.card.bands}, band map {model.card.band_map}")
+        print(
+            f"model: {model.card.preset}, bands {model.card.bands}, band map {model.card.band_map}"
+        )
 
         x = torch.from_numpy(model.card.normalize(pixels))[None]
         with torch.inference_mode():
             height = model(x)[0, 0]
-        print(f"predicted height: mean {height.mean():.2f} m, range {height.min():.2f}-{height.max():.2f} m")
+        low, high = height.min().item(), height.max().item()
+        print(f"predicted height: mean {height.mean():.2f} m, range {low:.2f}-{high:.2f} m")
 
         # 4. Save and reload: bit-identical predictions.
         model.save(Path(tmp) / "my-model")

@@ -25,7 +25,9 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(infos, indent=2, default=list))
         return 0
-    header = f"{'preset':<20} {'backbone params':>16} {'decoder params':>15}  bands           backbone"
+    header = (
+        f"{'preset':<20} {'backbone params':>16} {'decoder params':>15}  bands           backbone"
+    )
     print(header)
     print("-" * len(header))
     for info in infos:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -17,9 +17,12 @@ if TYPE_CHECKING:
 
 __all__ = ["export_meta_state_dict", "random_backbone", "write_meta_weights"]
 
+# Parameters a fresh timm model initialises to constants; randomised so loaders are tested.
+_SCALES = ("gamma_1", "gamma_2", "norm1.weight", "norm2.weight", "norm.weight")
 
-def random_backbone(preset: str = "test-tiny", *, seed: int = 0, window: int = 64) -> nn.Module:
-    """A preset's RGB backbone with random weights (as a pretrained file would hold).
+
+def random_backbone(preset: str = "test-tiny", *, seed: int = 0, window: int = 64) -> Any:
+    """Build a preset's RGB backbone with random weights (as a pretrained file would hold).
 
     Layer-scale and norm parameters are randomised too, so loaders that drop or
     mix up any tensor produce different features.
@@ -34,14 +37,14 @@ def random_backbone(preset: str = "test-tiny", *, seed: int = 0, window: int = 6
         backbone = build_backbone(get_preset(preset), window)
         with torch.no_grad():
             for name, p in backbone.named_parameters():
-                if name.endswith(("gamma_1", "gamma_2", "norm1.weight", "norm2.weight", "norm.weight")):
+                if name.endswith(_SCALES):
                     p.uniform_(0.5, 1.5)
                 elif name.endswith(("bias", "q_bias", "v_bias")):
                     p.normal_(0.0, 0.1)
     return backbone
 
 
-def export_meta_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+def export_meta_state_dict(backbone: Any) -> dict[str, torch.Tensor]:
     """Write a timm DINOv3 backbone's tensors in Meta's original key layout.
 
     Meta's layout: ``cls_token``, ``storage_tokens``, ``mask_token``,

@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xchm.errors import BandError, InputError, ModelNotFoundError, RandomWeightsWarning, WeightsError
+from xchm.errors import (
+    BandError,
+    InputError,
+    ModelNotFoundError,
+    RandomWeightsWarning,
+    WeightsError,
+)
 from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
 from xchm.models.card import BandStats, ModelCard
 from xchm.models.presets import PRESETS, get_preset
@@ -26,7 +32,9 @@ __all__ = ["list_models", "model_info", "create_model", "load_model"]
 #: Initial output bias in metres: the 90th percentile of the reference's labels.
 DEFAULT_OUTPUT_BIAS = 8.42
 
-StatisticsLike = Mapping[str, BandStats | Mapping[str, float] | Sequence[float]] | Sequence[BandStats]
+StatisticsLike = (
+    Mapping[str, BandStats | Mapping[str, float] | Sequence[float]] | Sequence[BandStats]
+)
 
 
 def list_models() -> list[str]:
@@ -57,7 +65,8 @@ def model_info(name: str) -> dict[str, Any]:
         model = create_model(name)
     return {
         "name": name,
-        "backbone": preset.timm_name + (f".{preset.pretrained_tag}" if preset.pretrained_tag else ""),
+        "backbone": preset.timm_name
+        + (f".{preset.pretrained_tag}" if preset.pretrained_tag else ""),
         "backbone_parameters": model.num_parameters("backbone"),
         "decoder_parameters": model.num_parameters("decoder"),
         "bands": model.card.bands,
@@ -67,7 +76,9 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
-def _statistics(bands: tuple[str, ...], statistics: StatisticsLike | None) -> tuple[BandStats, ...] | None:
+def _statistics(
+    bands: tuple[str, ...], statistics: StatisticsLike | None
+) -> tuple[BandStats, ...] | None:
     if statistics is None:
         return None
 

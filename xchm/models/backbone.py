@@ -10,6 +10,7 @@ buffer but Meta's releases store (bf16-rounded) with the weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import timm
 import torch
@@ -17,7 +18,11 @@ from torch import nn
 
 from xchm.models.presets import Preset
 
+#: timm's ``Eva``; its submodules (patch_embed, rope, blocks) are dynamic to type checkers.
+Backbone: TypeAlias = Any
+
 __all__ = [
+    "Backbone",
     "build_backbone",
     "adapt_patch_embed",
     "get_rope_periods",
@@ -26,7 +31,7 @@ __all__ = [
 ]
 
 
-def build_backbone(preset: Preset, window: int) -> nn.Module:
+def build_backbone(preset: Preset, window: int) -> Backbone:
     """Create the preset's timm ViT for ``window`` x ``window`` RGB input (random weights).
 
     The patch embedding has 3 input channels (the pretrained RGB layout); call
@@ -43,7 +48,7 @@ def build_backbone(preset: Preset, window: int) -> nn.Module:
     )
 
 
-def adapt_patch_embed(backbone: nn.Module, band_map: Sequence[int]) -> None:
+def adapt_patch_embed(backbone: Backbone, band_map: Sequence[int]) -> None:
     """Replace the RGB patch embedding with one channel per band, in place.
 
     Input channel ``i`` gets a copy of the pretrained filter ``band_map[i]``
@@ -64,17 +69,17 @@ def adapt_patch_embed(backbone: nn.Module, band_map: Sequence[int]) -> None:
     )
     with torch.no_grad():
         new.weight.copy_(old.weight[:, list(band_map)])
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:
             new.bias.copy_(old.bias)
     backbone.patch_embed.proj = new
 
 
-def get_rope_periods(backbone: nn.Module) -> torch.Tensor:
+def get_rope_periods(backbone: Backbone) -> torch.Tensor:
     """Return the backbone's RoPE periods (float32)."""
     return backbone.rope.periods
 
 
-def set_rope_periods(backbone: nn.Module, periods: torch.Tensor) -> None:
+def set_rope_periods(backbone: Backbone, periods: torch.Tensor) -> None:
     """Set the RoPE periods and rebuild the cached position table.
 
     Meta's files store the periods rounded to bf16; timm recomputes them in fp32
@@ -92,7 +97,9 @@ def set_rope_periods(backbone: nn.Module, periods: torch.Tensor) -> None:
     rope._cache_embed(list(rope.feat_shape))
 
 
-def backbone_features(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+def backbone_features(
+    backbone: Backbone, x: torch.Tensor, indices: Sequence[int]
+) -> list[torch.Tensor]:
     """Patch-token maps (B, C, H/16, W/16) of the given blocks, final norm applied.
 
     With the last block's index this equals Meta's ``x_norm_patchtokens``.

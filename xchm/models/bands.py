@@ -182,7 +182,9 @@ def resolve_band_map(
 
     overrides = {normalize_band_name(k): v for k, v in (band_map or {}).items()}
     unknown = sorted(set(overrides) - set(bands))
-    problems = [f"band_map names {unknown}, which are not among the bands {bands}"] if unknown else []
+    problems = (
+        [f"band_map names {unknown}, which are not among the bands {bands}"] if unknown else []
+    )
     result = []
     for band in bands:
         if band in overrides:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -134,7 +134,9 @@ class ModelCard:
                 "use 64 (the default), 32, 128, ..."
             )
         if not (isinstance(self.pixel_size, int | float) and self.pixel_size > 0):
-            raise InputError(f"pixel_size must be a positive number of metres, got {self.pixel_size!r}")
+            raise InputError(
+                f"pixel_size must be a positive number of metres, got {self.pixel_size!r}"
+            )
         set_(self, "pixel_size", float(self.pixel_size))
         band_map = self.band_map if self.band_map else None
         set_(self, "band_map", resolve_band_map(bands, band_map))
@@ -206,7 +208,9 @@ class ModelCard:
         out["bands"] = list(self.bands)
         out["band_map"] = list(self.band_map)
         out["feature_indices"] = list(self.feature_indices)
-        out["statistics"] = None if self.statistics is None else [asdict(s) for s in self.statistics]
+        out["statistics"] = (
+            None if self.statistics is None else [asdict(s) for s in self.statistics]
+        )
         return out
 
     @classmethod

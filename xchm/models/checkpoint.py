@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 from xchm.errors import ModelNotFoundError, WeightsError
 from xchm.models.backbone import adapt_patch_embed, build_backbone, set_rope_periods
 from xchm.models.card import ModelCard
@@ -95,7 +94,7 @@ def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
             f"{str(card_path)!r} has format version {meta.get('format_version')!r}; this xchm "
             f"reads version {_FORMAT_VERSION}: upgrade xchm"
         )
-    return ModelCard.from_dict(meta.get("card")), meta
+    return ModelCard.from_dict(meta.get("card", {})), meta
 
 
 def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
@@ -140,5 +139,3 @@ def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
     if periods is not None:
         set_rope_periods(backbone, periods)
     return model.eval()
-
-

@@ -100,7 +100,9 @@ class CHMDecoder(nn.Module):
         percentile of its labels).
     """
 
-    def __init__(self, in_channels: int, num_levels: int, spec: DecoderSpec, output_bias: float) -> None:
+    def __init__(
+        self, in_channels: int, num_levels: int, spec: DecoderSpec, output_bias: float
+    ) -> None:
         super().__init__()
         if len(spec.widths) != 4:
             raise ValueError(f"the decoder has four x2 stages (16x upsampling), got {spec.widths}")
@@ -140,7 +142,8 @@ class CHMDecoder(nn.Module):
         """Re-initialise the output conv: weights ~ N(0, 0.02), bias = ``bias`` metres."""
         with torch.no_grad():
             nn.init.normal_(self.output.weight, mean=0.0, std=0.02)
-            self.output.bias.fill_(float(bias))
+            assert self.output.bias is not None  # built with bias=True
+            nn.init.constant_(self.output.bias, float(bias))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fuse the feature maps and decode them to heights (metres, >= 0)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +37,10 @@ class CanopyHeightModel(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, decoder: CHMDecoder, card: ModelCard, decoder_spec: DecoderSpec
+        self, backbone: Any, decoder: CHMDecoder, card: ModelCard, decoder_spec: DecoderSpec
     ) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Any = backbone  # timm Eva (dynamic submodules)
         self.decoder = decoder
         self.card = card
         self.decoder_spec = decoder_spec
@@ -111,7 +112,7 @@ class CanopyHeightModel(nn.Module):
 
     # -- persistence and description -----------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``card.json`` to ``directory``; see ``xchm.load_model``."""
+        """Write ``model.safetensors`` and ``card.json`` to ``directory`` (see ``load_model``)."""
         from xchm.models.checkpoint import save_checkpoint
 
         return save_checkpoint(self, directory)
@@ -122,5 +123,9 @@ class CanopyHeightModel(nn.Module):
         return sum(p.numel() for p in module.parameters())
 
     def extra_repr(self) -> str:
+        """Summarise the card in the module's repr."""
         c = self.card
-        return f"preset={c.preset!r}, bands={c.bands}, window={c.window}, blocks={self.feature_indices}"
+        return (
+            f"preset={c.preset!r}, bands={c.bands}, window={c.window}, "
+            f"blocks={self.feature_indices}"
+        )

@@ -44,7 +44,7 @@ class DecoderSpec:
         """Inverse of :meth:`to_dict`."""
         return cls(
             widths=tuple(data["widths"]),
-            head_widths=tuple(data["head_widths"]),  # type: ignore[arg-type]
+            head_widths=tuple(data["head_widths"]),
             attention_stages=tuple(data["attention_stages"]),
             dropout=float(data["dropout"]),
             se_reduction=int(data["se_reduction"]),

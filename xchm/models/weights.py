@@ -10,16 +10,17 @@ key mapping lives here.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from xchm.errors import WeightsError
-from xchm.models.backbone import set_rope_periods
+from xchm.models.backbone import Backbone, set_rope_periods
 
 __all__ = ["read_tensors", "detect_layout", "load_backbone_weights", "hf_to_timm"]
 
@@ -46,7 +47,10 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Legacy (non-zip) pickles warn before the safe unpickler rejects or reads them.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise WeightsError(
             f"cannot read {str(path)!r} as a weights file ({type(err).__name__}: "
@@ -135,7 +139,9 @@ def hf_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         else:
             raise WeightsError(f"unexpected key {key!r} in a Hugging Face DINOv3 state dict")
     for idx, parts in qkv.items():
-        out[f"blocks.{idx}.attn.qkv.weight"] = torch.cat([parts["qweight"], parts["kweight"], parts["vweight"]])
+        out[f"blocks.{idx}.attn.qkv.weight"] = torch.cat(
+            [parts["qweight"], parts["kweight"], parts["vweight"]]
+        )
         if "kbias" in parts and torch.any(parts["kbias"] != 0):
             raise WeightsError(
                 f"layer {idx} has a non-zero key bias; DINOv3 keeps the key bias at zero"
@@ -178,7 +184,7 @@ def _describe(state_dict: Mapping[str, torch.Tensor]) -> str:
     return f"a {width}-wide, {len(blocks)}-block ViT"
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> str:
+def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> str:
     """Load pretrained weights into an RGB backbone from ``path``; return the layout found.
 
     Parameters
