@@ -169,3 +169,15 @@ def test_load__options_cannot_change_a_checkpoint(saved):
 def test_load__unknown_name_is_not_found():
     with pytest.raises(ModelNotFoundError):
         xchm.load_model("some/where/model")
+
+
+def test_save__files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    xchm.load_model("test-tiny").save(tmp_path / "ckpt")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "card.json"):
+        mode = stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))

@@ -216,3 +216,15 @@ def test_load_model__missing_weights_path(tmp_path):
 def test_load_model__empty_folder_as_weights(tmp_path):
     with pytest.raises(WeightsError, match="model.safetensors"):
         xchm.load_model("test-tiny", weights=tmp_path)
+
+
+def test_build_backbone__empty_build_has_valid_buffers():
+    """Loading skips random init; the RoPE table and zero key bias must still be right."""
+    from xchm.models.backbone import build_backbone
+    from xchm.models.presets import get_preset
+
+    preset = get_preset("test-tiny")
+    normal = build_backbone(preset, 64)
+    empty = build_backbone(preset, 64, empty=True)
+    for name, buffer in normal.named_buffers():
+        assert torch.equal(dict(empty.named_buffers())[name], buffer), name

@@ -164,7 +164,7 @@ def create_model(
         provenance=provenance,
     )
     with _seeded(spec.seed if seed is None else seed):
-        backbone = build_backbone(spec, card.window)
+        backbone = build_backbone(spec, card.window, empty=weights is not None)
         if weights is not None:
             layout = load_backbone_weights(backbone, weights)
             card = card.replace(provenance={**provenance, "weights_layout": layout})

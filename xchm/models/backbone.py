@@ -31,14 +31,16 @@ __all__ = [
 ]
 
 
-def build_backbone(preset: Preset, window: int) -> Backbone:
-    """Create the preset's timm ViT for ``window`` x ``window`` RGB input (random weights).
+def build_backbone(preset: Preset, window: int, *, empty: bool = False) -> Backbone:
+    """Create the preset's timm ViT for ``window`` x ``window`` RGB input.
 
     The patch embedding has 3 input channels (the pretrained RGB layout); call
-    :func:`adapt_patch_embed` after loading pretrained weights.
+    :func:`adapt_patch_embed` after loading pretrained weights. Parameters are
+    random, or with ``empty=True`` left uninitialised (for a full load right after:
+    skips seconds of random init for ViT-L); non-persistent buffers (RoPE table,
+    zero key bias) are always valid.
     """
-    return timm.create_model(
-        preset.timm_name,
+    kwargs = dict(
         pretrained=False,
         num_classes=0,
         img_size=window,
@@ -46,6 +48,15 @@ def build_backbone(preset: Preset, window: int) -> Backbone:
         in_chans=3,
         **preset.timm_kwargs,
     )
+    if not empty:
+        return timm.create_model(preset.timm_name, **kwargs)
+    with torch.device("meta"):
+        backbone = timm.create_model(preset.timm_name, **kwargs)
+    backbone = backbone.to_empty(device="cpu")
+    for module in backbone.modules():  # timm's convention for buffers kept out of state dicts
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+    return backbone
 
 
 def adapt_patch_embed(backbone: Backbone, band_map: Sequence[int]) -> None:

@@ -39,10 +39,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        # safetensors creates owner-only files; use the permissions of a normal file.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -124,7 +132,7 @@ def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
         raise WeightsError(f"cannot read {str(weights)!r}: {err}") from err
     periods = tensors.pop(_PERIODS_KEY, None)
 
-    backbone = build_backbone(preset, card.window)
+    backbone = build_backbone(preset, card.window, empty=True)
     adapt_patch_embed(backbone, card.band_map)
     levels = max(len(card.feature_indices), 1)
     decoder = CHMDecoder(preset.embed_dim, levels, spec, output_bias=0.0)
