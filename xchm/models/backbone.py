@@ -54,8 +54,9 @@ def build_backbone(preset: Preset, window: int, *, empty: bool = False) -> Backb
         backbone = timm.create_model(preset.timm_name, **kwargs)
     backbone = backbone.to_empty(device="cpu")
     for module in backbone.modules():  # timm's convention for buffers kept out of state dicts
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
+        init = getattr(module, "init_non_persistent_buffers", None)
+        if callable(init):
+            init()
     return backbone
 
 
