@@ -10,6 +10,7 @@ Examples
 True
 """
 
+from xchm import accessor as _accessor  # noqa: F401  (registers .chm on DataArray, Dataset)
 from xchm._version import __version__
 from xchm.errors import (
     BandError,
@@ -23,6 +24,7 @@ from xchm.errors import (
     XCHMError,
     XCHMWarning,
 )
+from xchm.inference import predict
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 
 __all__ = [
@@ -42,4 +44,5 @@ __all__ = [
     "list_models",
     "load_model",
     "model_info",
+    "predict",
 ]

@@ -112,3 +112,31 @@ def write_meta_weights(
     backbone = random_backbone(preset, seed=seed)
     torch.save(export_meta_state_dict(backbone), Path(path))
     return backbone
+
+
+def responsive_model(preset: str = "test-tiny", *, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """Build an untrained model whose output varies strongly with its input.
+
+    A freshly initialised decoder in eval mode shrinks activations through its
+    BatchNorm layers (running statistics 0/1), so its output is almost constant.
+    This calibrates the BatchNorm statistics on random chips and widens the
+    output layer, which makes window seams and chunking errors visible in tests
+    and benchmarks without any training. Heights are meaningless.
+    """
+    import torch
+
+    from xchm.models.api import load_model
+
+    model = load_model(preset, seed=seed, **kwargs)
+    for module in model.decoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    generator = torch.Generator().manual_seed(seed)
+    shape = (16, model.card.num_bands, model.card.window, model.card.window)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(shape, generator=generator))
+        torch.nn.init.normal_(model.decoder.output.weight, std=2.0, generator=generator)
+    return model.eval()

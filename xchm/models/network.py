@@ -96,19 +96,23 @@ class CanopyHeightModel(nn.Module):
                 "(xchm's predict does this) instead of feeding it"
             )
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, *, validate: bool | None = None) -> list[torch.Tensor]:
         """Backbone feature maps (B, C, W/16, W/16) of the configured blocks, final norm applied.
 
         The last map is the final block's patch tokens after the final norm (Meta's
-        ``x_norm_patchtokens``).
+        ``x_norm_patchtokens``). ``validate`` overrides ``self.validate_inputs``.
         """
-        if self.validate_inputs:
+        if self.validate_inputs if validate is None else validate:
             self.check_input(x)
         return backbone_features(self.backbone, x, self.feature_indices)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict canopy height (B, 1, W, W) in metres (>= 0) from normalised input."""
-        return self.decoder(self.features(x))
+    def forward(self, x: torch.Tensor, *, validate: bool | None = None) -> torch.Tensor:
+        """Predict canopy height (B, 1, W, W) in metres (>= 0) from normalised input.
+
+        Input checks (shape, dtype, finite values) run unless ``validate=False`` or
+        ``self.validate_inputs`` is False; callers that mask their own input skip them.
+        """
+        return self.decoder(self.features(x, validate=validate))
 
     # -- persistence and description -----------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -1,0 +1,154 @@
+"""The block kernel: the one place where arrays become tensors.
+
+``predict_block`` receives one chunk plus a halo of one window on each side
+(reflected at the image border), evaluates every lattice window touching the
+chunk, blends the window predictions with the global weights, and returns the
+chunk's heights. Invalid pixels never reach the model: they are replaced by the
+mean of the window's valid pixels (a window-local rule, so the result does not
+depend on the chunking) and come out as NaN; windows without any valid pixel are
+not run at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from xchm.inference.runtime import ModelSpec, choose_device, device_lock, get_model
+from xchm.inference.windows import blend_weights, window_span
+
+__all__ = ["KernelConfig", "predict_block", "valid_mask"]
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Settings every block needs (small and picklable: it travels in the graph)."""
+
+    window: int
+    stride: int
+    nodata: float | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    uncertainty: bool = False
+
+    @property
+    def outputs(self) -> int:
+        """Number of output layers (height, and its spread with ``uncertainty``)."""
+        return 2 if self.uncertainty else 1
+
+
+def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels where every band is finite and differs from ``nodata`` (band axis 0)."""
+    valid = np.ones(block.shape[1:], dtype=bool)
+    if np.issubdtype(block.dtype, np.floating):
+        valid &= np.isfinite(block).all(axis=0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= (block != nodata).all(axis=0)
+    return valid
+
+
+def predict_block(
+    block: np.ndarray,
+    *,
+    spec: ModelSpec,
+    config: KernelConfig,
+    depth: int,
+    y_starts: Sequence[int],
+    x_starts: Sequence[int],
+    block_id: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Predict one chunk from its haloed block; see the module docstring.
+
+    ``block`` is (bands, h + 2 * depth, w + 2 * depth); ``y_starts``/``x_starts``
+    are the global first rows/columns of every chunk, indexed by ``block_id``.
+    Returns (outputs, h, w) float32: height in metres [, spread].
+    """
+    h, w = block.shape[1] - 2 * depth, block.shape[2] - 2 * depth
+    out = np.full((config.outputs, h, w), np.nan, dtype=np.float32)
+    if block_id is None or h <= 0 or w <= 0:  # dask's metadata probe
+        return out
+    y0, x0 = y_starts[block_id[1]], x_starts[block_id[2]]
+    valid = valid_mask(block, config.nodata)
+    core = valid[depth : depth + h, depth : depth + w]
+    if not core.any():
+        return out  # all nodata: the model is not even loaded
+
+    win, stride = config.window, config.stride
+    span_y, span_x = window_span(y0, y0 + h, win, stride), window_span(x0, x0 + w, win, stride)
+    oy, ox = span_y.first - (y0 - depth), span_x.first - (x0 - depth)
+    ry, rx = span_y.extent(win, stride), span_x.extent(win, stride)
+    region = block[:, oy : oy + ry, ox : ox + rx]
+    region_valid = valid[oy : oy + ry, ox : ox + rx]
+
+    sums = _blend_windows(region, region_valid, spec, config, span_y.count, span_x.count)
+    y_crop, x_crop = slice(depth - oy, depth - oy + h), slice(depth - ox, depth - ox + w)
+    weight = sums[0][y_crop, x_crop]
+    mean = sums[1][y_crop, x_crop] / weight
+    out[0] = np.where(core, mean, np.nan)
+    if config.uncertainty:
+        var = np.maximum(sums[2][y_crop, x_crop] / weight - mean**2, 0.0)
+        out[1] = np.where(core, np.sqrt(var), np.nan)
+    return out
+
+
+def _blend_windows(
+    region: np.ndarray,
+    region_valid: np.ndarray,
+    spec: ModelSpec,
+    config: KernelConfig,
+    ny: int,
+    nx: int,
+) -> np.ndarray:
+    """Run the model on the region's lattice windows; return folded sums.
+
+    Returns (2 or 3, ry, rx): sum of weights, weighted sum of predictions
+    [, weighted sum of squared predictions].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = choose_device(config.device)
+    model = get_model(spec, device)
+    card = model.card
+    stats = card.require_statistics()
+    win, stride = config.window, config.stride
+    cuda = device.type == "cuda"
+
+    raw = torch.from_numpy(np.where(region_valid, region, 0).astype(np.float32, copy=False))
+    mask = torch.from_numpy(region_valid)
+    if cuda:
+        raw, mask = raw.pin_memory().to(device, non_blocking=True), mask.to(device)
+    shape = (-1, 1, 1)
+    clip = torch.tensor([s.clip_max for s in stats], device=device).view(shape)
+    mean = torch.tensor([s.mean for s in stats], device=device).view(shape)
+    std = torch.tensor([s.std for s in stats], device=device).view(shape)
+    z = (raw.clamp(min=0).minimum(clip) / clip - mean) / std
+
+    # Views (bands, ny, nx, win, win): windows are gathered batch by batch, not copied whole.
+    z_windows = z.unfold(1, win, stride).unfold(2, win, stride)
+    m_windows = mask.unfold(0, win, stride).unfold(1, win, stride).reshape(ny * nx, win, win)
+    counts = m_windows.sum(dim=(1, 2))
+    run = torch.nonzero(counts > 0).flatten()
+    preds = torch.zeros(ny * nx, win, win, device=device)
+    batch = config.batch_size or (512 if cuda else 64)
+    with torch.inference_mode(), device_lock(device):
+        for start in range(0, len(run), batch):
+            idx = run[start : start + batch]
+            x = z_windows[:, idx // nx, idx % nx].permute(1, 0, 2, 3)
+            m = m_windows[idx].unsqueeze(1)
+            fill = (x * m).sum(dim=(2, 3), keepdim=True) / counts[idx].view(-1, 1, 1, 1)
+            x = torch.where(m, x, fill)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                preds[idx] = model(x, validate=False)[:, 0].float()
+
+        weights = torch.from_numpy(blend_weights(win)).to(device)
+        used = (counts > 0).to(preds.dtype).view(-1, 1, 1) * weights
+        layers = [used, preds * used]
+        if config.uncertainty:
+            layers.append(preds * preds * used)
+        cols = torch.stack(layers).reshape(len(layers), ny * nx, win * win).transpose(1, 2)
+        ry, rx = (ny - 1) * stride + win, (nx - 1) * stride + win
+        folded = F.fold(cols, output_size=(ry, rx), kernel_size=win, stride=stride)
+    return folded[:, 0].cpu().numpy()

@@ -1,0 +1,207 @@
+"""``xchm.predict``: lazy, seam-free canopy height maps from xarray imagery.
+
+The xarray object is reduced to its dask array, haloed by one window with
+``dask.array.overlap`` (reflected at the image border), mapped block by block
+with :func:`xchm.inference.kernel.predict_block`, and wrapped back with the
+input's coordinates, CRS and spatial attributes. Nothing is read and no model is
+run until the result is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xchm._version import __version__
+from xchm.errors import InputError, XCHMWarning
+from xchm.inference.inputs import BandsArg, as_band_array, check_dtype, check_georeferencing
+from xchm.inference.kernel import KernelConfig, predict_block
+from xchm.inference.runtime import spec_for
+
+__all__ = ["predict", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
+
+#: Pixels shared by neighbouring windows (stride = window - overlap); see benchmarks/RESULTS.md.
+DEFAULT_OVERLAP = 16
+#: Spatial chunk side used for in-memory input and for rechunking pathological chunks.
+DEFAULT_CHUNK = 1024
+
+
+def _nodata(da: xr.DataArray, nodata: float | None) -> float | None:
+    if nodata is not None:
+        return float(nodata)
+    for value in (da.rio.nodata, da.attrs.get("_FillValue"), da.encoding.get("_FillValue")):
+        if value is not None:
+            return float(value)
+    return None
+
+
+def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[int, ...]:
+    """Chunks of at least ``depth`` pixels (dask's halo needs it), ``target`` if too small."""
+    total = sum(sizes)
+    if any(c < depth for c in sizes[:-1]):
+        warnings.warn(
+            f"chunks {sizes[:4]}... are smaller than the {depth}-pixel halo (one window) that "
+            f"each chunk reads from its neighbours; rechunking to {target} px",
+            XCHMWarning,
+            stacklevel=4,
+        )
+        sizes = tuple(min(target, total - i) for i in range(0, total, target))
+    if len(sizes) > 1 and sizes[-1] < depth:  # merge a thin last chunk into its neighbour
+        sizes = sizes[:-2] + (sizes[-2] + sizes[-1],)
+    return sizes
+
+
+def predict(
+    obj: xr.DataArray | xr.Dataset,
+    model: Any,
+    *,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int | None = None,
+    device: str | None = None,
+    bands: BandsArg = None,
+    nodata: float | None = None,
+    uncertainty: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Predict a canopy height map (metres) from imagery, lazily for dask-backed input.
+
+    Parameters
+    ----------
+    obj
+        A (band, y, x) DataArray (e.g. from ``rioxarray.open_rasterio``), or a Dataset
+        whose variables are bands. Integer DN or float; normalised with the model card.
+    model
+        A loaded model (``xchm.load_model``), a checkpoint directory, or a preset name.
+    overlap
+        Pixels shared by neighbouring windows; stride = window - overlap. More overlap
+        blends more predictions per pixel (fewer seams) at more compute:
+        (window / stride) ** 2 model calls per window area.
+    batch_size
+        Windows per model call (default 512 on CUDA, 64 on CPU).
+    device
+        ``"cuda"``, ``"cpu"``...; default: chosen on each worker (CUDA if present).
+    bands
+        Which input band is which: a mapping ``{model band: input band}`` (band
+        coordinate value, name, or position; Dataset variable name), or a sequence
+        naming every input band in order. Default: match by name.
+    nodata
+        Value marking missing pixels (default ``rio.nodata`` or ``_FillValue``); NaN
+        is always missing.
+    uncertainty
+        Also return ``chm_std``: the weighted standard deviation of the overlapping
+        window predictions at each pixel (0 where a single window counts).
+    weights
+        Backbone weights for a preset name (see ``xchm.load_model``).
+
+    Returns
+    -------
+    xarray.DataArray or xarray.Dataset
+        ``chm`` (y, x) float32 metres with the input's coordinates and CRS, NaN where
+        the input is missing; a Dataset with ``chm`` and ``chm_std`` if ``uncertainty``.
+        Lazy (dask) for dask-backed input, computed for in-memory input.
+
+    Raises
+    ------
+    BandError
+        Missing, ambiguous or unnamed bands (all problems listed).
+    InputError
+        Wrong dimensions or dtype, a scene smaller than one window, a bad overlap.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xchm
+    >>> image = xr.DataArray(
+    ...     np.full((3, 96, 96), 2000, dtype="uint16"), dims=("band", "y", "x"),
+    ...     coords={"band": ["nir", "red", "green"]})
+    >>> chm = xchm.predict(image, "test-tiny")
+    >>> chm.dims, chm.shape, chm.attrs["units"]
+    (('y', 'x'), (96, 96), 'm')
+    """
+    import dask.array as dsa
+
+    spec, card = spec_for(model, weights=weights)
+    window = card.window
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < window:
+        raise InputError(f"overlap must be an integer in [0, {window}), got {overlap!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    card.require_statistics()
+    image = as_band_array(obj, card, bands)
+    check_dtype(image)
+    _, height, width = image.shape
+    if height < window or width < window:
+        raise InputError(
+            f"the image is {height}x{width} pixels, smaller than one {window}x{window} window; "
+            "use a larger area (xchm does not pad scenes smaller than a window)"
+        )
+    check_georeferencing(image, card)
+    config = KernelConfig(
+        window=window,
+        stride=window - overlap,
+        nodata=_nodata(image, nodata),
+        batch_size=batch_size,
+        device=device,
+        uncertainty=uncertainty,
+    )
+
+    data = image.data
+    eager = not isinstance(data, dsa.Array)
+    if eager:
+        data = dsa.from_array(data, chunks=(-1, DEFAULT_CHUNK, DEFAULT_CHUNK))
+    depth = window
+    chunks = (
+        (data.shape[0],),
+        _spatial_chunks(data.chunks[1], depth, DEFAULT_CHUNK),
+        _spatial_chunks(data.chunks[2], depth, DEFAULT_CHUNK),
+    )
+    if chunks != data.chunks:
+        data = data.rechunk(chunks)
+    haloed = dsa.overlap.overlap(
+        data, depth={0: 0, 1: depth, 2: depth}, boundary={0: "none", 1: "reflect", 2: "reflect"}
+    )
+    starts = [tuple(int(s) for s in np.cumsum((0,) + c[:-1])) for c in chunks[1:]]
+    kernel = functools.partial(
+        predict_block, spec=spec, config=config, depth=depth, y_starts=starts[0], x_starts=starts[1]
+    )
+    result = dsa.map_blocks(
+        kernel,
+        haloed,
+        chunks=((config.outputs,), chunks[1], chunks[2]),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        name=f"chm-predict-{dsa.core.tokenize(haloed.name, spec, config)}",
+    )
+    if eager:
+        result = result.compute(scheduler="threads")
+    return _wrap(image, result, card, config, overlap)
+
+
+def _wrap(image: xr.DataArray, result: Any, card: Any, config: KernelConfig, overlap: int) -> Any:
+    template = image.isel(band=0, drop=True)
+    attrs = {
+        "units": "m",
+        "long_name": "canopy height above ground",
+        "xchm_model": card.preset,
+        "xchm_card_digest": card.digest(),
+        "xchm_version": __version__,
+        "xchm_overlap": overlap,
+    }
+    crs = image.rio.crs
+
+    def layer(i: int, name: str, long_name: str) -> xr.DataArray:
+        out = xr.DataArray(result[i], dims=template.dims, coords=template.coords, name=name)
+        out.attrs = {**attrs, "long_name": long_name}
+        if crs is not None:
+            out = out.rio.write_crs(crs)
+        return out.rio.write_nodata(np.nan, encoded=False)
+
+    chm = layer(0, "chm", "canopy height above ground")
+    if not config.uncertainty:
+        return chm
+    std = layer(1, "chm_std", "spread (weighted sd) of overlapping window predictions")
+    return xr.Dataset({"chm": chm, "chm_std": std})

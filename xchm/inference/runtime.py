@@ -1,0 +1,156 @@
+"""Per-process model cache, device choice and the GPU lock.
+
+Tasks never carry a model: they carry a :class:`ModelSpec` (a preset name or a
+checkpoint path plus a content hash). Each worker process loads the model once
+and reuses it. The device is chosen here, on the worker, never on the client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xchm.errors import DeviceError, ModelNotFoundError, WeightsError
+
+if TYPE_CHECKING:
+    from xchm.models.network import CanopyHeightModel
+
+__all__ = ["ModelSpec", "spec_for", "get_model", "choose_device", "device_lock"]
+
+_CACHE: dict[tuple[Any, ...], Any] = {}
+_CACHE_LOCK = threading.Lock()
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+# Models handed to predict as objects: reachable in this process only.
+_LOCAL_MODELS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a task needs to get its model: small, picklable, hashable."""
+
+    kind: str
+    """``"preset"``, ``"checkpoint"`` or ``"local"`` (an in-process object)."""
+    source: str
+    """Preset name, checkpoint directory, or the local object's token."""
+    digest: str
+    """Content hash (checkpoint weights SHA-256, weights file, or card digest)."""
+    options: tuple[tuple[str, Any], ...] = field(default=())
+    """Keyword arguments for ``load_model`` (presets only)."""
+
+
+def _checkpoint_digest(directory: Path) -> str:
+    import json
+
+    meta = json.loads((directory / "card.json").read_text())
+    return str(meta["weights"]["sha256"])
+
+
+def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tuple[ModelSpec, Any]:
+    """Describe ``model`` (object, checkpoint path or preset name); return the spec and card."""
+    from xchm.models.presets import PRESETS
+
+    if isinstance(model, str | os.PathLike) and str(model) in PRESETS:
+        options: tuple[tuple[str, Any], ...] = ()
+        digest = str(model)
+        if weights is not None:
+            path = Path(weights).expanduser().resolve()
+            if not path.exists():
+                raise WeightsError(f"weights path {str(path)!r} does not exist")
+            options = (("weights", str(path)),)
+            stat = path.stat()
+            digest = hashlib.sha256(
+                f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+            ).hexdigest()
+        spec = ModelSpec("preset", str(model), digest, options)
+        return spec, get_model(spec, device="cpu").card
+    if isinstance(model, str | os.PathLike):
+        path = Path(model).expanduser().resolve()
+        if not path.is_dir():
+            raise ModelNotFoundError(
+                f"model {str(model)!r} is neither a preset {sorted(PRESETS)} nor an existing "
+                "checkpoint directory"
+            )
+        from xchm.models.checkpoint import read_card
+
+        card, meta = read_card(path)
+        spec = ModelSpec("checkpoint", str(path), str(meta["weights"]["sha256"]))
+        return spec, card
+    local_card = getattr(model, "card", None)
+    if local_card is None or not hasattr(model, "features"):
+        raise TypeError(
+            f"model must be a CanopyHeightModel, a checkpoint directory or a preset name, got "
+            f"{type(model).__name__}"
+        )
+    token = f"{id(model):x}-{local_card.digest()}"
+    _LOCAL_MODELS[token] = model
+    return ModelSpec("local", token, local_card.digest()), local_card
+
+
+def choose_device(device: str | None) -> Any:
+    """Pick the torch device on the worker: CUDA when present, else the CPU."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} was requested but CUDA is not available here")
+    return dev
+
+
+def _configure_cpu_threads() -> None:
+    """Use the cores a Dask worker thread is entitled to (Nanny workers start with 1)."""
+    import torch
+
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // max(nthreads, 1)))
+
+
+def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
+    """Return the cached model for ``spec`` on ``device``, loading it once per process."""
+    key = (spec, str(device))
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is not None:
+            return model
+        if spec.kind == "local":
+            source = _LOCAL_MODELS.get(spec.source)
+            if source is None:
+                raise ModelNotFoundError(
+                    "this model object exists only in the client process; save it with "
+                    "model.save(DIR) and pass DIR to predict so that workers can load it"
+                )
+            import copy
+
+            model = copy.deepcopy(source)  # never change the caller's model (mode, device)
+        else:
+            from xchm.models.api import load_model
+
+            if spec.kind == "checkpoint" and _checkpoint_digest(Path(spec.source)) != spec.digest:
+                raise WeightsError(
+                    f"checkpoint {spec.source!r} changed since the graph was built (SHA-256 "
+                    "differs); rebuild the prediction"
+                )
+            model = load_model(spec.source, **dict(spec.options))
+        if getattr(device, "type", "cpu") == "cpu":
+            _configure_cpu_threads()
+        model = model.to(device).eval()
+        _CACHE[key] = model
+        return model
+
+
+def device_lock(device: Any) -> threading.Lock:
+    """One lock per device and process: GPU work is serialised, reading is not."""
+    with _CACHE_LOCK:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
