@@ -143,7 +143,9 @@ def _blend_windows(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 preds[idx] = model(x, validate=False)[:, 0].float()
 
-        weights = torch.from_numpy(blend_weights(win)).to(device)
+        # Sums in float64: the spread is E[p^2] - E[p]^2, which cancels badly in float32.
+        preds = preds.double()
+        weights = torch.from_numpy(blend_weights(win)).to(device, torch.float64)
         used = (counts > 0).to(preds.dtype).view(-1, 1, 1) * weights
         layers = [used, preds * used]
         if config.uncertainty:

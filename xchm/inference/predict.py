@@ -40,8 +40,13 @@ def _nodata(da: xr.DataArray, nodata: float | None) -> float | None:
     return None
 
 
-def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[int, ...]:
-    """Chunks of at least ``depth`` pixels (dask's halo needs it), ``target`` if too small."""
+def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[tuple[int, ...], ...]:
+    """Chunks for the kernel (each >= ``depth``, as the halo needs) and for the output.
+
+    Chunks smaller than the halo are replaced by ``target``-pixel chunks (with a
+    warning). A thin last chunk is merged into its neighbour for the computation,
+    and the output is cut back to the regular chunks Zarr and COG writers expect.
+    """
     total = sum(sizes)
     if any(c < depth for c in sizes[:-1]):
         warnings.warn(
@@ -51,9 +56,10 @@ def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[in
             stacklevel=4,
         )
         sizes = tuple(min(target, total - i) for i in range(0, total, target))
-    if len(sizes) > 1 and sizes[-1] < depth:  # merge a thin last chunk into its neighbour
-        sizes = sizes[:-2] + (sizes[-2] + sizes[-1],)
-    return sizes
+    compute = sizes
+    if len(sizes) > 1 and sizes[-1] < depth:
+        compute = sizes[:-2] + (sizes[-2] + sizes[-1],)
+    return compute, sizes
 
 
 def predict(
@@ -154,11 +160,10 @@ def predict(
     if eager:
         data = dsa.from_array(data, chunks=(-1, DEFAULT_CHUNK, DEFAULT_CHUNK))
     depth = window
-    chunks = (
-        (data.shape[0],),
-        _spatial_chunks(data.chunks[1], depth, DEFAULT_CHUNK),
-        _spatial_chunks(data.chunks[2], depth, DEFAULT_CHUNK),
+    (y_compute, y_out), (x_compute, x_out) = (
+        _spatial_chunks(c, depth, DEFAULT_CHUNK) for c in data.chunks[1:]
     )
+    chunks = ((data.shape[0],), y_compute, x_compute)
     if chunks != data.chunks:
         data = data.rechunk(chunks)
     haloed = dsa.overlap.overlap(
@@ -176,6 +181,8 @@ def predict(
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name=f"chm-predict-{dsa.core.tokenize(haloed.name, spec, config)}",
     )
+    if (y_out, x_out) != (y_compute, x_compute):
+        result = result.rechunk(((config.outputs,), y_out, x_out))
     if eager:
         result = result.compute(scheduler="threads")
     return _wrap(image, result, card, config, overlap)

@@ -1,0 +1,314 @@
+import pickle
+
+import dask.array as dsa
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import xchm
+from xchm.errors import BandError, InputError, ModelNotFoundError, XCHMWarning
+
+from .conftest import make_image
+
+
+def _chunked(image, ychunk, xchunk):
+    return image.chunk({"band": -1, "y": ychunk, "x": xchunk})
+
+
+# -- invariance ----------------------------------------------------------------------
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    height=st.integers(64, 170),
+    width=st.integers(64, 170),
+    data=st.data(),
+)
+def test_predict__chunk_invariant(model, height, width, data):
+    image = make_image(height, width, seed=height * width)
+    ychunk = data.draw(st.integers(64, height), label="ychunk")
+    xchunk = data.draw(st.integers(64, width), label="xchunk")
+    overlap = data.draw(st.sampled_from([0, 16, 32]), label="overlap")
+    eager = xchm.predict(image, model, overlap=overlap)
+    lazy = xchm.predict(_chunked(image, ychunk, xchunk), model, overlap=overlap)
+    assert isinstance(lazy.data, dsa.Array)
+    np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-5, atol=1e-4)
+    assert np.isfinite(eager.values).all()
+
+
+def test_predict__accessor_equals_function(model, image):
+    chunked = _chunked(image, 64, 100)
+    by_function = xchm.predict(chunked, model).values
+    np.testing.assert_array_equal(chunked.chm.predict(model).values, by_function)
+
+
+def test_predict__output_varies_and_is_metres(model, image):
+    chm = xchm.predict(image, model)
+    assert chm.dtype == np.float32 and chm.name == "chm"
+    assert (chm.values >= 0).all() and chm.values.std() > 0.5
+
+
+def test_predict__integer_and_float_input_agree(model, image):
+    a = xchm.predict(image, model)
+    b = xchm.predict(image.astype("float32"), model)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-5)
+
+
+def test_predict__band_order_does_not_matter(model, image):
+    shuffled = image.isel(band=[2, 0, 1])  # green, nir, red
+    np.testing.assert_array_equal(
+        xchm.predict(shuffled, model).values, xchm.predict(image, model).values
+    )
+
+
+# -- laziness and the graph -------------------------------------------------------------
+def test_predict__builds_the_graph_without_reading_or_running(model, image):
+    reads = []
+
+    def read(block):
+        if block.size:  # dask probes functions with empty arrays while building graphs
+            reads.append(1)
+        return block
+
+    source = _chunked(image, 64, 64)
+    spy = source.copy(data=source.data.map_blocks(read, dtype=source.dtype))
+    assert reads == []
+    result = xchm.predict(spy, model)
+    assert reads == []
+    assert isinstance(result.data, dsa.Array)
+    result.compute()
+    assert len(reads) > 0
+
+
+def test_predict__graph_is_small_and_holds_no_model(tmp_path, image):
+    model = xchm.load_model("test-tiny")
+    model_bytes = sum(p.numel() * 4 for p in model.parameters())
+    result = xchm.predict(_chunked(image, 64, 64), model)
+    graph = pickle.dumps(dict(result.data.__dask_graph__()))
+    assert len(graph) < model_bytes / 4
+    model.save(tmp_path / "ckpt")
+    from_path = xchm.predict(_chunked(image, 64, 64), tmp_path / "ckpt")
+    assert len(pickle.dumps(dict(from_path.data.__dask_graph__()))) < model_bytes / 4
+
+
+def test_predict__checkpoint_path_and_object_agree(tmp_path, model, image):
+    model.save(tmp_path / "ckpt")
+    np.testing.assert_array_equal(
+        xchm.predict(image, tmp_path / "ckpt").values, xchm.predict(image, model).values
+    )
+
+
+def test_predict__does_not_change_the_callers_model(image):
+    model = xchm.load_model("test-tiny").train()
+    xchm.predict(image, model)
+    assert model.training and model.decoder.training
+
+
+def test_predict__preset_name(image):
+    chm = xchm.predict(image, "test-tiny")
+    assert chm.attrs["xchm_model"] == "test-tiny"
+
+
+# -- georeferencing and attributes ----------------------------------------------------
+def test_predict__keeps_coords_crs_transform(model, image):
+    chm = xchm.predict(_chunked(image, 100, 64), model)
+    assert chm.dims == ("y", "x")
+    np.testing.assert_array_equal(chm.y, image.y)
+    np.testing.assert_array_equal(chm.x, image.x)
+    assert chm.rio.crs == image.rio.crs
+    assert chm.rio.transform() == image.rio.transform()
+    assert np.isnan(chm.rio.nodata)
+    card = model.card
+    assert chm.attrs["units"] == "m"
+    assert chm.attrs["xchm_card_digest"] == card.digest()
+    assert chm.attrs["xchm_version"] == xchm.__version__
+
+
+def test_predict__missing_crs_warns(model):
+    with pytest.warns(XCHMWarning, match="no CRS"):
+        chm = xchm.predict(make_image(crs=None), model)
+    assert chm.rio.crs is None
+
+
+def test_predict__far_resolution_warns_with_fix(model):
+    with pytest.warns(XCHMWarning, match=r"resolution=2"):
+        xchm.predict(make_image(res=0.5), model)
+
+
+# -- nodata ---------------------------------------------------------------------------
+def test_predict__nan_pixels_stay_nan(model, image):
+    data = image.astype("float32")
+    data[1, 40:50, 30:45] = np.nan
+    chm = xchm.predict(data, model)
+    assert np.isnan(chm.values[40:50, 30:45]).all()
+    assert np.isfinite(chm.values).sum() == chm.size - 150
+
+
+def test_predict__invalid_pixels_never_reach_the_model(model, image):
+    """Whatever sits under masked pixels (NaN or a nodata value), the result is the same."""
+    as_nan = image.astype("float32")
+    as_nan[:, 60:90, 20:70] = np.nan
+    as_fill = image.astype("float32")
+    as_fill[:, 60:90, 20:70] = -9999.0
+    a = xchm.predict(as_nan, model)
+    b = xchm.predict(as_fill, model, nodata=-9999)
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_predict__nodata_from_rio(model, image):
+    data = image.copy()
+    data[:, :10, :] = 0
+    chm = xchm.predict(data.rio.write_nodata(0), model)
+    assert np.isnan(chm.values[:10]).all() and np.isfinite(chm.values[10:]).all()
+
+
+def test_predict__all_nodata_never_loads_the_model(tmp_path, image):
+    xchm.load_model("test-tiny").save(tmp_path / "ckpt")
+    empty = xr.full_like(image.astype("float32"), np.nan).chunk({"y": 64, "x": 64})
+    result = xchm.predict(empty, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()  # loading it now would fail
+    assert np.isnan(result.values).all()
+
+
+# -- uncertainty ----------------------------------------------------------------------
+def test_predict__uncertainty_dataset(model, image):
+    ds = xchm.predict(image, model, uncertainty=True, overlap=32)
+    assert set(ds.data_vars) == {"chm", "chm_std"}
+    np.testing.assert_array_equal(ds["chm"].values, xchm.predict(image, model, overlap=32).values)
+    assert (ds["chm_std"].values >= 0).all() and ds["chm_std"].values.mean() > 0
+
+
+def test_predict__uncertainty_zero_without_overlap(model, image):
+    ds = xchm.predict(image, model, uncertainty=True, overlap=0)
+    # Every pixel lies in exactly one lattice window when the stride equals the window.
+    assert np.nanmax(ds["chm_std"].values) < 1e-3
+
+
+# -- bands ----------------------------------------------------------------------------
+def test_predict__dataset_of_band_variables(model, image):
+    ds = xr.Dataset({name: image.sel(band=name, drop=True) for name in ("green", "red", "nir")})
+    np.testing.assert_array_equal(ds.chm.predict(model).values, xchm.predict(image, model).values)
+
+
+def test_predict__dataset_with_band_mapping(model, image):
+    ds = xr.Dataset(
+        {
+            code: image.sel(band=name, drop=True)
+            for code, name in (("B08", "nir"), ("B04", "red"), ("B03", "green"))
+        }
+    )
+    chm = ds.chm.predict(model, bands={"nir": "B08", "red": "B04", "green": "B03"})
+    np.testing.assert_array_equal(chm.values, xchm.predict(image, model).values)
+
+
+def test_predict__band_names_from_long_name(model, image):
+    unnamed = image.assign_coords(band=[1, 2, 3])
+    unnamed.attrs["long_name"] = ("NIR", "Red", "Green")
+    np.testing.assert_array_equal(
+        xchm.predict(unnamed, model).values, xchm.predict(image, model).values
+    )
+
+
+def test_predict__band_mapping_by_label_or_sequence(model, image):
+    unnamed = image.assign_coords(band=[4, 3, 2])
+    by_map = xchm.predict(unnamed, model, bands={"nir": 4, "red": 3, "green": 2})
+    by_seq = xchm.predict(unnamed, model, bands=["nir", "red", "green"])
+    expected = xchm.predict(image, model).values
+    np.testing.assert_array_equal(by_map.values, expected)
+    np.testing.assert_array_equal(by_seq.values, expected)
+
+
+def test_predict__band_error_lists_every_problem(model, image):
+    rgb = image.assign_coords(band=["red", "green", "blue"])
+    with pytest.raises(BandError) as info:
+        xchm.predict(rgb, model)
+    message = str(info.value)
+    assert "'nir' is missing" in message and "bands=" in message
+
+
+def test_predict__unnamed_bands_need_a_mapping(model, image):
+    with pytest.raises(BandError, match="missing"):
+        xchm.predict(image.assign_coords(band=[1, 2, 3]), model)
+
+
+def test_predict__ambiguous_bands(model, image):
+    with pytest.raises(BandError, match="ambiguous"):
+        xchm.predict(image.assign_coords(band=["nir", "red", "Red"]), model)
+
+
+# -- bad input ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda im: im.isel(band=0), "3-D"),
+        (lambda im: im.expand_dims(time=[0]), "3-D"),
+        (lambda im: im.astype(bool), "integer or floating"),
+        (lambda im: im.isel(y=slice(0, 50)), "smaller than one 64x64 window"),
+        (lambda im: im.rename(y="row"), "spatial dimensions"),
+    ],
+)
+def test_predict__bad_inputs(model, image, make, match):
+    with pytest.raises(InputError, match=match):
+        xchm.predict(make(image), model)
+
+
+@pytest.mark.parametrize("overlap", [-1, 64, 2.5])
+def test_predict__bad_overlap(model, image, overlap):
+    with pytest.raises(InputError, match="overlap"):
+        xchm.predict(image, model, overlap=overlap)
+
+
+def test_predict__missing_model_path(image, tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        xchm.predict(image, tmp_path / "nope")
+
+
+def test_predict__chunks_smaller_than_halo_are_rechunked(model, image):
+    with pytest.warns(XCHMWarning, match="halo"):
+        result = xchm.predict(_chunked(image, 32, 32), model)
+    np.testing.assert_allclose(
+        result.values, xchm.predict(image, model).values, rtol=1e-5, atol=1e-4
+    )
+
+
+# -- writing --------------------------------------------------------------------------
+def test_predict__lazy_result_writes_cog_and_zarr(tmp_path, model, image):
+    import rasterio
+
+    chm = xchm.predict(_chunked(image, 64, 100), model)
+    chm.rio.to_raster(tmp_path / "chm.tif", driver="COG")
+    with rasterio.open(tmp_path / "chm.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.crs == image.rio.crs and src.transform == image.rio.transform()
+        np.testing.assert_allclose(src.read(1), chm.values, rtol=1e-6)
+    chm.to_zarr(tmp_path / "chm.zarr", consolidated=False)
+    back = xr.open_zarr(tmp_path / "chm.zarr", decode_coords="all", consolidated=False)["chm"]
+    assert back.rio.crs == image.rio.crs
+    np.testing.assert_allclose(back.values, chm.values, rtol=1e-6)
+
+
+# -- seams ----------------------------------------------------------------------------
+def _seam_ratio(chm, stride, window=64):
+    """Mean |step| across columns where a window edge lies / mean |step| elsewhere."""
+    steps = np.abs(np.diff(chm, axis=1))  # steps[:, j] is between columns j and j+1
+    cols = np.arange(steps.shape[1]) + 1  # the column right of each step
+    edge = (cols % stride == 0) | ((cols - window) % stride == 0)
+    return steps[:, edge].mean() / steps[:, ~edge].mean()
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from xchm.testing import fitted_model
+
+    return fitted_model()
+
+
+def test_predict__default_overlap_has_no_seams(fitted):
+    image = make_image(128, 320, seed=5)
+    hard = _seam_ratio(xchm.predict(image, fitted, overlap=0).values, 64)
+    overlap = xchm.inference.DEFAULT_OVERLAP
+    soft = _seam_ratio(xchm.predict(image, fitted).values, 64 - overlap)
+    assert hard > 2.0  # without overlap the metric sees the window grid
+    assert soft < 1.5
