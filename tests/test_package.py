@@ -47,3 +47,10 @@ def test_require__names_the_extra_when_missing(monkeypatch):
 def test_public_api__all_names_exist():
     for name in xchm.__all__:
         assert hasattr(xchm, name), name
+
+
+def test_cli_default_overlap__matches_predict():
+    from xchm import cli
+    from xchm.inference import DEFAULT_OVERLAP
+
+    assert cli.DEFAULT_OVERLAP == DEFAULT_OVERLAP

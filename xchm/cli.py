@@ -11,9 +11,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from xchm._version import __version__
 from xchm.errors import XCHMError
+
+# Kept in sync with xchm.inference.predict.DEFAULT_OVERLAP without importing xarray here.
+DEFAULT_OVERLAP = 16
 
 __all__ = ["main", "build_parser"]
 
@@ -42,6 +47,103 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_image(path: Path, chunks: int) -> Any:
+    """Open a GeoTIFF/COG lazily (rioxarray) or a Zarr store (a band array or band variables)."""
+    import rioxarray
+    import xarray as xr
+
+    from xchm.errors import InputError
+
+    if not path.exists():
+        raise InputError(f"input {str(path)!r} does not exist")
+    if path.suffix == ".zarr" or path.is_dir():
+        ds = xr.open_zarr(path, decode_coords="all", consolidated=None)
+        arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
+        return arrays[0] if len(arrays) == 1 else ds
+    return rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False)
+
+
+def _write(chm: Any, output: Path, *, int16_dm: bool) -> None:
+    """Write next to ``output`` under a temporary name, then rename: no half-written files."""
+    import os
+    import shutil
+    import threading
+
+    import numpy as np
+
+    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    try:
+        if output.suffix == ".zarr":
+            chm.to_dataset().to_zarr(tmp, mode="w", consolidated=False)
+        else:
+            if int16_dm:  # the reference's format: decimetres, nodata -9999
+                dm = (chm * 10).round().fillna(-9999).astype("int16")
+                chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")
+            else:
+                chm = chm.rio.write_nodata(np.nan, encoded=False)
+            # Windowed writes into a tiled GTiff keep memory at a few chunks; GDAL then
+            # copies it into a COG (the COG driver cannot be written window by window).
+            import rasterio.shutil
+
+            tiled = tmp.with_name(tmp.name + ".tiled.tif")
+            try:
+                chm.rio.to_raster(
+                    tiled, driver="GTiff", tiled=True, compress="DEFLATE", lock=threading.Lock()
+                )
+                rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
+            finally:
+                tiled.unlink(missing_ok=True)
+        if output.is_dir():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import time
+
+    from xchm.errors import InputError
+    from xchm.inference import predict
+    from xchm.inference.progress import WindowProgress
+    from xchm.inference.windows import window_span
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {str(output)!r}")
+    if output.exists() and not args.overwrite:
+        raise InputError(f"{str(output)!r} exists; pass --overwrite to replace it")
+    if args.int16_dm and output.suffix == ".zarr":
+        raise InputError("--int16-dm applies to GeoTIFF output only")
+    image = _open_image(Path(args.input), args.chunks)
+    chm = predict(
+        image,
+        args.model,
+        weights=args.weights,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        nodata=args.nodata,
+    )
+    window, stride = chm.attrs["xchm_window"], chm.attrs["xchm_window"] - args.overlap
+    height, width = chm.shape
+    total = (
+        window_span(0, height, window, stride).count * window_span(0, width, window, stride).count
+    )
+    start = time.perf_counter()
+    with WindowProgress(total, disable=args.quiet):
+        _write(chm, output, int16_dm=args.int16_dm)
+    elapsed = time.perf_counter() - start
+    print(
+        f"wrote {output} ({height}x{width} px, {total} windows in {elapsed:.1f} s, "
+        f"{total / elapsed:.1f} windows/s)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``xchm`` command."""
     parser = argparse.ArgumentParser(
@@ -55,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list model presets with parameter counts and bands")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(func=_models)
+
+    pred = sub.add_parser(
+        "predict",
+        help="predict a canopy height map from a GeoTIFF/COG/Zarr image",
+        description="Predict canopy height (metres) chunk by chunk; memory is bounded by the "
+        "chunk size, not the scene size.",
+    )
+    pred.add_argument("input", help="GeoTIFF/COG or Zarr store with named bands")
+    pred.add_argument("-o", "--output", required=True, help="output .tif (COG) or .zarr")
+    pred.add_argument("--model", default="dinov3-vitl16-sat", help="preset name or checkpoint dir")
+    pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
+    pred.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="window overlap (px)")
+    pred.add_argument("--chunks", type=int, default=2048, help="chunk side in pixels")
+    pred.add_argument("--batch-size", type=int, help="windows per model call")
+    pred.add_argument("--device", help="torch device (default: CUDA if available)")
+    pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
+    pred.add_argument("--int16-dm", action="store_true", help="write int16 decimetres, -9999")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pred.set_defaults(func=_predict)
     return parser
 
 

@@ -21,6 +21,7 @@ from xchm._version import __version__
 from xchm.errors import InputError, XCHMWarning
 from xchm.inference.inputs import BandsArg, as_band_array, check_dtype, check_georeferencing
 from xchm.inference.kernel import KernelConfig, predict_block
+from xchm.inference.progress import PREDICT_PREFIX
 from xchm.inference.runtime import spec_for
 
 __all__ = ["predict", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
@@ -179,7 +180,7 @@ def predict(
         chunks=((config.outputs,), chunks[1], chunks[2]),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        name=f"chm-predict-{dsa.core.tokenize(haloed.name, spec, config)}",
+        name=f"{PREDICT_PREFIX}{dsa.core.tokenize(haloed.name, spec, config)}",
     )
     if (y_out, x_out) != (y_compute, x_compute):
         result = result.rechunk(((config.outputs,), y_out, x_out))
@@ -196,6 +197,7 @@ def _wrap(image: xr.DataArray, result: Any, card: Any, config: KernelConfig, ove
         "xchm_model": card.preset,
         "xchm_card_digest": card.digest(),
         "xchm_version": __version__,
+        "xchm_window": config.window,
         "xchm_overlap": overlap,
     }
     crs = image.rio.crs

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+
+import xchm
+from xchm.cli import main
+
+from .conftest import make_image
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("cli")
+    image = make_image(200, 170).assign_coords(band=[1, 2, 3])
+    image.attrs["long_name"] = ("NIR", "Red", "Green")  # written as band descriptions
+    image.rio.to_raster(folder / "scene.tif")
+    model.save(folder / "model")
+    return folder
+
+
+def test_predict_cli__geotiff_to_cog_round_trip(scene, tmp_path, capsys):
+    out = tmp_path / "chm.tif"
+    code = main(
+        [
+            "predict",
+            str(scene / "scene.tif"),
+            "-o",
+            str(out),
+            "--model",
+            str(scene / "model"),
+            "--chunks",
+            "128",
+            "-q",
+        ]
+    )
+    assert code == 0 and "windows/s" in capsys.readouterr().out
+    src_image = rioxarray.open_rasterio(scene / "scene.tif")
+    with rasterio.open(out) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert cog.crs == src_image.rio.crs and cog.transform == src_image.rio.transform()
+        assert cog.dtypes[0] == "float32" and np.isnan(cog.nodata)
+        values = cog.read(1)
+    expected = xchm.predict(src_image, scene / "model").values
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-4)
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_predict_cli__int16_decimetres(scene, tmp_path):
+    out = tmp_path / "chm_dm.tif"
+    assert (
+        main(
+            [
+                "predict",
+                str(scene / "scene.tif"),
+                "-o",
+                str(out),
+                "--model",
+                str(scene / "model"),
+                "--int16-dm",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(out) as cog:
+        assert cog.dtypes[0] == "int16" and cog.nodata == -9999
+        dm = cog.read(1)
+    metres = xchm.predict(rioxarray.open_rasterio(scene / "scene.tif"), scene / "model").values
+    np.testing.assert_array_equal(dm, np.round(metres * 10).astype("int16"))
+
+
+def test_predict_cli__zarr_output(scene, tmp_path):
+    out = tmp_path / "chm.zarr"
+    assert (
+        main(
+            [
+                "predict",
+                str(scene / "scene.tif"),
+                "-o",
+                str(out),
+                "--model",
+                str(scene / "model"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    back = xr.open_zarr(out, decode_coords="all", consolidated=False)["chm"]
+    assert back.rio.crs == rioxarray.open_rasterio(scene / "scene.tif").rio.crs
+    assert back.attrs["units"] == "m"
+
+
+def test_predict_cli__refuses_to_overwrite(scene, tmp_path, capsys):
+    out = tmp_path / "chm.tif"
+    out.write_text("keep me")
+    assert (
+        main(["predict", str(scene / "scene.tif"), "-o", str(out), "--model", "test-tiny", "-q"])
+        == 1
+    )
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-o", "x.png"], "must end in"), (["-o", "x.zarr", "--int16-dm"], "GeoTIFF")],
+)
+def test_predict_cli__bad_output(scene, tmp_path, capsys, args, message):
+    args = [a if not a.startswith("x.") else str(tmp_path / a) for a in args]
+    assert main(["predict", str(scene / "scene.tif"), *args, "--model", "test-tiny", "-q"]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_predict_cli__missing_input(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.tif"), "-q"]) == 1
+    assert "does not exist" in capsys.readouterr().err
