@@ -312,3 +312,14 @@ def test_predict__default_overlap_has_no_seams(fitted):
     soft = _seam_ratio(xchm.predict(image, fitted).values, 64 - overlap)
     assert hard > 2.0  # without overlap the metric sees the window grid
     assert soft < 1.5
+
+
+def test_predict__sees_changes_to_a_model_object_between_calls(image):
+    import torch
+
+    model = xchm.load_model("test-tiny")
+    before = xchm.predict(image, model).values
+    with torch.no_grad():
+        model.decoder.output.bias.fill_(20.0)
+    after = xchm.predict(image, model).values
+    assert np.nanmean(after) > np.nanmean(before) + 10

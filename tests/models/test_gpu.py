@@ -27,3 +27,23 @@ def test_save_load__from_cuda_model(tmp_path):
     x = torch.randn(2, 3, 64, 64, device="cuda")
     with torch.inference_mode():
         assert torch.equal(model(x), again(x))
+
+
+def test_predict__cuda_matches_cpu():
+    import numpy as np
+    import xarray as xr
+
+    from xchm.testing import responsive_model
+
+    model = responsive_model()
+    rng = np.random.default_rng(0)
+    image = xr.DataArray(
+        rng.integers(0, 6000, (3, 200, 180)).astype("uint16"),
+        dims=("band", "y", "x"),
+        coords={"band": ["nir", "red", "green"]},
+    ).chunk({"y": 100, "x": 90})
+    with pytest.warns(xchm.XCHMWarning, match="no CRS"):
+        cpu = xchm.predict(image, model, device="cpu").values
+    with pytest.warns(xchm.XCHMWarning, match="no CRS"):
+        gpu = xchm.predict(image, model, device="cuda").values
+    np.testing.assert_allclose(gpu, cpu, atol=0.5, rtol=0.05)  # bf16 autocast on CUDA

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import uuid
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelSpec", "spec_for", "get_model", "choose_device", "device_lock"]
 
-_CACHE: dict[tuple[Any, ...], Any] = {}
+# Loaded models, least recently used first; a few at most (each may be GBs).
+_CACHE: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_CACHE_SIZE = 4
 _CACHE_LOCK = threading.Lock()
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
 # Models handed to predict as objects: reachable in this process only.
@@ -86,7 +90,8 @@ def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tu
             f"model must be a CanopyHeightModel, a checkpoint directory or a preset name, got "
             f"{type(model).__name__}"
         )
-    token = f"{id(model):x}-{local_card.digest()}"
+    # A fresh token per call: the caller may train the object further between calls.
+    token = uuid.uuid4().hex
     _LOCAL_MODELS[token] = model
     return ModelSpec("local", token, local_card.digest()), local_card
 
@@ -123,6 +128,7 @@ def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is not None:
+            _CACHE.move_to_end(key)
             return model
         if spec.kind == "local":
             source = _LOCAL_MODELS.get(spec.source)
@@ -147,6 +153,8 @@ def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
             _configure_cpu_threads()
         model = model.to(device).eval()
         _CACHE[key] = model
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
         return model
 
 
