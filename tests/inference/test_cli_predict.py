@@ -20,21 +20,17 @@ def scene(tmp_path_factory, model):
     return folder
 
 
+def run(scene, out, *options, model=None):
+    """Run `xchm predict` on the scene with the saved model; return the exit code."""
+    model = model or str(scene / "model")
+    return main(
+        ["predict", str(scene / "scene.tif"), "-o", str(out), "--model", model, "-q", *options]
+    )
+
+
 def test_predict_cli__geotiff_to_cog_round_trip(scene, tmp_path, capsys):
     out = tmp_path / "chm.tif"
-    code = main(
-        [
-            "predict",
-            str(scene / "scene.tif"),
-            "-o",
-            str(out),
-            "--model",
-            str(scene / "model"),
-            "--chunks",
-            "128",
-            "-q",
-        ]
-    )
+    code = run(scene, out, "--chunks", "128")
     assert code == 0 and "windows/s" in capsys.readouterr().out
     src_image = rioxarray.open_rasterio(scene / "scene.tif")
     with rasterio.open(out) as cog:
@@ -49,21 +45,7 @@ def test_predict_cli__geotiff_to_cog_round_trip(scene, tmp_path, capsys):
 
 def test_predict_cli__int16_decimetres(scene, tmp_path):
     out = tmp_path / "chm_dm.tif"
-    assert (
-        main(
-            [
-                "predict",
-                str(scene / "scene.tif"),
-                "-o",
-                str(out),
-                "--model",
-                str(scene / "model"),
-                "--int16-dm",
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert run(scene, out, "--int16-dm") == 0
     with rasterio.open(out) as cog:
         assert cog.dtypes[0] == "int16" and cog.nodata == -9999
         dm = cog.read(1)
@@ -73,20 +55,7 @@ def test_predict_cli__int16_decimetres(scene, tmp_path):
 
 def test_predict_cli__zarr_output(scene, tmp_path):
     out = tmp_path / "chm.zarr"
-    assert (
-        main(
-            [
-                "predict",
-                str(scene / "scene.tif"),
-                "-o",
-                str(out),
-                "--model",
-                str(scene / "model"),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert run(scene, out) == 0
     back = xr.open_zarr(out, decode_coords="all", consolidated=False)["chm"]
     assert back.rio.crs == rioxarray.open_rasterio(scene / "scene.tif").rio.crs
     assert back.attrs["units"] == "m"
@@ -95,10 +64,7 @@ def test_predict_cli__zarr_output(scene, tmp_path):
 def test_predict_cli__refuses_to_overwrite(scene, tmp_path, capsys):
     out = tmp_path / "chm.tif"
     out.write_text("keep me")
-    assert (
-        main(["predict", str(scene / "scene.tif"), "-o", str(out), "--model", "test-tiny", "-q"])
-        == 1
-    )
+    assert run(scene, out, model="test-tiny") == 1
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_text() == "keep me"
 
