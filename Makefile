@@ -21,6 +21,7 @@ setup: $(VENV)/.xchm-installed
 demo: setup
 	$(BIN)/xchm models
 	$(BIN)/python examples/model_quickstart.py
+	$(BIN)/python examples/predict_neon.py --out out/predict_neon
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -13,13 +13,7 @@ def test_predict__neon_rgb_on_the_lidar_chm_grid(neon_dir, plot):
     rgb = rioxarray.open_rasterio(neon_dir / f"{plot}_rgb.tif", masked=True)
     chm_truth = rioxarray.open_rasterio(neon_dir / f"{plot}_chm_0.5m.tif", masked=True).squeeze()
     image = rgb.rio.reproject_match(chm_truth, resampling=Resampling.average)  # 0.1 m -> 0.5 m
-    values = image.values.reshape(3, -1)
-    clip = np.nanmean(values, axis=1) + 3 * np.nanstd(values, axis=1)
-    scaled = np.clip(values, 0, clip[:, None]) / clip[:, None]
-    stats = [
-        xchm.BandStats(clip_max=float(c), mean=float(m), std=float(s))
-        for c, m, s in zip(clip, np.nanmean(scaled, 1), np.nanstd(scaled, 1), strict=True)
-    ]
+    stats = xchm.models.band_statistics(image.values)
     model = xchm.load_model(
         "test-tiny", bands=("red", "green", "blue"), statistics=stats, pixel_size=0.5
     )

@@ -120,3 +120,33 @@ def test_model_card__from_dict_wraps_invalid_values():
     data["window"] = 63
     with pytest.raises(WeightsError, match="window"):
         ModelCard.from_dict(data)
+
+
+def test_band_statistics__reference_procedure():
+    from xchm.models import band_statistics
+
+    rng = np.random.default_rng(1)
+    data = rng.gamma(2.0, 500.0, (3, 40, 50))
+    data[1, 0, 0] = np.nan  # pixel dropped in every band
+    stats = band_statistics(data)
+    pixels = data.reshape(3, -1)[:, np.isfinite(data.reshape(3, -1)).all(axis=0)]
+    for i, s in enumerate(stats):
+        clip = pixels[i].mean() + 3 * pixels[i].std()
+        scaled = np.clip(pixels[i], 0, clip) / clip
+        assert s.clip_max == pytest.approx(clip)
+        assert s.mean == pytest.approx(scaled.mean()) and s.std == pytest.approx(scaled.std())
+
+
+def test_band_statistics__samples_reproducibly():
+    from xchm.models import band_statistics
+
+    data = np.random.default_rng(2).uniform(0, 100, (2, 200, 200))
+    assert band_statistics(data, sample=1000, seed=3) == band_statistics(data, sample=1000, seed=3)
+    assert band_statistics(data, sample=1000, seed=3) != band_statistics(data, sample=1000, seed=4)
+
+
+def test_band_statistics__no_valid_pixel():
+    from xchm.models import band_statistics
+
+    with pytest.raises(InputError, match="no pixel"):
+        band_statistics(np.full((3, 4, 4), np.nan))

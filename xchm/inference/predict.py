@@ -121,10 +121,10 @@ def predict(
 
     Examples
     --------
-    >>> import numpy as np, xarray as xr, xchm
+    >>> import numpy as np, rioxarray, xarray as xr, xchm
     >>> image = xr.DataArray(
     ...     np.full((3, 96, 96), 2000, dtype="uint16"), dims=("band", "y", "x"),
-    ...     coords={"band": ["nir", "red", "green"]})
+    ...     coords={"band": ["nir", "red", "green"]}).rio.write_crs("EPSG:3338")
     >>> chm = xchm.predict(image, "test-tiny")
     >>> chm.dims, chm.shape, chm.attrs["units"]
     (('y', 'x'), (96, 96), 'm')

@@ -37,8 +37,8 @@ def window_span(start: int, stop: int, window: int, stride: int) -> WindowSpan:
 
     Examples
     --------
-    >>> window_span(0, 100, 64, 32)  # origins -32, 0, 32, 64 (the first reads reflected pixels)
-    WindowSpan(first=-32, count=4)
+    >>> window_span(0, 100, 64, 32)  # origins -32, 0, 32, 64, 96 (edges read mirrored pixels)
+    WindowSpan(first=-32, count=5)
     """
     k_first = math.floor((start - window) / stride) + 1  # first origin > start - window
     k_last = math.ceil(stop / stride) - 1  # last origin < stop

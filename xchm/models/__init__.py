@@ -6,7 +6,7 @@ Importing this package does not import torch; the network modules
 
 from xchm.models.api import create_model, list_models, load_model, model_info
 from xchm.models.bands import REFERENCE_BANDS
-from xchm.models.card import REFERENCE_STATISTICS, BandStats, ModelCard
+from xchm.models.card import REFERENCE_STATISTICS, BandStats, ModelCard, band_statistics
 from xchm.models.presets import PRESETS, DecoderSpec, Preset
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_model",
+    "band_statistics",
     "model_info",
 ]

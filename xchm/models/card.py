@@ -22,7 +22,7 @@ from xchm._version import __version__
 from xchm.errors import BandError, InputError, WeightsError
 from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
 
-__all__ = ["BandStats", "ModelCard", "REFERENCE_STATISTICS"]
+__all__ = ["BandStats", "ModelCard", "REFERENCE_STATISTICS", "band_statistics"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +62,56 @@ REFERENCE_STATISTICS: dict[str, BandStats] = {
     "red": BandStats(clip_max=5893.0, mean=0.08127703, std=0.04182002),
     "green": BandStats(clip_max=5387.0, mean=0.10034456, std=0.03420006),
 }
+
+
+def band_statistics(
+    array: np.ndarray, *, axis: int = 0, sample: int = 1_000_000, seed: int = 0
+) -> tuple[BandStats, ...]:
+    """Compute normalisation statistics with the reference procedure.
+
+    Draw up to ``sample`` pixels (seeded) among those valid in every band (finite);
+    per band, clip max = mean + 3 sd of the raw values; then the mean and sd of the
+    values clipped to ``[0, clip_max]`` and divided by it.
+
+    Parameters
+    ----------
+    array
+        Raw imagery with bands along ``axis`` (NaN marks missing pixels).
+    axis
+        The band axis.
+    sample
+        Number of pixels to sample (all pixels if there are fewer).
+    seed
+        Seed of the sample.
+
+    Returns
+    -------
+    tuple of BandStats
+        One per band, in order.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> stats = band_statistics(rng.uniform(0, 1000, (3, 50, 50)))
+    >>> round(stats[0].clip_max), round(stats[0].mean, 2)
+    (1370, 0.36)
+    """
+    pixels = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0).reshape(
+        array.shape[axis], -1
+    )
+    pixels = pixels[:, np.isfinite(pixels).all(axis=0)]
+    if pixels.shape[1] == 0:
+        raise InputError("no pixel is valid in every band; cannot compute band statistics")
+    if pixels.shape[1] > sample:
+        pick = np.random.default_rng(seed).choice(pixels.shape[1], sample, replace=False)
+        pixels = pixels[:, pick]
+    clip = pixels.mean(axis=1) + 3 * pixels.std(axis=1)
+    scaled = np.clip(pixels, 0, clip[:, None]) / clip[:, None]
+    return tuple(
+        BandStats(clip_max=float(c), mean=float(m), std=float(s))
+        for c, m, s in zip(clip, scaled.mean(axis=1), scaled.std(axis=1), strict=True)
+    )
+
 
 _REFERENCE_SOURCE = (
     "reference project: WorldView-2/3 SR-lite DN, Alaska 2011-2022, 1e6 sampled pixels"

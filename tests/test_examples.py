@@ -1,0 +1,31 @@
+"""The examples run as scripts, on the real NEON sample (small)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import rasterio
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_model_quickstart__runs(neon_dir):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "model_quickstart.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "checkpoint round trip identical: True" in out
+
+
+def test_predict_neon__writes_a_cog(neon_dir, tmp_path):
+    subprocess.run(
+        [sys.executable, str(EXAMPLES / "predict_neon.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with rasterio.open(tmp_path / "chm.tif") as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert cog.crs.to_epsg() == 32619
