@@ -57,7 +57,10 @@ def _open_image(path: Path, chunks: int) -> Any:
     if not path.exists():
         raise InputError(f"input {str(path)!r} does not exist")
     if path.suffix == ".zarr" or path.is_dir():
-        ds = xr.open_zarr(path, decode_coords="all", consolidated=None)
+        try:
+            ds = xr.open_zarr(path, decode_coords="all", consolidated=True)
+        except (KeyError, ValueError, FileNotFoundError):  # stores without consolidated metadata
+            ds = xr.open_zarr(path, decode_coords="all", consolidated=False)
         arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
         return arrays[0] if len(arrays) == 1 else ds
     return rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False)
@@ -118,6 +121,14 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError(f"{str(output)!r} exists; pass --overwrite to replace it")
     if args.int16_dm and output.suffix == ".zarr":
         raise InputError("--int16-dm applies to GeoTIFF output only")
+    from xchm.models.presets import PRESETS
+
+    if args.model in PRESETS:
+        logging.getLogger("xchm").warning(
+            "%s is a preset: its decoder is untrained, so heights are not meaningful; pass a "
+            "trained checkpoint directory with --model",
+            args.model,
+        )
     image = _open_image(Path(args.input), args.chunks)
     chm = predict(
         image,
@@ -166,7 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("input", help="GeoTIFF/COG or Zarr store with named bands")
     pred.add_argument("-o", "--output", required=True, help="output .tif (COG) or .zarr")
-    pred.add_argument("--model", default="dinov3-vitl16-sat", help="preset name or checkpoint dir")
+    pred.add_argument(
+        "--model",
+        required=True,
+        help="trained checkpoint directory (or a preset name: untrained decoder, for testing)",
+    )
     pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
     pred.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="window overlap (px)")
     pred.add_argument("--chunks", type=int, default=2048, help="chunk side in pixels")
