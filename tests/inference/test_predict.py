@@ -323,3 +323,8 @@ def test_predict__sees_changes_to_a_model_object_between_calls(image):
         model.decoder.output.bias.fill_(20.0)
     after = xchm.predict(image, model).values
     assert np.nanmean(after) > np.nanmean(before) + 10
+
+
+def test_predict__preset_card_digest_matches_the_loaded_model(image):
+    chm = xchm.predict(image, "test-tiny")
+    assert chm.attrs["xchm_card_digest"] == xchm.load_model("test-tiny").card.digest()

@@ -150,3 +150,8 @@ def test_band_statistics__no_valid_pixel():
 
     with pytest.raises(InputError, match="no pixel"):
         band_statistics(np.full((3, 4, 4), np.nan))
+
+
+def test_model_card__digest_ignores_provenance():
+    card = ModelCard(preset="test-tiny")
+    assert card.digest() == card.replace(provenance={"epochs": 3}, xchm_version="9").digest()

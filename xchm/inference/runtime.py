@@ -70,8 +70,10 @@ def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tu
             digest = hashlib.sha256(
                 f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()
             ).hexdigest()
-        spec = ModelSpec("preset", str(model), digest, options)
-        return spec, get_model(spec, device="cpu").card
+        # The preset's default card, without building the model on the client.
+        from xchm.models.card import ModelCard
+
+        return ModelSpec("preset", str(model), digest, options), ModelCard(preset=str(model))
     if isinstance(model, str | os.PathLike):
         path = Path(model).expanduser().resolve()
         if not path.is_dir():

@@ -293,8 +293,11 @@ class ModelCard:
             raise WeightsError(f"invalid model card: {err}") from err
 
     def digest(self) -> str:
-        """Short SHA-256 of the card's canonical JSON (identifies the data contract)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Short SHA-256 of the data contract: every field but provenance and versions."""
+        contract = self.to_dict()
+        for key in ("provenance", "xchm_version", "statistics_source"):
+            contract.pop(key)
+        text = json.dumps(contract, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> ModelCard:
