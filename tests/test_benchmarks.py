@@ -32,3 +32,25 @@ def test_model_forward__runs_and_reports(tmp_path):
     results = json.loads(out.read_text())
     text = json.dumps(results)
     assert "test-tiny" in text and "chips" in text
+
+
+def test_predict_overhead__runs_and_predict_matches_its_numpy_check(tmp_path):
+    out = tmp_path / "overhead.json"
+    args = ["--presets", "test-tiny", "--size", "128", "--repeats", "1", "--warmup", "0"]
+    args += ["--seam-shape", "128", "192", "--seam-overlaps", "0", "16", "--seam-seeds", "5"]
+    args += ["--seam-repeats", "1", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "predict_overhead.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(out.read_text())
+    (overhead,) = results["overhead"]
+    # predict equals an independent numpy loop over the same lattice and Hann weights
+    assert overhead["max_abs_diff_a_lattice_numpy_m"] < 1e-4
+    assert overhead["std_height_a_m"] > 0.1
+    by_overlap = {row["overlap"]: row for row in results["seams"]}
+    # the fitted model shows seams without overlap, fewer with the default (the strict
+    # thresholds live in tests/inference/test_predict.py)
+    assert by_overlap[0]["seam_x"]["median"] > by_overlap[16]["seam_x"]["median"]
