@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import xchm
 from xchm.errors import BandError, InputError, ModelNotFoundError, XCHMWarning
+from xchm.testing import responsive_model
 
 from .conftest import make_image
 
@@ -102,8 +103,17 @@ def test_predict__checkpoint_path_and_object_agree(tmp_path, model, image):
 
 def test_predict__does_not_change_the_callers_model(image):
     model = xchm.load_model("test-tiny").train()
+    model.freeze_backbone()
+    modes = {name: module.training for name, module in model.named_modules()}
     xchm.predict(image, model)
-    assert model.training and model.decoder.training
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert model.training and not model.backbone.training
+
+
+def test_predict__runs_a_model_in_training_mode_as_in_eval_mode(image):
+    model = responsive_model("test-tiny")  # batch norm statistics differ from batch ones
+    expected = xchm.predict(image, model.eval()).values
+    np.testing.assert_array_equal(xchm.predict(image, model.train()).values, expected)
 
 
 def test_predict__preset_name(image):

@@ -89,7 +89,7 @@ def predict(
         blends more predictions per pixel (fewer seams) at more compute:
         (window / stride) ** 2 model calls per window area.
     batch_size
-        Windows per model call (default 512 on CUDA, 64 on CPU).
+        Windows per model call (default 512 on CUDA, 16 on CPU).
     device
         ``"cuda"``, ``"cpu"``...; default: chosen on each worker (CUDA if present).
     bands
