@@ -22,7 +22,13 @@ from xchm._version import __version__
 from xchm.errors import BandError, InputError, WeightsError
 from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
 
-__all__ = ["BandStats", "ModelCard", "REFERENCE_STATISTICS", "band_statistics"]
+__all__ = [
+    "BandStats",
+    "ModelCard",
+    "REFERENCE_STATISTICS",
+    "band_statistics",
+    "statistics_from_pixels",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +111,19 @@ def band_statistics(
     if pixels.shape[1] > sample:
         pick = np.random.default_rng(seed).choice(pixels.shape[1], sample, replace=False)
         pixels = pixels[:, pick]
+    return statistics_from_pixels(pixels)
+
+
+def statistics_from_pixels(pixels: np.ndarray) -> tuple[BandStats, ...]:
+    """The reference statistics of already sampled valid pixels, shaped (band, pixel).
+
+    Examples
+    --------
+    >>> stats = statistics_from_pixels(np.array([[0.0, 10.0, 20.0]]))
+    >>> round(stats[0].clip_max, 2), round(stats[0].mean, 2)
+    (34.49, 0.29)
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
     clip = pixels.mean(axis=1) + 3 * pixels.std(axis=1)
     scaled = np.clip(pixels, 0, clip[:, None]) / clip[:, None]
     return tuple(

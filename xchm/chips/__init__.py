@@ -1,0 +1,20 @@
+"""Chip cubes: Zarr v3 stores of image chips and canopy height chips for training.
+
+Build one from scene pairs with :func:`build`, import the reference's layouts with
+:func:`from_directories` / :func:`from_hf_dataset`, and open one with :func:`open`.
+The format is described in docs/chip-cube-format.md.
+
+Examples
+--------
+>>> import xchm.chips
+>>> xchm.chips.SplitRule(method="scene").method
+'scene'
+"""
+
+from xchm.chips.build import build
+from xchm.chips.cube import ChipCube
+from xchm.chips.cube import open_cube as open
+from xchm.chips.sources import ScenePair
+from xchm.chips.splits import SplitRule
+
+__all__ = ["ChipCube", "ScenePair", "SplitRule", "build", "open"]

@@ -1,0 +1,249 @@
+"""Open and inspect a chip cube (the read side of docs/chip-cube-format.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, store_path
+from xchm.errors import InputError
+from xchm.models.card import BandStats, ModelCard
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["ChipCube", "open_cube"]
+
+
+class ChipCube:
+    """A chip cube on disk, or a selection of its chips.
+
+    Use :func:`xchm.chips.open` rather than the constructor.
+
+    Examples
+    --------
+    >>> cube = xchm.chips.open("chips.zarr")  # doctest: +SKIP
+    >>> len(cube), cube.bands, cube.splits  # doctest: +SKIP
+    (1234, ('nir', 'red', 'green'), {'train': 990, 'val': 244})
+    >>> train = cube.sel(split="train")  # doctest: +SKIP
+    >>> ds = train.to_xarray()  # lazy image, height and chip coordinates  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path, group: Any, attrs: dict[str, Any], index: np.ndarray | None):
+        self.path = path
+        self._group = group
+        self.attrs = attrs
+        self._index = index
+
+    # -- what is in it -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.attrs["chips"]) if self._index is None else len(self._index)
+
+    def __repr__(self) -> str:
+        sel = "" if self._index is None else f" (selection of {self.attrs['chips']})"
+        return (
+            f"<ChipCube {str(self.path)!r}: {len(self)} chips{sel}, bands {self.bands}, "
+            f"{self.window}x{self.window} px at {self.pixel_size} m, splits {self.splits}>"
+        )
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Band names of ``image``, in order."""
+        return tuple(self.attrs["bands"])
+
+    @property
+    def window(self) -> int:
+        """Chip side in pixels."""
+        return int(self.attrs["window"])
+
+    @property
+    def pixel_size(self) -> float | None:
+        """Pixel size in metres (None if the sources had no georeferencing)."""
+        value = self.attrs.get("pixel_size")
+        return None if value is None else float(value)
+
+    @property
+    def nodata(self) -> float | None:
+        """Value marking missing image pixels (NaN for float images), or None."""
+        return self.attrs.get("nodata")
+
+    @property
+    def statistics(self) -> tuple[BandStats, ...]:
+        """Per-band normalisation statistics (the reference procedure), for a ModelCard."""
+        return tuple(BandStats(**b) for b in self.attrs["statistics"]["bands"])
+
+    @property
+    def filters(self) -> dict[str, Any]:
+        """Filter settings, candidates, and how many chips each rule removed."""
+        return dict(self.attrs["filters"])
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Chips per split label in this cube or selection."""
+        labels, counts = np.unique(self.coord("split"), return_counts=True)
+        return {str(k): int(v) for k, v in zip(labels, counts, strict=True)}
+
+    @property
+    def index(self) -> np.ndarray:
+        """Positions of the selected chips in the stored arrays (sorted)."""
+        return np.arange(len(self)) if self._index is None else self._index
+
+    @property
+    def image(self) -> Any:
+        """The stored ``image`` Zarr array (all chips, ignoring a selection)."""
+        return self._group["image"]
+
+    @property
+    def height(self) -> Any:
+        """The stored ``height`` Zarr array (all chips, ignoring a selection)."""
+        return self._group["height"]
+
+    def coord(self, name: str) -> np.ndarray:
+        """Return a per-chip coordinate (``scene``, ``crs``, ``origin_x``, ...) of the selection."""
+        if name not in CHIP_ARRAYS:
+            raise InputError(f"unknown chip coordinate {name!r}; choose from {list(CHIP_ARRAYS)}")
+        values = np.asarray(self._group[name][...])
+        if CHIP_ARRAYS[name] == "str":
+            values = values.astype(str)  # zarr returns numpy's StringDType
+        return values if self._index is None else values[self._index]
+
+    # -- selecting and reading -----------------------------------------------------------
+    def sel(self, *, split: str | Sequence[str] | None = None, scene: Any = None) -> ChipCube:
+        """Chips of the given split label(s) and/or scene id(s).
+
+        Examples
+        --------
+        >>> cube.sel(split="val").splits  # doctest: +SKIP
+        {'val': 244}
+        """
+        keep = np.ones(len(self), dtype=bool)
+        for name, wanted in (("split", split), ("scene", scene)):
+            if wanted is None:
+                continue
+            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+            values = self.coord(name)
+            missing = sorted(set(wanted) - set(np.unique(values).tolist()))
+            if missing:
+                raise InputError(
+                    f"{name} {missing} not in this cube; it has {sorted(set(values.tolist()))}"
+                )
+            keep &= np.isin(values, wanted)
+        return ChipCube(self.path, self._group, self.attrs, self.index[keep])
+
+    def read(self, positions: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image and height chips at ``positions`` of this selection (eager)."""
+        where = self.index[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(where)
+        image = self.image.get_orthogonal_selection((where[order],))
+        height = self.height.get_orthogonal_selection((where[order],))
+        back = np.argsort(order)
+        return image[back], height[back]
+
+    def to_xarray(self) -> xr.Dataset:
+        """Return a lazy Dataset: ``image`` (chip, band, y, x), ``height`` (chip, y, x), coords.
+
+        Pixel dims ``y``/``x`` count pixels inside a chip; each chip's map position is
+        ``origin_x``/``origin_y`` (upper-left corner) in its ``crs``.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        image = da.from_zarr(self.image)
+        height = da.from_zarr(self.height)
+        if self._index is not None:
+            image, height = image[self._index], height[self._index]
+        coords: dict[str, Any] = {name: ("chip", self.coord(name)) for name in CHIP_ARRAYS}
+        coords["band"] = ("band", list(self.bands))
+        attrs = {k: v for k, v in self.attrs.items() if k in ("window", "pixel_size", "nodata")}
+        return xr.Dataset(
+            {
+                "image": (("chip", "band", "y", "x"), image),
+                "height": (("chip", "y", "x"), height, {"units": "m"}),
+            },
+            coords=coords,
+            attrs=attrs,
+        )
+
+    def model_card(self, preset: str, **kwargs: Any) -> ModelCard:
+        """Make a ModelCard for training on this cube: its bands, statistics and pixel size.
+
+        Examples
+        --------
+        >>> cube.model_card("test-tiny").bands  # doctest: +SKIP
+        ('nir', 'red', 'green')
+        """
+        stats = self.attrs["statistics"]
+        source = f"chip cube {self.path.name}: {stats['pixels_sampled']} sampled pixels"
+        options: dict[str, Any] = {
+            "bands": self.bands,
+            "statistics": self.statistics,
+            "statistics_source": source,
+            "window": self.window,
+        }
+        if self.pixel_size is not None:
+            options["pixel_size"] = self.pixel_size
+        return ModelCard(preset=preset, **{**options, **kwargs})
+
+    def summary(self) -> str:
+        """Describe the cube in a few lines (what ``xchm chips info`` prints)."""
+        a = self.attrs
+        f = a["filters"]
+        lines = [
+            f"chip cube   {self.path}",
+            f"chips       {len(self)} of {f['candidates']} candidates "
+            f"(removed: {', '.join(f'{k} {v}' for k, v in f['removed'].items())})",
+            f"image       {self.image.dtype} {tuple(self.image.shape)}, bands {self.bands}, "
+            f"nodata {self.nodata}",
+            f"pixel size  {self.pixel_size} m, window {self.window} px",
+            f"splits      {a['split']['method']}: {self.splits}",
+            "statistics  "
+            + "; ".join(
+                f"{b} clip {s.clip_max:.4g} mean {s.mean:.4f} sd {s.std:.4f}"
+                for b, s in zip(self.bands, self.statistics, strict=True)
+            ),
+            f"scenes      {len(np.unique(self.coord('scene')))}",
+            f"created     {a['provenance']['created']} by {a['provenance']['created_by']} "
+            f"(xchm {a['provenance']['xchm_version']})",
+        ]
+        return "\n".join(lines)
+
+
+def open_cube(store: str | Path) -> ChipCube:
+    """Open a finished chip cube.
+
+    Parameters
+    ----------
+    store
+        Directory of the cube (Zarr v3).
+
+    Returns
+    -------
+    ChipCube
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no store at ``store``.
+    InputError
+        If it is not a chip cube, is of an unknown version, or its build did not finish.
+
+    Examples
+    --------
+    >>> cube = xchm.chips.open("chips.zarr")  # doctest: +SKIP
+    """
+    import zarr
+
+    path = store_path(store)
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no Zarr store at {path}")
+    group = zarr.open_group(str(path), mode="r")
+    meta = cube_attrs(group)
+    if not meta.get("complete"):
+        raise InputError(
+            f"chip cube {path} is incomplete: its build was interrupted or failed; build it "
+            "again with overwrite=True"
+        )
+    return ChipCube(path, group, dict(group.attrs), None)

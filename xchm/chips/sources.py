@@ -1,0 +1,302 @@
+"""Open an (image, CHM) pair lazily on one pixel grid, for chip building.
+
+Paths are opened with rasterio; when the image is resampled (``resolution=``) or
+the CHM's CRS, transform or size differ from the image grid, a GDAL ``WarpedVRT``
+does it on the fly (area average for the image; the CHM resampling is an option),
+so that a scene larger than memory is only read strip by strip through Dask.
+In-memory DataArrays are aligned with rioxarray (``reproject``/``reproject_match``),
+which loads them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xchm.errors import BandError, InputError
+from xchm.models.bands import normalize_band_name, normalize_bands
+
+__all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs"]
+
+Source = str | Path | xr.DataArray
+
+
+@dataclass(frozen=True)
+class ScenePair:
+    """One image and the canopy height model (metres) that covers it.
+
+    Examples
+    --------
+    >>> pair = ScenePair("scene.tif", "chm.tif", scene="WV3-2019-07-02", date="2019-07-02")
+    """
+
+    image: Source
+    """Image path (GeoTIFF/COG/VRT) or DataArray (band, y, x)."""
+    chm: Source
+    """CHM path or DataArray (y, x) or (1, y, x), metres above ground."""
+    scene: str | None = None
+    """Scene id (default: the image file's stem, or the DataArray's name)."""
+    date: str | Date | np.datetime64 | None = None
+    """Acquisition date (default: the image's ``TIFFTAG_DATETIME`` if any)."""
+
+
+def as_pairs(pairs: Any) -> list[ScenePair]:
+    """Accept ScenePairs, (image, chm) tuples or dicts with those keys."""
+    if isinstance(pairs, ScenePair):
+        pairs = [pairs]
+    out = []
+    for i, p in enumerate(pairs):
+        if isinstance(p, ScenePair):
+            out.append(p)
+        elif isinstance(p, Mapping):
+            out.append(ScenePair(**p))
+        elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
+            out.append(ScenePair(p[0], p[1]))
+        else:
+            raise InputError(
+                f"pairs[{i}] must be an (image, chm) tuple, a dict or a ScenePair, got {p!r}"
+            )
+    if not out:
+        raise InputError("pairs is empty; give at least one (image, chm) pair")
+    return out
+
+
+@dataclass
+class OpenScene:
+    """A pair opened on the image grid: lazy arrays plus what chips need to know."""
+
+    scene: str
+    image: xr.DataArray  # (band, y, x), native dtype, bands selected and ordered
+    heights: xr.DataArray  # (y, x) float32 metres, NaN for no data
+    bands: tuple[str, ...]
+    nodata: float | None
+    crs: str
+    transform: Any
+    date: np.datetime64 | None
+    description: dict[str, Any]
+
+
+def open_scene(
+    pair: ScenePair,
+    index: int,
+    stack: ExitStack,
+    *,
+    bands: Sequence[str] | Mapping[str, int | str] | None,
+    resolution: float | None,
+    nodata: float | str | None,
+    chm_resampling: str,
+    strip_rows: int,
+) -> OpenScene:
+    """Open ``pair`` on one grid; files stay open until ``stack`` closes."""
+    from rasterio.enums import Resampling
+
+    chunks = {"band": -1, "y": strip_rows, "x": -1}
+    image = _open_image(pair.image, stack, resolution, chunks)
+    names, picks = _resolve_bands(image, bands, pair)
+    declared = image.rio.nodata if image.rio.nodata is not None else image.rio.encoded_nodata
+    image = image.isel(band=picks)
+    image_nodata = declared if nodata == "auto" else nodata
+    if image_nodata is not None and not isinstance(image_nodata, int | float | np.number):
+        raise InputError(f"nodata must be a number, None or 'auto', got {image_nodata!r}")
+    if image.rio.crs is None:
+        raise InputError(f"image of scene {index} has no CRS; chips need georeferencing")
+    try:
+        resampling = Resampling[chm_resampling]
+    except KeyError:
+        choices = ", ".join(r.name for r in Resampling)
+        raise InputError(f"chm_resampling {chm_resampling!r} is not one of: {choices}") from None
+    heights = _open_chm(pair.chm, image, stack, resampling, chunks)
+    scene = pair.scene or _default_scene_id(pair.image, index)
+    return OpenScene(
+        scene=scene,
+        image=image,
+        heights=heights,
+        bands=names,
+        nodata=None if image_nodata is None else float(image_nodata),
+        crs=image.rio.crs.to_string(),
+        transform=image.rio.transform(),
+        date=_scene_date(pair.date, image.attrs),
+        description={
+            "scene": scene,
+            "image": _describe(pair.image),
+            "chm": _describe(pair.chm),
+            "date": None if pair.date is None else str(pair.date),
+        },
+    )
+
+
+def _open_image(source: Source, stack: ExitStack, resolution: float | None, chunks: Any) -> Any:
+    import rioxarray
+    from rasterio.enums import Resampling
+
+    if isinstance(source, xr.DataArray):
+        image = source
+        if image.ndim != 3:
+            raise InputError(f"image must be (band, y, x), got dims {image.dims}")
+        if resolution is not None and not _same_resolution(image, resolution):
+            image = image.rio.reproject(
+                image.rio.crs, resolution=resolution, resampling=Resampling.average
+            )
+        return image
+    src = _open_raster(source, stack)
+    if resolution is not None and not math.isclose(abs(src.res[0]), resolution, rel_tol=1e-9):
+        from affine import Affine
+        from rasterio.vrt import WarpedVRT
+
+        left, bottom, right, top = src.bounds
+        width = math.floor((right - left) / resolution + 1e-6)
+        height = math.floor((top - bottom) / resolution + 1e-6)
+        if width < 1 or height < 1:
+            raise InputError(f"{source}: resolution {resolution} is coarser than the image")
+        src = stack.enter_context(
+            WarpedVRT(
+                src,
+                crs=src.crs,
+                transform=Affine(resolution, 0, left, 0, -resolution, top),
+                width=width,
+                height=height,
+                resampling=Resampling.average,
+            )
+        )
+    return rioxarray.open_rasterio(src, chunks=chunks)
+
+
+def _open_chm(source: Source, image: Any, stack: ExitStack, resampling: Any, chunks: Any) -> Any:
+    import rioxarray
+
+    if isinstance(source, xr.DataArray):
+        chm: Any = source.squeeze(drop=True) if source.ndim == 3 else source
+        if chm.ndim != 2:
+            raise InputError(f"chm must be (y, x), got dims {source.dims}")
+        nodata = chm.rio.nodata if chm.rio.nodata is not None else chm.rio.encoded_nodata
+        if not _same_grid(chm, image):
+            chm = chm.rio.reproject_match(image.isel(band=0), resampling=resampling)
+            nodata = chm.rio.nodata
+        heights = chm.astype("float32")
+        if nodata is not None and not np.isnan(nodata):
+            heights = heights.where(chm != nodata)
+        return heights.assign_coords(y=image.y, x=image.x)
+    src = _open_raster(source, stack)
+    grid = (image.rio.crs, image.rio.transform(), image.rio.height, image.rio.width)
+    if (src.crs, src.transform, src.height, src.width) != grid:
+        from rasterio.vrt import WarpedVRT
+
+        src = stack.enter_context(
+            WarpedVRT(
+                src,
+                crs=grid[0],
+                transform=grid[1],
+                height=grid[2],
+                width=grid[3],
+                resampling=resampling,
+                src_nodata=src.nodata,
+                nodata=np.nan,
+                dtype="float32",
+            )
+        )
+    chm = rioxarray.open_rasterio(src, chunks=chunks, masked=True)
+    if chm.sizes["band"] != 1:
+        raise InputError(f"CHM {source} has {chm.sizes['band']} bands; expected 1 (heights)")
+    return chm.isel(band=0, drop=True).astype("float32").assign_coords(y=image.y, x=image.x)
+
+
+def _open_raster(path: Source, stack: ExitStack) -> Any:
+    import rasterio
+
+    path = Path(str(path)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    return stack.enter_context(rasterio.open(path))
+
+
+def _resolve_bands(
+    image: Any, bands: Sequence[str] | Mapping[str, int | str] | None, pair: ScenePair
+) -> tuple[tuple[str, ...], list[int]]:
+    """Band names of the cube and the (0-based) image bands they come from."""
+    count = image.sizes["band"]
+    described = image.attrs.get("long_name")
+    if isinstance(described, str):
+        described = (described,)
+    source_names = (
+        [normalize_band_name(str(d)) for d in described]
+        if described is not None and len(described) == count and all(described)
+        else None
+    )
+    where = f"image {_describe(pair.image)!r}"
+    if bands is None:
+        if source_names is None:
+            raise BandError(
+                f"{where} has {count} bands without names; pass bands=('nir', 'red', "
+                "'green') (one name per band) or a mapping {'nir': 4, 'red': 3, ...}"
+            )
+        return normalize_bands(source_names), list(range(count))
+    if isinstance(bands, Mapping):
+        names = normalize_bands(list(bands))
+        picks, problems = [], []
+        for name, src in bands.items():
+            if isinstance(src, int) and not isinstance(src, bool):
+                if not 1 <= src <= count:
+                    problems.append(f"{name!r} <- band {src} (the image has bands 1..{count})")
+                picks.append(src - 1)
+            elif isinstance(src, str) and source_names and normalize_band_name(src) in source_names:
+                picks.append(source_names.index(normalize_band_name(src)))
+            else:
+                problems.append(f"{name!r} <- {src!r} (not a band number or name of the image)")
+        if problems:
+            raise BandError(f"{where}: cannot select " + "; ".join(problems))
+        return names, picks
+    names = normalize_bands(list(bands))
+    if len(names) != count:
+        raise BandError(
+            f"{where} has {count} bands but bands={tuple(bands)} names {len(names)}; name each "
+            "band, or select bands with a mapping such as {'nir': 4, 'red': 3, 'green': 2}"
+        )
+    return names, list(range(count))
+
+
+def _same_grid(a: Any, b: Any) -> bool:
+    return bool(
+        a.rio.crs == b.rio.crs
+        and a.rio.shape == b.rio.shape
+        and np.allclose(tuple(a.rio.transform())[:6], tuple(b.rio.transform())[:6])
+    )
+
+
+def _same_resolution(image: Any, resolution: float) -> bool:
+    return all(math.isclose(abs(r), resolution, rel_tol=1e-9) for r in image.rio.resolution())
+
+
+def _scene_date(value: Any, attrs: Mapping[str, Any]) -> np.datetime64 | None:
+    if value is None:
+        tag = attrs.get("TIFFTAG_DATETIME") or attrs.get("acquisition_date") or attrs.get("date")
+        if not tag:
+            return None
+        match = re.match(r"(\d{4})[:-](\d{2})[:-](\d{2})", str(tag))
+        if not match:
+            return None
+        value = "-".join(match.groups())
+    try:
+        return np.datetime64(value, "D")
+    except ValueError as err:
+        raise InputError(f"cannot read the date {value!r}: use 'YYYY-MM-DD'") from err
+
+
+def _default_scene_id(source: Source, index: int) -> str:
+    if isinstance(source, xr.DataArray):
+        return str(source.name) if source.name is not None else f"scene-{index}"
+    return Path(str(source)).stem
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, xr.DataArray):
+        return f"<DataArray {source.name or ''} {dict(source.sizes)}>"
+    return str(Path(str(source)).expanduser().resolve())

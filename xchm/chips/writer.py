@@ -1,0 +1,490 @@
+"""Write a chip cube: filter chips, shuffle them globally in bounded memory, stats.
+
+Builders and importers hand chips to a :class:`ChipWriter` in any order and any
+batch size. The writer
+
+1. filters each batch (missing values beyond ``min_valid``, no height > 0, chips
+   straddling blocks of different splits) and counts what each rule removed;
+2. spreads the kept chips over random *buckets* staged in the store (``_staging``),
+   each small enough to fit in memory;
+3. on :meth:`ChipWriter.finish`, loads one bucket at a time, permutes it and
+   appends it to the final arrays in whole shards. A random bucket per chip plus a
+   permutation inside each bucket is a uniform shuffle of all chips (the usual
+   external shuffle), so sequential chunk reads are already well mixed;
+4. samples the band statistics while writing, exactly as
+   :func:`xchm.models.band_statistics` would on the finished ``image`` array.
+
+The group's attrs say ``complete: false`` until the very end: an interrupted
+build never looks like a finished cube (``xchm.chips.open`` refuses it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xchm._version import __version__
+from xchm.chips.layout import (
+    CHIP_ARRAYS,
+    CHIPS_PER_CHUNK,
+    CHIPS_PER_SHARD,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    compressors,
+)
+from xchm.chips.splits import SplitRule
+from xchm.errors import InputError
+from xchm.models.card import statistics_from_pixels
+
+__all__ = ["ChipWriter", "CubeSettings", "FILTER_RULES"]
+
+#: Filter rules, in the order they are applied; each chip is counted by the first.
+FILTER_RULES = {
+    "missing": "image or height valid in fewer than min_valid of the pixels",
+    "no_positive": "no height > 0 m (drop_no_positive)",
+    "split_buffer": "footprint reaches a block of another split (stride < window)",
+}
+_STAGING = "_staging"
+_BUCKET_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True, kw_only=True)
+class CubeSettings:
+    """What a cube holds and how chips are filtered; stored in its attrs."""
+
+    bands: tuple[str, ...]
+    window: int
+    dtype: str
+    nodata: float | None
+    pixel_size: float | None
+    min_valid: float = 1.0
+    drop_no_positive: bool = True
+    split: SplitRule = field(default_factory=SplitRule)
+    seed: int = 0
+    stats_sample: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_valid <= 1:
+            raise InputError(f"min_valid must be in (0, 1], got {self.min_valid!r}")
+        if self.stats_sample < 1:
+            raise InputError(f"stats_sample must be positive, got {self.stats_sample!r}")
+
+
+@dataclass
+class _Bucket:
+    staged: int = 0
+    images: list[np.ndarray] = field(default_factory=list)
+    heights: list[np.ndarray] = field(default_factory=list)
+    meta: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def buffered(self) -> int:
+        return sum(len(a) for a in self.images)
+
+
+class ChipWriter:
+    """Collect chips into a new cube at ``path``; see the module docstring.
+
+    Parameters
+    ----------
+    path
+        Directory of the new Zarr store.
+    settings
+        Bands, window, dtype, filters, split and statistics settings.
+    expected_chips
+        Upper bound of the chips to come (sizes the shuffle buckets).
+    inputs
+        Descriptions of the inputs, kept in the provenance.
+    overwrite
+        Replace an existing store at ``path``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: CubeSettings,
+        *,
+        expected_chips: int,
+        inputs: Sequence[Any] = (),
+        overwrite: bool = False,
+        created_by: str = "xchm.chips",
+    ) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self.settings = settings
+        self.inputs = list(inputs)
+        self.created_by = created_by
+        _prepare_directory(self.path, overwrite)
+        self.group: Any = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+        self.group.attrs["xchm"] = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+        }
+        s = settings
+        chip_bytes = (len(s.bands) * np.dtype(s.dtype).itemsize + 4) * s.window**2
+        n_buckets = max(1, math.ceil(expected_chips * chip_bytes / _BUCKET_BYTES))
+        self._buckets = [_Bucket() for _ in range(n_buckets)]
+        self._rng = np.random.default_rng(s.seed)
+        self._removed = dict.fromkeys(FILTER_RULES, 0)
+        self._candidates = 0
+        self._blocks: dict[tuple[Any, ...], int] = {}
+
+    # -- adding chips ---------------------------------------------------------------
+    def add(
+        self,
+        image: np.ndarray,
+        height: np.ndarray,
+        *,
+        scene: str,
+        crs: str,
+        date: np.datetime64 | None,
+        origin_x: np.ndarray,
+        origin_y: np.ndarray,
+        block_first: np.ndarray,
+        block_last: np.ndarray | None = None,
+    ) -> int:
+        """Filter a batch of chips of one scene and stage the kept ones.
+
+        Parameters
+        ----------
+        image, height
+            ``(k, band, window, window)`` in the cube's dtype (nodata marks missing
+            pixels) and ``(k, window, window)`` metres with NaN for missing.
+        scene, crs, date
+            Source scene id, its CRS as a string, its acquisition date (or None).
+        origin_x, origin_y
+            Map coordinates of each chip's upper-left corner.
+        block_first, block_last
+            ``(k, 2)`` block (row, col) of each chip's first and last pixel in the
+            scene's block grid; ``block_last`` only when chips may straddle blocks.
+
+        Returns
+        -------
+        int
+            How many chips were kept.
+        """
+        s = self.settings
+        k = len(image)
+        if k == 0:
+            return 0
+        self._candidates += k
+        valid = _valid_pixels(image, s.nodata)
+        pixels = float(s.window * s.window)
+        n_valid = valid.sum(axis=(1, 2))
+        h_valid = np.isfinite(height).sum(axis=(1, 2))
+        missing = (n_valid < s.min_valid * pixels) | (h_valid < s.min_valid * pixels)
+        missing |= (n_valid == 0) | (h_valid == 0)
+        keep = ~missing
+        self._removed["missing"] += int(missing.sum())
+        if s.drop_no_positive:
+            with np.errstate(invalid="ignore"):
+                positive = (np.where(np.isfinite(height), height, 0) > 0).any(axis=(1, 2))
+            self._removed["no_positive"] += int((keep & ~positive).sum())
+            keep &= positive
+        labels, block_ids, straddles = self._labels(
+            scene, origin_x, origin_y, block_first, block_last
+        )
+        self._removed["split_buffer"] += int((keep & straddles).sum())
+        keep &= ~straddles
+        idx = np.flatnonzero(keep)
+        if len(idx) == 0:
+            return 0
+        meta = {
+            "scene": np.full(len(idx), scene, dtype=object),
+            "crs": np.full(len(idx), crs, dtype=object),
+            "origin_x": np.asarray(origin_x, dtype=np.float64)[idx],
+            "origin_y": np.asarray(origin_y, dtype=np.float64)[idx],
+            "date": np.full(len(idx), date if date is not None else "NaT", "datetime64[D]"),
+            "split": labels[idx],
+            "block": block_ids[idx],
+            "n_valid": n_valid[idx].astype(np.int64),
+        }
+        which = self._rng.integers(len(self._buckets), size=len(idx))
+        for b in np.unique(which):
+            sel = idx[which == b]
+            bucket = self._buckets[b]
+            bucket.images.append(np.asarray(image[sel], dtype=s.dtype))
+            bucket.heights.append(np.asarray(height[sel], dtype=np.float32))
+            bucket.meta.append({key: v[which == b] for key, v in meta.items()})
+            if bucket.buffered >= CHIPS_PER_CHUNK:
+                self._stage(int(b))
+        return len(idx)
+
+    def _labels(
+        self,
+        scene: str,
+        origin_x: np.ndarray,
+        origin_y: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rule = self.settings.split
+        first = np.asarray(first, dtype=np.int64).reshape(-1, 2)
+        block_ids = np.array([self._block_id(scene, r, c) for r, c in first], dtype=np.int64)
+        if rule.method == "scene":
+            labels = np.full(len(first), rule.label(scene), dtype=object)
+        elif rule.method == "random":
+            labels = np.array(
+                [rule.label(scene, x, y) for x, y in zip(origin_x, origin_y, strict=True)],
+                dtype=object,
+            )
+        else:
+            labels = np.array([rule.label(scene, r, c) for r, c in first], dtype=object)
+        straddles = np.zeros(len(first), dtype=bool)
+        if rule.method == "block" and last is not None:
+            last = np.asarray(last, dtype=np.int64).reshape(-1, 2)
+            for i in np.flatnonzero((last != first).any(axis=1)):
+                (r0, c0), (r1, c1) = first[i], last[i]
+                straddles[i] = any(
+                    rule.label(scene, r, c) != labels[i]
+                    for r in range(r0, r1 + 1)
+                    for c in range(c0, c1 + 1)
+                )
+        return labels, block_ids, straddles
+
+    def _block_id(self, scene: str, row: int, col: int) -> int:
+        return self._blocks.setdefault((scene, int(row), int(col)), len(self._blocks))
+
+    def _stage(self, b: int, *, final: bool = False) -> None:
+        """Append a bucket's buffered chips to its staging arrays (whole chunks)."""
+        bucket = self._buckets[b]
+        if not bucket.images:
+            return
+        images = np.concatenate(bucket.images)
+        heights = np.concatenate(bucket.heights)
+        n = len(images) if final else len(images) // CHIPS_PER_CHUNK * CHIPS_PER_CHUNK
+        if n == 0:
+            return
+        image_arr, height_arr = self._staging_arrays(b, images.shape[1:], images.dtype)
+        image_arr.append(images[:n])
+        height_arr.append(heights[:n])
+        bucket.staged += n
+        bucket.images = [images[n:]] if n < len(images) else []
+        bucket.heights = [heights[n:]] if n < len(heights) else []
+
+    def _staging_arrays(self, b: int, chip_shape: tuple[int, ...], dtype: Any) -> tuple[Any, Any]:
+        name = f"{_STAGING}/image_{b}"
+        if name in self.group:
+            return self.group[name], self.group[f"{_STAGING}/height_{b}"]
+        w = self.settings.window
+        from zarr.codecs import ZstdCodec
+
+        fast = ZstdCodec(level=1)
+        image = self.group.create_array(
+            name,
+            shape=(0, *chip_shape),
+            chunks=(CHIPS_PER_CHUNK, *chip_shape),
+            dtype=dtype,
+            compressors=fast,
+        )
+        height = self.group.create_array(
+            f"{_STAGING}/height_{b}",
+            shape=(0, w, w),
+            chunks=(CHIPS_PER_CHUNK, w, w),
+            dtype="float32",
+            compressors=fast,
+            fill_value=np.nan,
+        )
+        return image, height
+
+    # -- finishing ----------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Shuffle the staged chips into the final arrays; return the cube's attrs."""
+        s = self.settings
+        for b in range(len(self._buckets)):
+            self._stage(b, final=True)
+        sizes = [bucket.staged for bucket in self._buckets]
+        n = sum(sizes)
+        if n == 0:
+            raise InputError(
+                f"no chip passed the filters ({self._candidates} candidates; removed: "
+                f"{self._removed}); check nodata, min_valid and the CHM's units"
+            )
+        perms = [self._rng.permutation(size) for size in sizes]
+        meta = {
+            key: np.concatenate(
+                [
+                    np.concatenate([m[key] for m in bk.meta])[p]
+                    for bk, p in zip(self._buckets, perms, strict=True)
+                    if bk.meta
+                ]
+            )
+            for key in (*CHIP_ARRAYS, "n_valid")
+        }
+        image_out, height_out = self._final_arrays(n)
+        sampler = _PixelSampler(meta["n_valid"], s.stats_sample, s.seed)
+        carry_img: list[np.ndarray] = []
+        carry_h: list[np.ndarray] = []
+        start = 0
+        for b, perm in enumerate(perms):
+            if len(perm) == 0:
+                continue
+            carry_img.append(self.group[f"{_STAGING}/image_{b}"][...][perm])
+            carry_h.append(self.group[f"{_STAGING}/height_{b}"][...][perm])
+            images, heights = np.concatenate(carry_img), np.concatenate(carry_h)
+            last = b == len(perms) - 1 or not any(len(p) for p in perms[b + 1 :])
+            m = len(images) if last else len(images) // CHIPS_PER_SHARD * CHIPS_PER_SHARD
+            if m:
+                image_out[start : start + m] = images[:m]
+                height_out[start : start + m] = heights[:m]
+                sampler.collect(images[:m], start, s.nodata)
+                start += m
+            carry_img, carry_h = [images[m:]], [heights[m:]]
+        for key, dtype in CHIP_ARRAYS.items():
+            values = meta[key]
+            arr = self.group.create_array(
+                key,
+                shape=(n,),
+                chunks=(min(n, 65536),),
+                dtype=dtype if dtype != "str" else str,
+                compressors=compressors(),
+            )
+            arr[:] = values.astype(str) if dtype == "str" else values
+        stats = statistics_from_pixels(sampler.pixels())
+        attrs = self._attrs(n, stats, sampler.total_valid, sampler.picked)
+        del self.group[_STAGING]
+        self.group.attrs.update(attrs)
+        return attrs
+
+    def _final_arrays(self, n: int) -> tuple[Any, Any]:
+        s = self.settings
+        w, nb = s.window, len(s.bands)
+        shard = min(CHIPS_PER_SHARD, math.ceil(n / CHIPS_PER_CHUNK) * CHIPS_PER_CHUNK)
+        common = {"compressors": compressors()}
+        fill = s.nodata if s.nodata is not None else 0
+        image = self.group.create_array(
+            "image",
+            shape=(n, nb, w, w),
+            chunks=(CHIPS_PER_CHUNK, nb, w, w),
+            shards=(shard, nb, w, w),
+            dtype=s.dtype,
+            fill_value=fill,
+            **common,
+            dimension_names=("chip", "band", "y", "x"),
+        )
+        height = self.group.create_array(
+            "height",
+            shape=(n, w, w),
+            chunks=(CHIPS_PER_CHUNK, w, w),
+            shards=(shard, w, w),
+            dtype="float32",
+            fill_value=np.nan,
+            **common,
+            dimension_names=("chip", "y", "x"),
+        )
+        return image, height
+
+    def _attrs(self, n: int, stats: Any, total_valid: int, picked: int) -> dict[str, Any]:
+        s = self.settings
+        splits: dict[str, int] = {}
+        for label in self.group["split"][...]:
+            splits[str(label)] = splits.get(str(label), 0) + 1
+        return {
+            "xchm": {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": True},
+            "bands": list(s.bands),
+            "window": s.window,
+            "pixel_size": s.pixel_size,
+            "nodata": s.nodata,
+            "chips": n,
+            "statistics": {
+                "bands": [{"clip_max": x.clip_max, "mean": x.mean, "std": x.std} for x in stats],
+                "method": (
+                    "reference procedure: per band clip_max = mean + 3 sd of the raw values of "
+                    "sampled pixels valid in every band; mean and sd of the values clipped to "
+                    "[0, clip_max] and divided by it"
+                ),
+                "sample": s.stats_sample,
+                "seed": s.seed,
+                "pixels_sampled": picked,
+                "pixels_valid": total_valid,
+            },
+            "filters": {
+                "rules": dict(FILTER_RULES),
+                "min_valid": s.min_valid,
+                "drop_no_positive": s.drop_no_positive,
+                "candidates": self._candidates,
+                "removed": dict(self._removed),
+                "kept": n,
+            },
+            "split": {**s.split.to_dict(), "counts": dict(sorted(splits.items()))},
+            "provenance": {
+                "created_by": self.created_by,
+                "inputs": self.inputs,
+                "xchm_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        }
+
+
+class _PixelSampler:
+    """Pick ``sample`` valid pixels of the final image array as band_statistics does.
+
+    ``band_statistics(image, axis=1)`` orders valid pixels chip by chip, row by row,
+    and draws ``choice(n_valid, sample, replace=False)``; the same draw here selects
+    the same set of pixels, gathered slab by slab as the chips are written.
+    """
+
+    def __init__(self, n_valid: np.ndarray, sample: int, seed: int) -> None:
+        self.ends = np.cumsum(n_valid)
+        self.total_valid = int(self.ends[-1]) if len(self.ends) else 0
+        if self.total_valid > sample:
+            pick = np.random.default_rng(seed).choice(self.total_valid, sample, replace=False)
+            self.pick = np.sort(pick)
+        else:
+            self.pick = np.arange(self.total_valid)
+        self.picked = len(self.pick)
+        self._parts: list[np.ndarray] = []
+
+    def collect(self, images: np.ndarray, start: int, nodata: float | None) -> None:
+        """Gather the picked pixels of chips ``start : start + len(images)``."""
+        first = int(self.ends[start - 1]) if start else 0
+        last = int(self.ends[start + len(images) - 1])
+        lo, hi = np.searchsorted(self.pick, [first, last])
+        if hi == lo:
+            return
+        valid = _valid_pixels(images, nodata).reshape(-1)
+        flat = np.flatnonzero(valid)[self.pick[lo:hi] - first]
+        bands = images.shape[1]
+        by_band = np.moveaxis(images, 1, 0).reshape(bands, -1)
+        self._parts.append(by_band[:, flat].astype(np.float64))
+
+    def pixels(self) -> np.ndarray:
+        if not self._parts:
+            raise InputError("no image pixel is valid in every band; cannot compute statistics")
+        return np.concatenate(self._parts, axis=1)
+
+
+def _valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(k, band, h, w) -> (k, h, w): valid in every band (finite, not nodata)."""
+    valid = np.ones(image.shape[:1] + image.shape[2:], dtype=bool)
+    if np.issubdtype(image.dtype, np.floating):
+        valid &= np.isfinite(image).all(axis=1)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        valid &= (image != nodata).all(axis=1)
+    return valid
+
+
+def _prepare_directory(path: Path, overwrite: bool) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
+            )
+        if path.is_dir() and (path / "zarr.json").exists():
+            shutil.rmtree(path)
+        else:
+            raise FileExistsError(
+                f"{path} exists and is not a Zarr store; refusing to delete it, choose another path"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
