@@ -11,7 +11,7 @@ Examples
 'scene'
 """
 
-from xchm.chips.build import build
+from xchm.chips.builder import build
 from xchm.chips.cube import ChipCube
 from xchm.chips.cube import open_cube as open
 from xchm.chips.sources import ScenePair

@@ -107,7 +107,7 @@ class ChipCube:
             raise InputError(f"unknown chip coordinate {name!r}; choose from {list(CHIP_ARRAYS)}")
         values = np.asarray(self._group[name][...])
         if CHIP_ARRAYS[name] == "str":
-            values = values.astype(str)  # zarr returns numpy's StringDType
+            values = np.array(values.tolist(), dtype=str)  # zarr gives StringDType
         return values if self._index is None else values[self._index]
 
     # -- selecting and reading -----------------------------------------------------------

@@ -100,7 +100,7 @@ def open_scene(
     from rasterio.enums import Resampling
 
     chunks = {"band": -1, "y": strip_rows, "x": -1}
-    image = _open_image(pair.image, stack, resolution, chunks)
+    image = _open_image(pair.image, stack, resolution, nodata, chunks)
     names, picks = _resolve_bands(image, bands, pair)
     declared = image.rio.nodata if image.rio.nodata is not None else image.rio.encoded_nodata
     image = image.isel(band=picks)
@@ -134,7 +134,9 @@ def open_scene(
     )
 
 
-def _open_image(source: Source, stack: ExitStack, resolution: float | None, chunks: Any) -> Any:
+def _open_image(
+    source: Source, stack: ExitStack, resolution: float | None, nodata: Any, chunks: Any
+) -> Any:
     import rioxarray
     from rasterio.enums import Resampling
 
@@ -143,6 +145,8 @@ def _open_image(source: Source, stack: ExitStack, resolution: float | None, chun
         if image.ndim != 3:
             raise InputError(f"image must be (band, y, x), got dims {image.dims}")
         if resolution is not None and not _same_resolution(image, resolution):
+            if nodata != "auto":  # the user's nodata decides which pixels the average skips
+                image = image.rio.write_nodata(nodata)
             image = image.rio.reproject(
                 image.rio.crs, resolution=resolution, resampling=Resampling.average
             )
@@ -157,6 +161,8 @@ def _open_image(source: Source, stack: ExitStack, resolution: float | None, chun
         height = math.floor((top - bottom) / resolution + 1e-6)
         if width < 1 or height < 1:
             raise InputError(f"{source}: resolution {resolution} is coarser than the image")
+        # The user's nodata decides which pixels the average skips (None: none).
+        given = {} if nodata == "auto" else {"src_nodata": nodata, "nodata": nodata}
         src = stack.enter_context(
             WarpedVRT(
                 src,
@@ -165,6 +171,7 @@ def _open_image(source: Source, stack: ExitStack, resolution: float | None, chun
                 width=width,
                 height=height,
                 resampling=Resampling.average,
+                **given,
             )
         )
     return rioxarray.open_rasterio(src, chunks=chunks)
