@@ -1,7 +1,8 @@
 """The ``xchm`` command line.
 
 Sub-commands live in small functions registered in :func:`build_parser`; each
-imports what it needs, so ``xchm --help`` stays fast.
+imports what it needs, so ``xchm --help`` stays fast. The ``chips`` group lives in
+:mod:`xchm.cli_chips`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xchm._version import __version__
+from xchm.cli_chips import add_chips_parser
 from xchm.errors import XCHMError
 
 # Kept in sync with xchm.inference.predict.DEFAULT_OVERLAP without importing xarray here.
@@ -192,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=_predict)
+
+    add_chips_parser(sub)
     return parser
 
 
@@ -208,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except XCHMError as err:
-        print(f"xchm: error: {err}", file=sys.stderr)
+    except (XCHMError, FileNotFoundError, FileExistsError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"xchm: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -89,3 +89,8 @@ def test_summary__names_counts_and_statistics(cube):
     assert "('nir', 'red', 'green')" in text
     assert f"{cube.statistics[0].mean:.4f}" in text
     assert "30 chips" in repr(cube)
+
+
+def test_preview__method_writes_the_png(cube, tmp_path):
+    out = cube.preview(tmp_path / "p.png", n=4, split="val")
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -187,6 +187,18 @@ class ChipCube:
             options["pixel_size"] = self.pixel_size
         return ModelCard(preset=preset, **{**options, **kwargs})
 
+    def preview(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write a PNG grid of image/height chip pairs; see :func:`xchm.chips.preview.preview`.
+
+        Examples
+        --------
+        >>> cube.preview("preview.png", n=8, split="val")  # doctest: +SKIP
+        PosixPath('preview.png')
+        """
+        from xchm.chips.preview import preview
+
+        return preview(self, path, **kwargs)
+
     def summary(self) -> str:
         """Describe the cube in a few lines (what ``xchm chips info`` prints)."""
         a = self.attrs

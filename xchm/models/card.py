@@ -115,7 +115,7 @@ def band_statistics(
 
 
 def statistics_from_pixels(pixels: np.ndarray) -> tuple[BandStats, ...]:
-    """The reference statistics of already sampled valid pixels, shaped (band, pixel).
+    """Compute the reference statistics of sampled valid pixels, shaped (band, pixel).
 
     Examples
     --------

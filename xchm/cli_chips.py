@@ -1,0 +1,316 @@
+"""The ``xchm chips`` commands: build, inspect and preview chip cubes.
+
+Kept apart from :mod:`xchm.cli` so that module stays a short index of commands;
+:func:`add_chips_parser` registers the group there. As in :mod:`xchm.cli`, every
+command imports what it needs when it runs, so ``xchm --help`` stays fast and
+``import xchm.cli`` does not import torch.
+
+User errors (:class:`~xchm.errors.XCHMError`, ``FileNotFoundError``,
+``FileExistsError``) make these commands exit with status 1 after one line on
+stderr (:func:`xchm.cli.main` prints it); ``xchm chips`` without a command prints
+its help and exits with 2, as argparse does for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_chips_parser", "parse_band_map", "read_pairs_csv"]
+
+_CSV_COLUMNS = ("image", "chm", "scene", "date")
+
+
+def parse_band_map(items: list[str]) -> dict[str, int | str]:
+    """Parse ``--band-map`` items ``NAME=BAND`` into ``{name: band number or description}``.
+
+    Parameters
+    ----------
+    items
+        Strings such as ``"nir=4"`` (1-based band number) or ``"nir=NIR"`` (band
+        description).
+
+    Returns
+    -------
+    dict
+        The mapping for :func:`xchm.chips.build`'s ``bands=``, in the given order.
+
+    Raises
+    ------
+    InputError
+        If an item is not ``NAME=BAND`` or a name repeats (all problems at once).
+
+    Examples
+    --------
+    >>> parse_band_map(["nir=4", "red=3", "green=Green"])
+    {'nir': 4, 'red': 3, 'green': 'Green'}
+    """
+    from xchm.errors import InputError
+
+    mapping: dict[str, int | str] = {}
+    problems = []
+    for item in items:
+        name, sep, band = (part.strip() for part in item.partition("="))
+        if not sep or not name or not band:
+            problems.append(f"{item!r} is not NAME=BAND")
+        elif name in mapping:
+            problems.append(f"{name!r} is given twice")
+        else:
+            mapping[name] = int(band) if band.isdigit() else band
+    if problems:
+        raise InputError(
+            "--band-map expects NAME=BAND items such as nir=4 red=3 green=2 (1-based band "
+            "numbers or band descriptions): " + "; ".join(problems)
+        )
+    return mapping
+
+
+def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read scene pairs from a CSV file with columns ``image,chm[,scene,date]``.
+
+    Relative paths are taken relative to the CSV file's directory; empty ``scene``
+    and ``date`` cells mean "default" (the image's file name, its date tag).
+
+    Parameters
+    ----------
+    path
+        The CSV file (with a header line).
+
+    Returns
+    -------
+    list of dict
+        One dict per row, for :func:`xchm.chips.build`'s ``pairs``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    InputError
+        If a column is missing or unknown, a cell is empty, or there are no rows.
+
+    Examples
+    --------
+    >>> read_pairs_csv("pairs.csv")  # doctest: +SKIP
+    [{'image': PosixPath('/data/a.tif'), 'chm': PosixPath('/data/a_chm.tif')}]
+    """
+    from xchm.errors import InputError
+
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"no such pairs CSV file: {source}")
+    with source.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("image", "chm") if c not in header]
+        unknown = [c for c in header if c not in _CSV_COLUMNS]
+        if missing or unknown:
+            raise InputError(
+                f"{source}: columns must be image,chm[,scene,date]; got {','.join(header)!r}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unknown {unknown})" if unknown else "")
+            )
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    pairs = []
+    for line, row in enumerate(rows, start=2):
+        if not row["image"] or not row["chm"]:
+            raise InputError(f"{source} line {line}: image and chm must not be empty")
+        pair: dict[str, Any] = {
+            k: source.parent / Path(row[k]).expanduser() for k in ("image", "chm")
+        }
+        pair.update({k: row[k] for k in ("scene", "date") if row.get(k)})
+        pairs.append(pair)
+    if not pairs:
+        raise InputError(f"{source} lists no pairs; add rows below the header image,chm")
+    return pairs
+
+
+def _nodata(text: str) -> float | str | None:
+    from xchm.errors import InputError
+
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--nodata must be a number, 'none' or 'auto', got {text!r}") from None
+
+
+def _build(args: argparse.Namespace) -> int:
+    import xchm.chips
+    from xchm.errors import InputError
+
+    pairs: list[Any] = [tuple(p) for p in args.pair or []]
+    if args.pairs_csv:
+        pairs += read_pairs_csv(args.pairs_csv)
+    if not pairs:
+        raise InputError("no scene pairs: give --pair IMAGE CHM (repeatable) or --pairs-csv FILE")
+    bands = parse_band_map(args.band_map) if args.band_map else args.bands
+    fractions = {
+        "train": round(1 - args.val_fraction - args.test_fraction, 12),
+        "val": args.val_fraction,
+        "test": args.test_fraction,
+    }
+    if min(fractions.values()) < 0:
+        raise InputError(
+            f"--val-fraction {args.val_fraction} and --test-fraction {args.test_fraction} must "
+            "be >= 0 and sum to at most 1 (the rest is train)"
+        )
+    cube = xchm.chips.build(
+        pairs,
+        args.output,
+        window=args.window,
+        stride=args.stride,
+        bands=bands,
+        resolution=args.resolution,
+        nodata=_nodata(args.nodata),
+        min_valid=args.min_valid,
+        drop_no_positive=not args.keep_no_positive,
+        split=args.split,
+        fractions={k: v for k, v in fractions.items() if v > 0},
+        block_size=args.block_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(cube.summary())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import xchm.chips
+
+    cube = xchm.chips.open(args.store)
+    if args.json:
+        info = {"path": str(cube.path), "chips": len(cube), "splits": cube.splits}
+        print(json.dumps({**info, "attrs": cube.attrs}, indent=2, default=str))
+    else:
+        print(cube.summary())
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    import xchm.chips
+    from xchm.chips.preview import preview
+
+    cube = xchm.chips.open(args.store)
+    out = preview(
+        cube,
+        args.output,
+        n=args.n,
+        split=args.split,
+        seed=args.seed,
+        columns=args.columns,
+        scale=args.scale,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``chips`` command group on the ``xchm`` sub-parsers ``sub``.
+
+    Parameters
+    ----------
+    sub
+        What ``ArgumentParser.add_subparsers`` returned.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``chips`` parser.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser(prog="xchm")
+    >>> chips = add_chips_parser(parser.add_subparsers())
+    >>> parser.parse_args(["chips", "info", "cube.zarr"]).store
+    'cube.zarr'
+    """
+    chips = sub.add_parser(
+        "chips",
+        help="build, inspect and preview chip cubes (training data)",
+        description="Chip cubes: Zarr stores of image chips and canopy height chips.",
+    )
+    chips.set_defaults(func=lambda _: _help(chips))
+    commands = chips.add_subparsers(dest="chips_command", metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build",
+        help="cut chips from (image, CHM) scene pairs into a new chip cube",
+        description="Cut image and canopy height chips from scene pairs into a Zarr chip cube "
+        "(see docs/chip-cube-format.md). Memory is bounded by one strip of chips per scene.",
+    )
+    build.add_argument("-o", "--output", required=True, metavar="STORE", help="new cube (.zarr)")
+    build.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("IMAGE", "CHM"),
+        help="an image GeoTIFF/COG and its CHM (metres); repeat for more scenes",
+    )
+    build.add_argument(
+        "--pairs-csv",
+        metavar="FILE",
+        help="CSV with columns image,chm[,scene,date] (paths relative to the CSV)",
+    )
+    names = build.add_mutually_exclusive_group()
+    names.add_argument(
+        "--bands", nargs="+", metavar="NAME", help="name of each image band, in order"
+    )
+    names.add_argument(
+        "--band-map",
+        nargs="+",
+        metavar="NAME=BAND",
+        help="select and order bands, e.g. nir=4 red=3 green=2 (band number or description)",
+    )
+    build.add_argument("--window", type=int, default=64, help="chip side in px (default 64)")
+    build.add_argument("--stride", type=int, help="px between chip origins (default: window)")
+    build.add_argument("--resolution", type=float, metavar="M", help="resample to M metres")
+    build.add_argument(
+        "--nodata", default="auto", metavar="V", help="image nodata: a number, none or auto"
+    )
+    build.add_argument(
+        "--min-valid", type=float, default=1.0, metavar="F", help="valid share a chip needs"
+    )
+    build.add_argument(
+        "--keep-no-positive", action="store_true", help="keep chips without a height > 0"
+    )
+    build.add_argument("--split", choices=("block", "scene", "random"), default="block")
+    build.add_argument("--val-fraction", type=float, default=0.2, metavar="F")
+    build.add_argument("--test-fraction", type=float, default=0.0, metavar="F")
+    build.add_argument("--block-size", type=int, default=8, help="split block side in chips")
+    build.add_argument("--seed", type=int, default=0, help="seed of shuffle, split, statistics")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    build.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_build)
+
+    info = commands.add_parser("info", help="describe a chip cube")
+    info.add_argument("store", help="chip cube (.zarr)")
+    info.add_argument("--json", action="store_true", help="print attrs, chips and splits as JSON")
+    info.set_defaults(func=_info)
+
+    prev = commands.add_parser(
+        "preview",
+        help="write a PNG grid of random image/height chip pairs",
+        description="Write a PNG of randomly picked chips: each image chip as a quicklook next "
+        "to its height chip (colour ramp; grey = no height).",
+    )
+    prev.add_argument("store", help="chip cube (.zarr)")
+    prev.add_argument("-o", "--output", required=True, help="output .png")
+    prev.add_argument("--n", type=int, default=16, help="chips to show (default 16)")
+    prev.add_argument("--split", help="only chips of this split (train, val, test)")
+    prev.add_argument("--seed", type=int, default=0, help="seed of the pick")
+    prev.add_argument("--columns", type=int, default=4, help="pairs per row")
+    prev.add_argument("--scale", type=int, default=4, help="upscaling factor")
+    prev.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    prev.set_defaults(func=_preview)
+    return chips
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
