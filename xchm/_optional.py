@@ -13,6 +13,7 @@ _EXTRAS = {
     "odc.stac": "stac",
     "dask_cuda": "gpu",
     "transformers": "dev",
+    "datasets": "hf",
 }
 
 

@@ -14,7 +14,17 @@ Examples
 from xchm.chips.builder import build
 from xchm.chips.cube import ChipCube
 from xchm.chips.cube import open_cube as open
+from xchm.chips.hf import from_hf_dataset
+from xchm.chips.importers import from_directories
 from xchm.chips.sources import ScenePair
 from xchm.chips.splits import SplitRule
 
-__all__ = ["ChipCube", "ScenePair", "SplitRule", "build", "open"]
+__all__ = [
+    "ChipCube",
+    "ScenePair",
+    "SplitRule",
+    "build",
+    "from_directories",
+    "from_hf_dataset",
+    "open",
+]

@@ -256,10 +256,12 @@ def _cut_scene(
         strip = rows[i : i + per_strip]
         top, bottom = int(strip[0]), int(strip[-1]) + win
         image, heights = _read_strip(scene, top, bottom, settings)
-        # (chip rows, chip cols, ..., win, win) views of the strip
+        # One combined index into the window views copies only the chips (indexing
+        # rows then columns would first copy every column offset: ~64x the strip).
+        at = ((strip - top)[:, None], cols[None, :])
         img = np.lib.stride_tricks.sliding_window_view(image, (win, win), axis=(1, 2))
-        img = img[:, strip - top][:, :, cols].transpose(1, 2, 0, 3, 4)
-        hgt = np.lib.stride_tricks.sliding_window_view(heights, (win, win))[strip - top][:, cols]
+        img = img[:, at[0], at[1]].transpose(1, 2, 0, 3, 4)
+        hgt = np.lib.stride_tricks.sliding_window_view(heights, (win, win))[at]
         rr, cc = np.meshgrid(strip, cols, indexing="ij")
         rr, cc = rr.ravel(), cc.ravel()
         xs = t.c + cc * t.a + rr * t.b  # upper-left corner of each chip's first pixel

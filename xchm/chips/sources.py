@@ -25,7 +25,7 @@ import xarray as xr
 from xchm.errors import BandError, InputError
 from xchm.models.bands import normalize_band_name, normalize_bands
 
-__all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs"]
+__all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "resolve_bands"]
 
 Source = str | Path | xr.DataArray
 
@@ -229,16 +229,30 @@ def _resolve_bands(
     image: Any, bands: Sequence[str] | Mapping[str, int | str] | None, pair: ScenePair
 ) -> tuple[tuple[str, ...], list[int]]:
     """Band names of the cube and the (0-based) image bands they come from."""
-    count = image.sizes["band"]
     described = image.attrs.get("long_name")
     if isinstance(described, str):
         described = (described,)
+    where = f"image {_describe(pair.image)!r}"
+    return resolve_bands(image.sizes["band"], described, bands, where)
+
+
+def resolve_bands(
+    count: int,
+    described: Sequence[str | None] | None,
+    bands: Sequence[str] | Mapping[str, int | str] | None,
+    where: str,
+) -> tuple[tuple[str, ...], list[int]]:
+    """Band names and the (0-based) source bands they come from, for ``count`` bands.
+
+    ``described`` are the source's band descriptions (None where it has none),
+    ``bands`` the user's names or ``{name: 1-based number or description}``, and
+    ``where`` names the source in error messages.
+    """
     source_names = (
         [normalize_band_name(str(d)) for d in described]
         if described is not None and len(described) == count and all(described)
         else None
     )
-    where = f"image {_describe(pair.image)!r}"
     if bands is None:
         if source_names is None:
             raise BandError(

@@ -37,6 +37,7 @@ from xchm.chips.layout import (
     CHIPS_PER_SHARD,
     FORMAT_NAME,
     FORMAT_VERSION,
+    SPLITS,
     compressors,
 )
 from xchm.chips.splits import SplitRule
@@ -52,7 +53,8 @@ FILTER_RULES = {
     "split_buffer": "footprint reaches a block of another split (stride < window)",
 }
 _STAGING = "_staging"
-_BUCKET_BYTES = 512 * 2**20
+# Finishing holds ~3 copies of one bucket (staged, permuted, carried into shards).
+_BUCKET_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +139,7 @@ class ChipWriter:
         self._removed = dict.fromkeys(FILTER_RULES, 0)
         self._candidates = 0
         self._blocks: dict[tuple[Any, ...], int] = {}
+        self._given_split = False
 
     # -- adding chips ---------------------------------------------------------------
     def add(
@@ -144,15 +147,17 @@ class ChipWriter:
         image: np.ndarray,
         height: np.ndarray,
         *,
-        scene: str,
-        crs: str,
-        date: np.datetime64 | None,
+        scene: str | np.ndarray,
+        crs: str | np.ndarray,
+        date: np.datetime64 | np.ndarray | None,
         origin_x: np.ndarray,
         origin_y: np.ndarray,
         block_first: np.ndarray,
         block_last: np.ndarray | None = None,
+        block_key: str | np.ndarray | None = None,
+        split: np.ndarray | None = None,
     ) -> int:
-        """Filter a batch of chips of one scene and stage the kept ones.
+        """Filter a batch of chips and stage the kept ones.
 
         Parameters
         ----------
@@ -160,12 +165,20 @@ class ChipWriter:
             ``(k, band, window, window)`` in the cube's dtype (nodata marks missing
             pixels) and ``(k, window, window)`` metres with NaN for missing.
         scene, crs, date
-            Source scene id, its CRS as a string, its acquisition date (or None).
+            Source scene id, its CRS as a string, its acquisition date (or None):
+            one for the batch, or an array with one per chip.
         origin_x, origin_y
             Map coordinates of each chip's upper-left corner.
         block_first, block_last
             ``(k, 2)`` block (row, col) of each chip's first and last pixel in the
             scene's block grid; ``block_last`` only when chips may straddle blocks.
+        block_key
+            Which grid the blocks belong to (one, or one per chip), for the block
+            split and the ``block`` ids; default: the scene (importers pass the CRS
+            of map-unit blocks, so that blocks are shared across files).
+        split
+            Split label of each chip given by the source (importers'
+            ``split="source"``), instead of the settings' rule.
 
         Returns
         -------
@@ -190,20 +203,25 @@ class ChipWriter:
                 positive = (np.where(np.isfinite(height), height, 0) > 0).any(axis=(1, 2))
             self._removed["no_positive"] += int((keep & ~positive).sum())
             keep &= positive
+        scenes = _per_chip(scene, k, object)
+        keys = scenes if block_key is None else _per_chip(block_key, k, object)
         labels, block_ids, straddles = self._labels(
-            scene, origin_x, origin_y, block_first, block_last
+            scenes, keys, origin_x, origin_y, block_first, block_last
         )
+        if split is not None:
+            labels, straddles = _given_labels(split, k), np.zeros(k, dtype=bool)
+            self._given_split = True
         self._removed["split_buffer"] += int((keep & straddles).sum())
         keep &= ~straddles
         idx = np.flatnonzero(keep)
         if len(idx) == 0:
             return 0
         meta = {
-            "scene": np.full(len(idx), scene, dtype=object),
-            "crs": np.full(len(idx), crs, dtype=object),
+            "scene": scenes[idx],
+            "crs": _per_chip(crs, k, object)[idx],
             "origin_x": np.asarray(origin_x, dtype=np.float64)[idx],
             "origin_y": np.asarray(origin_y, dtype=np.float64)[idx],
-            "date": np.full(len(idx), date if date is not None else "NaT", "datetime64[D]"),
+            "date": _per_chip("NaT" if date is None else date, k, "datetime64[D]")[idx],
             "split": labels[idx],
             "block": block_ids[idx],
             "n_valid": n_valid[idx].astype(np.int64),
@@ -221,7 +239,8 @@ class ChipWriter:
 
     def _labels(
         self,
-        scene: str,
+        scenes: np.ndarray,
+        keys: np.ndarray,
         origin_x: np.ndarray,
         origin_y: np.ndarray,
         first: np.ndarray,
@@ -229,23 +248,28 @@ class ChipWriter:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rule = self.settings.split
         first = np.asarray(first, dtype=np.int64).reshape(-1, 2)
-        block_ids = np.array([self._block_id(scene, r, c) for r, c in first], dtype=np.int64)
+        block_ids = np.array(
+            [self._block_id(g, r, c) for g, (r, c) in zip(keys, first, strict=True)],
+            dtype=np.int64,
+        )
         if rule.method == "scene":
-            labels = np.full(len(first), rule.label(scene), dtype=object)
+            labels = np.array([rule.label(s) for s in scenes], dtype=object)
         elif rule.method == "random":
             labels = np.array(
-                [rule.label(scene, x, y) for x, y in zip(origin_x, origin_y, strict=True)],
+                [rule.label(s, x, y) for s, x, y in zip(scenes, origin_x, origin_y, strict=True)],
                 dtype=object,
             )
         else:
-            labels = np.array([rule.label(scene, r, c) for r, c in first], dtype=object)
+            labels = np.array(
+                [rule.label(g, r, c) for g, (r, c) in zip(keys, first, strict=True)], dtype=object
+            )
         straddles = np.zeros(len(first), dtype=bool)
         if rule.method == "block" and last is not None:
             last = np.asarray(last, dtype=np.int64).reshape(-1, 2)
             for i in np.flatnonzero((last != first).any(axis=1)):
                 (r0, c0), (r1, c1) = first[i], last[i]
                 straddles[i] = any(
-                    rule.label(scene, r, c) != labels[i]
+                    rule.label(keys[i], r, c) != labels[i]
                     for r in range(r0, r1 + 1)
                     for c in range(c0, c1 + 1)
                 )
@@ -415,7 +439,10 @@ class ChipWriter:
                 "removed": dict(self._removed),
                 "kept": n,
             },
-            "split": {**s.split.to_dict(), "counts": dict(sorted(splits.items()))},
+            "split": {
+                **({"method": "source"} if self._given_split else s.split.to_dict()),
+                "counts": dict(sorted(splits.items())),
+            },
             "provenance": {
                 "created_by": self.created_by,
                 "inputs": self.inputs,
@@ -471,6 +498,24 @@ def _valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         valid &= (image != nodata).all(axis=1)
     return valid
+
+
+def _per_chip(value: Any, k: int, dtype: Any) -> np.ndarray:
+    """One value for the batch, or one per chip, as a length-``k`` array."""
+    values = np.asarray(value, dtype=dtype)
+    if values.ndim == 0:
+        return np.full(k, value, dtype=dtype)
+    if values.shape != (k,):
+        raise InputError(f"expected one value or {k} (one per chip), got shape {values.shape}")
+    return values
+
+
+def _given_labels(split: np.ndarray, k: int) -> np.ndarray:
+    labels = _per_chip(split, k, object)
+    unknown = sorted(set(labels.tolist()) - set(SPLITS))
+    if unknown:
+        raise InputError(f"split labels must be among {SPLITS}, got {unknown}")
+    return labels
 
 
 def _prepare_directory(path: Path, overwrite: bool) -> None:
