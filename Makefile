@@ -22,6 +22,7 @@ demo: setup
 	$(BIN)/xchm models
 	$(BIN)/python examples/model_quickstart.py
 	$(BIN)/python examples/predict_neon.py --out out/predict_neon
+	$(BIN)/python examples/chips_neon.py --out out/chips_neon
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

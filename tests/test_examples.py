@@ -29,3 +29,18 @@ def test_predict_neon__writes_a_cog(neon_dir, tmp_path):
     with rasterio.open(tmp_path / "chm.tif") as cog:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert cog.crs.to_epsg() == 32619
+
+
+def test_chips_neon__builds_a_cube_and_a_preview(neon_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "chips_neon.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "splits      scene:" in out
+    assert (tmp_path / "preview.png").stat().st_size > 1000
+    import xchm.chips
+
+    cube = xchm.chips.open(tmp_path / "neon.zarr")
+    assert len(cube) > 50 and cube.pixel_size == 0.5

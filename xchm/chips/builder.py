@@ -28,7 +28,7 @@ __all__ = ["build"]
 
 log = logging.getLogger(__name__)
 # Bytes of raw pixels per strip read (all bands, float64 worst case).
-_STRIP_BYTES = 256 * 2**20
+_STRIP_BYTES = 64 * 2**20
 
 
 def build(

@@ -1,0 +1,1 @@
+"""Training and evaluation of canopy height models on chip cubes."""

@@ -1,0 +1,53 @@
+"""Normalise raw image batches on the device, with a model card's statistics.
+
+The same arithmetic as :meth:`xchm.ModelCard.normalize` (NumPy), in torch, so that
+training and evaluation normalise on the GPU after moving compact raw DN there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from xchm.models.card import BandStats
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["normalize_batch"]
+
+
+def normalize_batch(raw: torch.Tensor, stats: Sequence[BandStats]) -> torch.Tensor:
+    """Clip to ``[0, clip_max]``, scale to ``[0, 1]`` and z-score each band.
+
+    Parameters
+    ----------
+    raw
+        ``(batch, band, h, w)`` raw values (any real dtype) on any device.
+    stats
+        One :class:`~xchm.BandStats` per band, in order.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, same shape and device.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from xchm import ModelCard
+    >>> card = ModelCard(preset="test-tiny")
+    >>> z = normalize_batch(torch.full((1, 3, 2, 2), 1000), card.statistics)
+    >>> bool(torch.allclose(z[0], torch.from_numpy(card.normalize(np.full((3, 2, 2), 1000)))))
+    True
+    """
+    import torch
+
+    if raw.ndim != 4 or raw.shape[1] != len(stats):
+        raise ValueError(f"expected (batch, {len(stats)}, h, w), got {tuple(raw.shape)}")
+    dev = raw.device
+    clip = torch.tensor([s.clip_max for s in stats], device=dev).view(1, -1, 1, 1)
+    mean = torch.tensor([s.mean for s in stats], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor([s.std for s in stats], device=dev).view(1, -1, 1, 1)
+    x = raw.float()
+    return (x.clamp(min=0).minimum(clip) / clip - mean) / std
