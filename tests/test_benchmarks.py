@@ -54,3 +54,29 @@ def test_predict_overhead__runs_and_predict_matches_its_numpy_check(tmp_path):
     # the fitted model shows seams without overlap, fewer with the default (the strict
     # thresholds live in tests/inference/test_predict.py)
     assert by_overlap[0]["seam_x"]["median"] > by_overlap[16]["seam_x"]["median"]
+
+
+def test_chip_cube__runs_and_reports(tmp_path):
+    out = tmp_path / "chip_cube.json"
+    args = ["--chips", "64", "--repeats", "1", "--random-reads", "20"]
+    args += ["--tmp", str(tmp_path), "--json", str(out)]
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "chip_cube.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(out.read_text())
+    build, storage, read = results["build"], results["storage"], results["read"]
+    n = storage["chips"]
+    assert n == build["chips"] == 64  # an 8 x 8 chip scene; every synthetic chip is kept
+    assert build["chips_per_s"] > 0
+    assert build["ru_maxrss_bytes"]["median"] > build["baseline_rss_bytes"]["median"] > 0
+    assert storage["raw_bytes_per_chip"] == (3 * 2 + 4) * 64 * 64  # 3 uint16 bands + float32
+    assert 0 < storage["bytes_per_chip"] < storage["raw_bytes_per_chip"]
+    assert storage["compression_ratio"] > 1
+    assert read["chunk_sequential"]["chips"] == read["chunk_shuffled"]["chips"] == n
+    assert read["random_single"]["chips"] == 20
+    for mode in ("chunk_sequential", "chunk_shuffled", "random_single"):
+        assert read[mode]["chips_per_s"] > 0
+    assert not list(tmp_path.glob("xchm-chip-cube-*"))  # the temporary scene is removed
