@@ -80,3 +80,26 @@ def test_chip_cube__runs_and_reports(tmp_path):
     for mode in ("chunk_sequential", "chunk_shuffled", "random_single"):
         assert read[mode]["chips_per_s"] > 0
     assert not list(tmp_path.glob("xchm-chip-cube-*"))  # the temporary scene is removed
+
+
+def test_chip_stream__runs_and_reports(tmp_path):
+    out = tmp_path / "chip_stream.json"
+    args = ["--chips", "64", "--repeats", "1", "--batch-size", "8", "--workers", "0", "1"]
+    args += ["--split", "all", "--tmp", str(tmp_path), "--json", str(out)]
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "chip_stream.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(out.read_text())
+    assert results["cube"]["chips"] == 64  # an 8 x 8 chip scene; every synthetic chip is kept
+    rows = {(r["workers"], r["image_dtype"], r["augment"]): r for r in results["stream"]}
+    assert set(rows) == {
+        (w, d, a) for w in (0, 1) for d in ("default", "native") for a in (False, True)
+    }
+    for row in rows.values():
+        assert row["chips"] == 64 and row["batches"] == 8  # the whole split, 8 per batch
+        assert row["chips_per_s"] > 0 and row["cpu_us_per_chip"] > 0
+    assert results["decode_only"]["chips"] == 64
+    assert not list(tmp_path.glob("xchm-chip-stream-*"))  # the temporary scene is removed

@@ -26,6 +26,7 @@ from xchm.errors import (
 )
 from xchm.inference import predict
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
+from xchm.training import TrainConfig, TrainResult, evaluate, evaluate_raster, train
 
 __all__ = [
     "BandError",
@@ -37,12 +38,17 @@ __all__ = [
     "ModelNotFoundError",
     "RandomWeightsWarning",
     "StacSearchError",
+    "TrainConfig",
+    "TrainResult",
     "WeightsError",
     "XCHMError",
     "XCHMWarning",
     "__version__",
+    "evaluate",
+    "evaluate_raster",
     "list_models",
     "load_model",
     "model_info",
     "predict",
+    "train",
 ]

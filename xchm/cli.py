@@ -17,6 +17,7 @@ from typing import Any
 
 from xchm._version import __version__
 from xchm.cli_chips import add_chips_parser
+from xchm.cli_train import add_evaluate_parser, add_train_parser
 from xchm.errors import XCHMError
 
 # Kept in sync with xchm.inference.predict.DEFAULT_OVERLAP without importing xarray here.
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.set_defaults(func=_predict)
 
     add_chips_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

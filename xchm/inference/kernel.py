@@ -24,6 +24,7 @@ from xchm.inference.runtime import (
     get_model,
 )
 from xchm.inference.windows import blend_weights, window_span
+from xchm.training.normalize import normalize_batch
 
 __all__ = ["KernelConfig", "predict_block", "valid_mask"]
 
@@ -126,11 +127,7 @@ def _blend_windows(
     mask = torch.from_numpy(region_valid)
     if cuda:
         raw, mask = raw.pin_memory().to(device, non_blocking=True), mask.to(device)
-    shape = (-1, 1, 1)
-    clip = torch.tensor([s.clip_max for s in stats], device=device).view(shape)
-    mean = torch.tensor([s.mean for s in stats], device=device).view(shape)
-    std = torch.tensor([s.std for s in stats], device=device).view(shape)
-    z = (raw.clamp(min=0).minimum(clip) / clip - mean) / std
+    z = normalize_batch(raw[None], stats)[0]
 
     # Views (bands, ny, nx, win, win): windows are gathered batch by batch, not copied whole.
     z_windows = z.unfold(1, win, stride).unfold(2, win, stride)

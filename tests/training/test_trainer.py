@@ -1,0 +1,234 @@
+"""xchm.train: learning, policies, checkpoints and exact resume (CPU, test-tiny)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401  (registers .rio)
+import torch
+import xarray as xr
+
+import xchm
+import xchm.chips
+from xchm.errors import InputError
+from xchm.training import TrainConfig, train
+from xchm.training import trainer as trainer_module
+from xchm.training.losses import height_loss
+from xchm.training.policy import apply_policy, trainable_block_count
+
+FAST = {
+    "epochs": 4,
+    "batch_size": 8,
+    "lr": 1e-2,
+    "num_workers": 0,
+    "augment": False,
+    "patience": 10,
+}
+
+
+def _learnable_scene(size=512, seed=0):
+    """NIR/red/green DN whose chips' heights follow the NIR brightness (learnable)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    nir = 2500 + 1500 * np.sin(yy / 23.0) * np.cos(xx / 31.0) + rng.normal(0, 100, yy.shape)
+    image = np.stack([nir, 0.5 * nir, 0.4 * nir]).clip(1, 9000).astype("uint16")
+    heights = (nir / 200.0 - 5).clip(0.1).astype("float32")
+    coords = {"y": 7e6 - 2.0 * (np.arange(size) + 0.5), "x": 4e5 + 2.0 * (np.arange(size) + 0.5)}
+    img = xr.DataArray(image, dims=("band", "y", "x"), coords=coords).rio.write_crs("EPSG:32617")
+    chm = xr.DataArray(heights, dims=("y", "x"), coords=coords).rio.write_crs("EPSG:32617")
+    return img, chm
+
+
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory):
+    img, chm = _learnable_scene()
+    return xchm.chips.build(
+        [xchm.chips.ScenePair(img, chm, scene="learnable")],
+        tmp_path_factory.mktemp("cube") / "c.zarr",
+        bands=("nir", "red", "green"),
+        split="block",
+        block_size=1,
+        fractions={"train": 0.75, "val": 0.25},
+        progress=False,
+    )
+
+
+# -- config and loss ---------------------------------------------------------------------
+def test_trainconfig__rejects_bad_values_at_once():
+    with pytest.raises(InputError, match="epochs.*policy|policy.*epochs"):
+        TrainConfig(epochs=0, policy="thaw")
+
+
+def test_trainconfig__from_dict_rejects_unknown_fields():
+    with pytest.raises(InputError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_height_loss__asymmetric_weights_underestimation_and_skips_nan():
+    pred = torch.tensor([1.0, 3.0, 0.0])
+    target = torch.tensor([2.0, 2.0, float("nan")])
+    cfg = TrainConfig(underestimation_penalty=5.0)
+    assert float(height_loss(pred, target, cfg)) == pytest.approx((5 * 1 + 1) / 2)
+    assert float(height_loss(pred, target, TrainConfig(loss="l1"))) == pytest.approx(1.0)
+
+
+def test_height_loss__all_missing_labels_give_zero_with_a_gradient():
+    pred = torch.ones(4, requires_grad=True)
+    loss = height_loss(pred, torch.full((4,), float("nan")), TrainConfig())
+    loss.backward()
+    assert loss.detach().item() == 0 and pred.grad is not None
+
+
+# -- policies ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("policy", "extra", "epoch", "blocks"),
+    [
+        ("frozen", {}, 5, set()),
+        ("last_blocks", {"unfreeze_blocks": 2}, 0, {2, 3}),
+        ("progressive", {"unfreeze_every": 2}, 0, set()),
+        ("progressive", {"unfreeze_every": 2}, 3, {3}),
+        ("progressive", {"unfreeze_every": 2}, 5, {2, 3}),
+        ("progressive", {"unfreeze_every": 2}, 7, {1, 2, 3}),
+        ("full", {"ft_rate": 0.0}, 0, set()),
+    ],
+)
+def test_apply_policy__trains_exactly_the_intended_blocks(policy, extra, epoch, blocks):
+    model = xchm.load_model("test-tiny")
+    names = apply_policy(model, TrainConfig(policy=policy, **extra), epoch)
+    trained_blocks = {int(n.split(".")[1]) for n in names if n.startswith("blocks.")}
+    assert trained_blocks == blocks
+    for name, p in model.backbone.named_parameters():
+        in_block = name.startswith("blocks.") and int(name.split(".")[1]) in blocks
+        assert p.requires_grad == (in_block or (bool(blocks) and name.startswith("norm.")))
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    model.train()
+    assert model.backbone.training == bool(blocks)
+
+
+def test_apply_policy__full_trains_every_backbone_parameter():
+    model = xchm.load_model("test-tiny")
+    names = apply_policy(model, TrainConfig(policy="full", ft_rate=1.0), 0)
+    assert len(names) == len(list(model.backbone.parameters()))
+
+
+def test_trainable_block_count__progressive_schedule():
+    cfg = TrainConfig(policy="progressive", unfreeze_every=3)
+    assert [trainable_block_count(cfg, e, 2) for e in (0, 2, 3, 6, 30)] == [0, 0, 1, 2, 2]
+
+
+# -- training --------------------------------------------------------------------------------
+def test_train__learns_and_beats_predicting_the_mean(cube, tmp_path):
+    result = train(
+        cube,
+        model="test-tiny",
+        config=TrainConfig(**{**FAST, "epochs": 10}),
+        output=tmp_path / "run",
+        progress=False,
+    )
+    losses = [row["val_loss"] for row in result.history]
+    assert min(losses[1:]) < losses[0]
+    model = xchm.load_model(result.best_checkpoint)
+    val = cube.sel(split="val")
+    image, height = val.read(np.arange(len(val)))
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(model.card.normalize(image, axis=1)))[:, 0].numpy()
+    _, train_heights = cube.sel(split="train").read(np.arange(len(cube.sel(split="train"))))
+    baseline = np.abs(height - np.nanmean(train_heights)).mean()
+    mae = np.abs(pred - height).mean()
+    assert mae < 0.8 * baseline
+    assert model.card.statistics == cube.statistics
+    assert model.card.provenance["epoch"] == result.best_epoch
+
+
+def test_train__writes_logs_and_the_best_checkpoint(cube, tmp_path):
+    out = tmp_path / "run"
+    result = train(
+        cube,
+        model="test-tiny",
+        config=TrainConfig(**{**FAST, "epochs": 2}),
+        output=out,
+        progress=False,
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] == [r["epoch"] for r in result.history]
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_loss")
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).epochs == 2
+    assert (result.best_checkpoint / "model.safetensors").exists()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(cube, model="test-tiny", config=TrainConfig(**FAST), output=out, progress=False)
+
+
+def test_train__output_bias_starts_at_the_label_percentile(cube, tmp_path, monkeypatch):
+    seen = {}
+    original = trainer_module._label_percentile
+
+    def spy(*args, **kwargs):
+        seen["value"] = original(*args, **kwargs)
+        return seen["value"]
+
+    monkeypatch.setattr(trainer_module, "_label_percentile", spy)
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_steps_per_epoch": 1, "lr": 1e-12})
+    result = train(cube, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
+    _, heights = cube.sel(split="train").read(np.arange(len(cube.sel(split="train"))))
+    assert seen["value"] == pytest.approx(np.percentile(heights, 90), rel=0.05)
+    model = xchm.load_model(result.best_checkpoint)
+    assert model.decoder.output.bias.detach().item() == pytest.approx(seen["value"], rel=1e-3)
+
+
+def test_train__resume_reaches_the_uninterrupted_weights(cube, tmp_path, monkeypatch):
+    cfg = TrainConfig(
+        **{**FAST, "epochs": 3, "augment": True, "checkpoint_every": 4, "policy": "last_blocks"}
+    )
+    full = train(cube, model="test-tiny", config=cfg, output=tmp_path / "full", progress=False)
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def flaky_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6 + 6 + 5:  # epoch 2, after its mid-epoch checkpoint at step 4
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", flaky_step)
+        with pytest.raises(KeyboardInterrupt):
+            train(cube, model="test-tiny", config=cfg, output=tmp_path / "cut", progress=False)
+    resumed = train(
+        cube, model="test-tiny", config=cfg, output=tmp_path / "cut", resume=True, progress=False
+    )
+    a = xchm.load_model(full.best_checkpoint).state_dict()
+    b = xchm.load_model(resumed.best_checkpoint).state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert [r["val_loss"] for r in full.history] == [r["val_loss"] for r in resumed.history]
+
+
+def test_train__resume_refuses_a_changed_config(cube, tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_steps_per_epoch": 1})
+    train(cube, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
+    with pytest.raises(InputError, match="lr"):
+        train(
+            cube,
+            model="test-tiny",
+            config=TrainConfig(**{**FAST, "lr": 1.0}),
+            output=tmp_path / "r",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_train__needs_a_val_split(tmp_path):
+    img, chm = _learnable_scene(256)
+    only_train = xchm.chips.build(
+        [(img, chm)],
+        tmp_path / "t.zarr",
+        bands=("nir", "red", "green"),
+        fractions={"train": 1.0},
+        progress=False,
+    )
+    with pytest.raises(InputError, match="no 'val' chips"):
+        train(only_train, model="test-tiny", output=tmp_path / "r", progress=False)

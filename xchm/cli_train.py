@@ -1,0 +1,181 @@
+"""The ``xchm train`` and ``xchm evaluate`` commands.
+
+Registered on :func:`xchm.cli.build_parser` by :func:`add_train_parser` and
+:func:`add_evaluate_parser`. As in
+:mod:`xchm.cli`, commands import what they need when they run, so ``xchm --help``
+stays fast and ``import xchm.cli`` does not import torch or matplotlib. User errors
+(:class:`~xchm.errors.XCHMError`, ``FileNotFoundError``, ``FileExistsError``) exit
+with status 1 after one line on stderr (:func:`xchm.cli.main` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from typing import Any
+
+__all__ = ["add_evaluate_parser", "add_train_parser"]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from xchm.models.presets import PRESETS
+    from xchm.training.evaluation import evaluate
+    from xchm.training.report import format_metrics, jsonable
+
+    if args.model in PRESETS:
+        logging.getLogger("xchm").warning(
+            "%s is a preset: its decoder is untrained, so its scores are not meaningful; pass "
+            "a trained checkpoint directory",
+            args.model,
+        )
+    result = evaluate(
+        args.model,
+        args.cube,
+        split=None if args.split == "all" else args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        per_scene=args.per_scene,
+        report=args.report,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(jsonable(result), indent=2, allow_nan=False))
+    else:
+        print(format_metrics(result))
+        if args.report:
+            print(f"wrote report to {result['report']}")
+    return 0
+
+
+def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``evaluate`` command on the ``xchm`` sub-parsers ``sub``.
+
+    Parameters
+    ----------
+    sub
+        What ``ArgumentParser.add_subparsers`` returned.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``evaluate`` parser.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser(prog="xchm")
+    >>> _ = add_evaluate_parser(parser.add_subparsers())
+    >>> args = parser.parse_args(["evaluate", "runs/a/best", "chips.zarr", "--split", "test"])
+    >>> args.model, args.cube, args.split, args.batch_size
+    ('runs/a/best', 'chips.zarr', 'test', 64)
+    """
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model on a chip cube split (MAE, RMSE, R2, height classes, baseline)",
+        description="Run a model over one split of a chip cube and report MAE, RMSE, bias, "
+        "R2 (1 - SSres/SStot), Pearson r squared, errors by reference height class, and the "
+        "same for a constant baseline (the train split's mean height). Streams the cube "
+        "chunk by chunk.",
+    )
+    ev.add_argument("model", help="trained checkpoint directory (or a preset name, for testing)")
+    ev.add_argument("cube", help="chip cube (.zarr)")
+    ev.add_argument(
+        "--split", default="val", help="split to score: val (default), test, train or all"
+    )
+    ev.add_argument("--per-scene", action="store_true", help="also score each scene")
+    ev.add_argument(
+        "--report", metavar="DIR", help="write metrics.json and PNG plots to this directory"
+    )
+    ev.add_argument("--overwrite", action="store_true", help="replace report files in DIR")
+    ev.add_argument("--batch-size", type=int, default=64, help="chips per model call")
+    ev.add_argument("--device", help="torch device (default: CUDA if available)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_evaluate)
+    return ev
+
+
+def _train(args: argparse.Namespace) -> int:
+    from xchm.training import TrainConfig, train
+
+    settings: dict[str, Any] = {}
+    if args.config:
+        with open(args.config) as f:
+            settings.update(json.load(f))
+    for name in _TRAIN_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if args.no_augment:
+        settings["augment"] = False
+    result = train(
+        args.cube,
+        model=args.model,
+        weights=args.weights,
+        config=TrainConfig.from_dict(settings),
+        output=args.output,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if result.history and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}
+        print(
+            f"best epoch {result.best_epoch}: val loss {best.get('val_loss', float('nan')):.4f}, "
+            f"MAE {best.get('val_mae', float('nan')):.3f} m; checkpoint {result.best_checkpoint}"
+        )
+    return 0
+
+
+#: TrainConfig fields settable from the command line, with their types.
+_TRAIN_OPTIONS: dict[str, Any] = {
+    "epochs": int,
+    "patience": int,
+    "batch_size": int,
+    "lr": float,
+    "weight_decay": float,
+    "ft_rate": float,
+    "policy": str,
+    "unfreeze_blocks": int,
+    "unfreeze_every": int,
+    "scheduler": str,
+    "loss": str,
+    "underestimation_penalty": float,
+    "num_workers": int,
+    "max_steps_per_epoch": int,
+    "checkpoint_every": int,
+    "seed": int,
+}
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``train`` command on the ``xchm`` sub-parsers ``sub``.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = add_train_parser(parser.add_subparsers())
+    >>> parser.parse_args(["train", "c.zarr", "-o", "run", "--epochs", "2"]).epochs
+    2
+    """
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on a chip cube (DDP: torchrun --nproc_per_node=N -m xchm train)",
+        description="Fine-tune a canopy height model on the train split of a chip cube, "
+        "validating on its val split (see docs/training.md). Options override --config.",
+    )
+    p.add_argument("cube", help="chip cube (.zarr) with train and val chips")
+    p.add_argument("-o", "--output", required=True, help="run directory")
+    p.add_argument("--model", default="dinov3-vitl16-sat", help="preset or checkpoint directory")
+    p.add_argument("--weights", help="pretrained backbone weights for a preset")
+    p.add_argument("--config", help="JSON file of TrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
+    p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
+    for name, kind in _TRAIN_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"TrainConfig.{name}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+    return p

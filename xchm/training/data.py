@@ -1,0 +1,449 @@
+"""Stream training batches from a chip cube: whole Zarr chunks, shuffled, exact per DDP rank.
+
+:class:`ChipStream` is an ``IterableDataset`` that yields ready batches; wrap it in
+:func:`make_loader` (a ``DataLoader`` with ``batch_size=None``). Random single-chip
+reads decode a whole chunk each (FINDINGS.md: ~100 chips/s), so the stream decodes
+whole chunks and mixes several, like webdataset/torchdata shuffle buffers, but with
+an up-front plan (:mod:`xchm.training.plan`) instead of a sampler:
+
+* **Order.** Per epoch the chunks holding selected chips are shuffled (seeded by
+  ``seed`` and the epoch), the rank takes a contiguous share of that chip order,
+  and batch ``i`` of the rank belongs to plan worker ``i % num_workers``, which
+  takes a contiguous share of the rank's chips. A worker decodes each of its
+  chunks once, puts the selected chips of the chunk in a random order and makes
+  every batch from equal shares of ``buffer_chunks`` open chunks (the writer
+  shuffled the chips uniformly over the chunks, so each chunk is a random sample).
+  Chips go straight from the decoded chunk into the batch. No chip is yielded
+  twice in an epoch across ranks and workers.
+* **Equal batch counts.** Every rank yields exactly ``len(stream)`` batches, known
+  from the selection's size alone: with ``drop_last`` ``chips // (batch_size *
+  world_size)`` full batches (the end of the epoch order, fewer than ``batch_size *
+  world_size`` chips, is left out; different chips each epoch when shuffling);
+  without it ``ceil(chips / (batch_size * world_size))`` batches holding every chip
+  exactly once (the last ones may be smaller; nothing is padded or repeated, so
+  validation metrics count each chip once). The workers' counts add up exactly.
+* **Worker interleaving and resume.** ``DataLoader`` asks its workers round-robin,
+  so DataLoader worker ``w`` plays plan worker ``(w + start) % num_workers`` and
+  batch ``start + t`` of the epoch is the ``t``-th batch the loader yields.
+  ``set_position(k)`` makes the next iteration start at batch ``k``: each worker
+  plans the epoch on chip positions only and decodes just the chunks whose chips
+  are still to come, so a resumed run sees exactly the remaining
+  batches. The plan depends on ``(seed, epoch, rank, world_size, num_workers,
+  batch_size, buffer_chunks)``: resume with the same values.
+* **Batches.** ``image`` ``(B, band, y, x)`` in a compact dtype close to the cube's
+  (uint8, int8, int16 kept; uint16 -> int32, or kept with ``image_dtype="native"``;
+  uint32 -> int64; floats -> float32; chips grouped by chunk within a batch), not
+  normalised (do that on the device with
+  :func:`~xchm.training.normalize.normalize_batch`); ``height`` ``(B, y, x)`` float32
+  in metres. **No-data convention:** a pixel missing in any image band (equal to the
+  cube's ``nodata``, or NaN in a float image) has a NaN height in the batch, so a
+  loss only needs the labels' NaN mask. With :func:`make_loader`, workers write
+  batches into a ring of shared-memory tensors reused from batch to batch and the
+  main process copies each out once (:mod:`xchm.training.transport`).
+* **Augmentation** (``augment=True``): one of the 8 dihedral transforms (flips and
+  90° rotations) per chip, the same for its image and height, from a hash of
+  ``(seed, epoch, chip position)``: independent of ranks and workers.
+
+The stream pickles small (path, a bit mask of the selection, settings); each
+process opens the Zarr store itself on its first iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from xchm.chips.cube import ChipCube, open_cube
+from xchm.errors import InputError
+from xchm.training import plan
+from xchm.training.transport import BatchRing, OwningLoader, RingStream, batch_dtype, new_batch
+
+__all__ = ["ChipStream", "batch_dtype", "make_loader"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ChipStream(IterableDataset[Batch]):
+    """Shuffled batches ``(image, height)`` of a chip cube's split, streamed chunk by chunk.
+
+    See the module docstring for the order, the exact batch counts, resume and the
+    no-data convention.
+
+    Parameters
+    ----------
+    cube
+        A :class:`~xchm.chips.ChipCube` (or a selection of one) or its path.
+    split
+        Split label(s) to stream; None for all chips of ``cube``.
+    batch_size
+        Chips per batch.
+    shuffle
+        Shuffle the chunks and the chips in them and mix ``buffer_chunks`` chunks
+        per batch; otherwise stream chips in stored order (evaluation).
+    buffer_chunks
+        Chunks mixed into each batch, per worker (memory: about that many decoded
+        chunks per worker, 10.5 MB each for 256 chips of 3 uint16 bands).
+    augment
+        Apply a random dihedral transform (flips, 90° rotations) per chip.
+    seed
+        Seed of the chunk and chip order and of the augmentation.
+    rank, world_size
+        This process's DDP rank and the number of ranks.
+    drop_last
+        Yield only full batches (training); otherwise every chip exactly once.
+    image_dtype
+        Dtype of the yielded images, see :func:`batch_dtype`; default int32 for
+        uint16 cubes, ``"native"`` for uint16 (~10 % fewer CPU cycles per chip with
+        DataLoader workers on 2 cores, benchmarks/RESULTS.md).
+
+    Raises
+    ------
+    InputError
+        For invalid settings (all reported at once), an unknown split, or a split
+        too small for one full batch per rank with ``drop_last``.
+
+    Examples
+    --------
+    >>> stream = ChipStream("chips.zarr", split="train", batch_size=64)  # doctest: +SKIP
+    >>> stream.set_epoch(3)  # doctest: +SKIP
+    >>> for image, height in make_loader(stream, num_workers=2):  # doctest: +SKIP
+    ...     x = normalize_batch(image.to("cuda"), cube.statistics)
+    """
+
+    def __init__(
+        self,
+        cube: ChipCube | str | Path,
+        *,
+        split: str | Sequence[str] | None = "train",
+        batch_size: int = 64,
+        shuffle: bool = True,
+        buffer_chunks: int = 8,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        image_dtype: str | np.dtype | None = None,
+    ):
+        problems = []
+        if batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {batch_size}")
+        if buffer_chunks < 1:
+            problems.append(f"buffer_chunks must be >= 1, got {buffer_chunks}")
+        if seed < 0:
+            problems.append(f"seed must be >= 0, got {seed}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            problems.append(
+                f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}"
+            )
+        if problems:
+            raise InputError("invalid ChipStream settings: " + "; ".join(problems))
+        if not isinstance(cube, ChipCube):
+            cube = open_cube(cube)
+        selection = cube if split is None else cube.sel(split=split)
+        total = int(cube.attrs["chips"])
+        keep = np.zeros(total, dtype=bool)
+        keep[selection.index] = True
+        self.path = str(cube.path)
+        self.split = split
+        self.chips = len(selection)
+        self.bands = cube.bands
+        self.nodata = cube.nodata
+        self.image_dtype = np.dtype(cube.image.dtype)
+        self.batch_dtype = batch_dtype(self.image_dtype, image_dtype)
+        self.chunk = int(cube.image.chunks[0])
+        self._chip_shape = tuple(int(s) for s in cube.image.shape[1:])
+        self._total = total
+        self._mask = np.packbits(keep)
+        self.batch_size, self.shuffle, self.buffer_chunks = batch_size, shuffle, buffer_chunks
+        self.augment, self.seed, self.drop_last = augment, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self._len = plan.batches_per_rank(self.chips, batch_size, world_size, drop_last)
+        if self._len == 0:
+            raise InputError(
+                f"split {split!r} has {self.chips} chips, fewer than batch_size x world_size = "
+                f"{batch_size * world_size}: no full batch per rank; use a smaller batch_size "
+                "or drop_last=False"
+            )
+        self.epoch, self.start_batch, self._fresh = 0, 0, True
+        self._positions: np.ndarray | None = None
+        self._arrays: tuple[Any, Any] | None = None
+        self._pid = -1
+        self._scratch: np.ndarray | None = None
+
+    # -- state -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Batches per rank and epoch (whatever the position set by :meth:`set_position`)."""
+        return self._len
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChipStream {self.path!r} split {self.split!r}: {self.chips} chips, "
+            f"{self._len} batches of {self.batch_size} per rank (rank {self.rank} of "
+            f"{self.world_size}), epoch {self.epoch}>"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_positions"] = state["_arrays"] = state["_scratch"] = (
+            None  # rebuilt / reopened in each process
+        )
+        return state
+
+    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
+        """Make the next iteration yield epoch ``epoch`` from batch ``start_batch``.
+
+        Iterating again without calling this (or :meth:`set_position`) moves on to
+        the next epoch from batch 0, so that persistent ``DataLoader`` workers, which
+        keep the copy of the stream they started with, follow along; changes made
+        after their start do not reach them.
+
+        Examples
+        --------
+        >>> stream.set_epoch(2)  # doctest: +SKIP
+        """
+        if epoch < 0:
+            raise InputError(f"epoch must be >= 0, got {epoch}")
+        if not 0 <= start_batch <= self._len:
+            raise InputError(f"start_batch must be in [0, {self._len}], got {start_batch}")
+        self.epoch, self.start_batch, self._fresh = epoch, start_batch, True
+
+    def set_position(self, batch_index: int) -> None:
+        """Make the next iteration resume the current epoch at batch ``batch_index``.
+
+        The loader then yields batches ``batch_index, ..., len(self) - 1`` of the
+        epoch, the same tensors as an uninterrupted run with the same settings and
+        ``num_workers``; chunks whose chips all lie in skipped batches are not read.
+
+        Examples
+        --------
+        >>> stream.set_epoch(4)  # doctest: +SKIP
+        >>> stream.set_position(120)  # resume after 120 batches of epoch 4  # doctest: +SKIP
+        """
+        self.set_epoch(self.epoch, start_batch=batch_index)
+
+    # -- iteration ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        return self._iterate(ring_slots=0)
+
+    def _iterate(self, ring_slots: int) -> Iterator[Batch]:
+        """Start the next iteration in this process (a DataLoader worker or the main one)."""
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        if self._fresh:
+            self._fresh = False
+        else:
+            self.epoch, self.start_batch = self.epoch + 1, 0
+        alloc: Callable[[int], Batch]
+        if info is None:
+            alloc = partial(
+                new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=False
+            )
+        elif ring_slots:
+            alloc = BatchRing(ring_slots, self.batch_size, self._chip_shape, self.batch_dtype)
+        else:
+            alloc = partial(
+                new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=True
+            )
+        return self._run(*self._worker_plan(worker, workers, self.epoch, self.start_batch), alloc)
+
+    def iter_worker(
+        self,
+        worker: int,
+        num_workers: int,
+        *,
+        epoch: int | None = None,
+        start_batch: int | None = None,
+    ) -> Iterator[Batch]:
+        """Yield what DataLoader worker ``worker`` of ``num_workers`` yields in an epoch.
+
+        Does not change the stream's epoch or position (defaults: the current ones).
+        Interleaving the workers round-robin gives the epoch's batches in order.
+
+        Examples
+        --------
+        >>> batches = list(stream.iter_worker(1, 2, epoch=0))  # doctest: +SKIP
+        """
+        epoch = self.epoch if epoch is None else epoch
+        start = self.start_batch if start_batch is None else start_batch
+        alloc = partial(
+            new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=False
+        )
+        return self._run(*self._worker_plan(worker, num_workers, epoch, start), alloc)
+
+    def _worker_plan(
+        self, worker: int, num_workers: int, epoch: int, start: int
+    ) -> tuple[np.ndarray, np.ndarray, int, int, np.random.Generator]:
+        """Chips, batch sizes, batches to skip, epoch and generator of a DataLoader worker."""
+        role = (worker + start) % num_workers
+        first, sizes = plan.rank_batch_sizes(
+            self.chips, self.batch_size, self.world_size, self.rank, self.drop_last
+        )
+        offset, mine = plan.worker_share(sizes, num_workers, role)
+        order = plan.epoch_order(
+            self._selected(), self.chunk, shuffle=self.shuffle, seed=self.seed, epoch=epoch
+        )
+        chips = order[first + offset : first + offset + int(mine.sum())]
+        rng = np.random.default_rng(
+            [self.seed, epoch, self.rank, self.world_size, num_workers, role]
+        )
+        return chips, mine, len(range(role, start, num_workers)), epoch, rng
+
+    def _run(
+        self,
+        chips: np.ndarray,
+        sizes: np.ndarray,
+        skip: int,
+        epoch: int,
+        rng: np.random.Generator,
+        alloc: Callable[[int], Batch],
+    ) -> Iterator[Batch]:
+        """Yield batches ``skip`` on from ``chips``, decoding each chunk run once, lazily."""
+        if len(sizes) <= skip:
+            return
+        starts, ends = plan.chunk_runs(chips, self.chunk)
+        if self.shuffle:
+            chips = plan.shuffle_within_runs(chips, starts, ends, rng)
+        pieces = plan.interleave(ends - starts, sizes, self.buffer_chunks if self.shuffle else 1)
+        last = {r: j for j, batch in enumerate(pieces) for r, _, _ in batch}
+        runs: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # decoded, open runs
+        spare: list[tuple[Any, Any]] = []  # chunk arrays to decode into
+        for j in range(skip, len(sizes)):
+            n = int(sizes[j])
+            image, height = alloc(n)
+            img, hgt = image.numpy(), height.numpy()
+            widen = img.dtype != self.image_dtype  # gather, then widen in one pass
+            if widen and self._scratch is None:
+                self._scratch = np.empty((self.batch_size, *self._chip_shape), self.image_dtype)
+            out = self._scratch[:n] if widen and self._scratch is not None else img
+            ids, a = [], 0
+            for r, first, count in pieces[j]:
+                if r not in runs:
+                    runs[r] = self._decode(int(chips[starts[r]]) // self.chunk, spare)
+                run_image, run_height, lo = runs[r]
+                ids.append(chips[starts[r] + first : starts[r] + first + count])
+                rows = ids[-1] - lo
+                np.take(run_image, rows, axis=0, out=out[a : a + count], mode="clip")
+                np.take(run_height, rows, axis=0, out=hgt[a : a + count], mode="clip")
+                a += count
+                if last[r] == j:
+                    run_image, run_height, _ = runs.pop(r)
+                    spare.append((run_image.base, run_height.base))  # whole chunk arrays
+            if widen:
+                np.copyto(img, out)
+            if self.augment and n:
+                codes = plan.dihedral_codes(np.concatenate(ids), self.seed, epoch)
+                plan.apply_dihedral((img, hgt), codes)
+            yield image, height
+
+    # -- reading -----------------------------------------------------------------------
+    def _selected(self) -> np.ndarray:
+        if self._positions is None:
+            keep = np.unpackbits(self._mask, count=self._total).view(bool)
+            self._positions = np.flatnonzero(keep)
+        return self._positions
+
+    def _open(self) -> tuple[Any, Any]:
+        """Return the ``image`` and ``height`` arrays, opened once per process."""
+        if self._arrays is None or self._pid != os.getpid():
+            import zarr
+
+            group = zarr.open_group(self.path, mode="r")
+            self._arrays, self._pid = (group["image"], group["height"]), os.getpid()
+        return self._arrays
+
+    def _decode(self, k: int, spare: list[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray, int]:
+        """Return chunk ``k``'s image and height chips (no-data heights NaN) and its start.
+
+        Decodes into arrays from ``spare`` where there are any: reused memory, not new
+        pages to fault in for every chunk.
+        """
+        from zarr.buffer import cpu
+
+        image, height = self._open()
+        lo = k * self.chunk
+        n = min(lo + self.chunk, self._total) - lo
+        if spare:
+            img, hgt = spare.pop()
+        else:
+            img = np.empty((self.chunk, *self._chip_shape), dtype=self.image_dtype)
+            hgt = np.empty((self.chunk, *self._chip_shape[1:]), dtype=np.float32)
+        img, hgt = img[:n], hgt[:n]
+        image.get_basic_selection(slice(lo, lo + n), out=cpu.NDBuffer.from_numpy_array(img))
+        height.get_basic_selection(slice(lo, lo + n), out=cpu.NDBuffer.from_numpy_array(hgt))
+        self._mask_nodata(img, hgt)
+        return img, hgt, lo
+
+    def _mask_nodata(self, image: np.ndarray, height: np.ndarray) -> None:
+        """Set heights to NaN where any image band is missing (in place)."""
+        if image.size == 0:
+            return
+        nodata = self.nodata
+        lo, hi = image.min(), image.max()  # cheap test first: most chunks have no gaps
+        check = nodata is not None and not np.isnan(nodata) and lo <= nodata <= hi
+        if image.dtype.kind == "f" and np.isnan(lo):
+            bad = np.isnan(image).any(axis=1)
+            if check:
+                bad |= (image == nodata).any(axis=1)
+        elif check:
+            bad = (image == nodata).any(axis=1)
+        else:
+            return
+        height[bad] = np.nan
+
+
+def make_loader(
+    stream: ChipStream,
+    num_workers: int = 2,
+    *,
+    pin_memory: bool | None = None,
+    persistent_workers: bool = False,
+    prefetch_factor: int = 2,
+    **kwargs: Any,
+) -> DataLoader[Batch]:
+    """Wrap a :class:`ChipStream` in a ``DataLoader`` (the stream makes the batches).
+
+    Parameters
+    ----------
+    stream
+        The stream; set its epoch (and position) before iterating.
+    num_workers
+        Worker processes (0: read in this process). Batch ``i`` of an iteration
+        comes from worker ``i % num_workers``; each opens the cube itself.
+    pin_memory
+        Pin batches for faster host-to-GPU copies; default: if CUDA is available.
+    persistent_workers
+        Keep the workers between iterations (each new iteration is the next epoch;
+        see :meth:`ChipStream.set_epoch`).
+    prefetch_factor
+        Batches each worker prepares ahead (memory: ``num_workers x prefetch_factor``
+        batches).
+    **kwargs
+        Passed on to ``torch.utils.data.DataLoader`` (``multiprocessing_context``, ...).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        With ``batch_size=None`` and ``len`` equal to ``len(stream)``.
+
+    Examples
+    --------
+    >>> loader = make_loader(stream, num_workers=2, pin_memory=True)  # doctest: +SKIP
+    >>> image, height = next(iter(loader))  # doctest: +SKIP
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    dataset: IterableDataset[Batch] = stream
+    if num_workers > 0:
+        kwargs.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
+        dataset = RingStream(stream, slots=prefetch_factor * num_workers + 1)
+    return OwningLoader(
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+    )

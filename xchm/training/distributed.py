@@ -1,0 +1,53 @@
+"""Distributed data parallel (DDP) set-up under ``torchrun``.
+
+``torchrun --nproc_per_node=N -m xchm train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; the process group is created here on first use (NCCL with CUDA,
+gloo on the CPU). A single process needs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["process_group", "all_reduce_sum", "wrap"]
+
+
+def process_group() -> tuple[int, int, int]:
+    """Return ``(rank, world_size, local_rank)``, initialising the group if launched so."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def all_reduce_sum(values: list[float], device: Any) -> list[float]:
+    """Sum ``values`` over all processes (identity in a single process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def wrap(net: Any, device: Any) -> Any:
+    """Wrap the model in DDP over its trainable parameters (itself in one process)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return net
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(net, device_ids=ids)

@@ -1,0 +1,157 @@
+"""One training epoch and one validation pass (used by :mod:`xchm.training.trainer`)."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+from xchm.training.distributed import all_reduce_sum, wrap
+from xchm.training.losses import height_loss
+from xchm.training.normalize import normalize_batch
+
+__all__ = ["run_epoch", "validate"]
+
+
+def _inputs(raw: Any, nodata: float | None, stats: Any, device: Any) -> Any:
+    """Normalise raw DN on the device; missing image pixels become 0 (the mean)."""
+    import torch
+
+    raw = raw.to(device, non_blocking=True)
+    z = normalize_batch(raw, stats)
+    if raw.is_floating_point():
+        missing = torch.isnan(raw).any(dim=1, keepdim=True)
+    else:
+        missing = torch.zeros_like(raw[:, :1], dtype=torch.bool)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= (raw == nodata).any(dim=1, keepdim=True)
+    return torch.where(missing, torch.zeros_like(z), z)
+
+
+def _autocast(run: Any) -> Any:
+    import torch
+
+    if run.device.type == "cuda" and run.cfg.mixed_precision:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _stream(run: Any, split: str, *, train: bool) -> Any:
+    from xchm.training.data import ChipStream
+
+    cfg = run.cfg
+    return ChipStream(
+        run.cube,
+        split=split,
+        batch_size=cfg.batch_size,
+        shuffle=train,
+        buffer_chunks=cfg.buffer_chunks,
+        augment=cfg.augment and train,
+        seed=cfg.seed,
+        rank=run.rank,
+        world_size=run.world,
+        drop_last=train,
+    )
+
+
+def run_epoch(
+    run: Any,
+    net: Any,
+    opt: Any,
+    epoch: int,
+    start_batch: int,
+    partial: dict[str, Any],
+    checkpointer: Any,
+    progress: bool,
+) -> dict[str, Any]:
+    """Train one epoch from batch ``start_batch``; return the mean loss and steps."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from xchm.training.data import make_loader
+
+    cfg, stats = run.cfg, net.card.statistics
+    stream = _stream(run, "train", train=True)
+    stream.set_epoch(epoch)
+    steps = (
+        len(stream)
+        if cfg.max_steps_per_epoch is None
+        else min(len(stream), cfg.max_steps_per_epoch)
+    )
+    if start_batch:
+        stream.set_position(start_batch)
+    loader = make_loader(stream, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda")
+    model = wrap(net, run.device)
+    net.train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    loss_sum, done = float(partial["loss_sum"]), int(partial["steps"])
+    bar = tqdm(
+        total=steps, initial=start_batch, desc=f"epoch {epoch}", unit="batch", disable=not progress
+    )
+    with torch.random.fork_rng(devices=[]):  # the loader's seed draw must not shift dropout
+        batches = iter(loader)
+    with bar:
+        for i, (raw, heights) in enumerate(batches, start=start_batch):
+            if i >= steps:
+                break
+            x = _inputs(raw, run.cube.nodata, stats, run.device)
+            y = heights.to(run.device, non_blocking=True)
+            with _autocast(run):
+                pred = model(x, validate=False)
+            loss = height_loss(pred[:, 0], y, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            opt.step()
+            loss_sum, done = loss_sum + loss.detach().item(), done + 1
+            bar.set_postfix(loss=f"{loss_sum / done:.3f}")
+            bar.update()
+            if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:
+                checkpointer.save(i + 1, {"loss_sum": loss_sum, "steps": done})
+    total, count = all_reduce_sum([loss_sum, done], run.device)
+    return {"loss": total / max(count, 1), "steps": done}
+
+
+def validate(run: Any, net: Any) -> dict[str, float]:
+    """Pixel-weighted loss, MAE, RMSE and bias over the val split (all ranks)."""
+    import torch
+
+    from xchm.training.data import make_loader
+
+    stream = _stream(run, "val", train=False)
+    stream.set_epoch(0)
+    loader = make_loader(stream, num_workers=run.cfg.num_workers, pin_memory=False)
+    sums = [0.0] * 5  # loss * n, n, |e|, e^2, e
+    training = net.training
+    net.eval()
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(loader)
+    with torch.inference_mode():
+        for raw, heights in batches:
+            x = _inputs(raw, run.cube.nodata, net.card.statistics, run.device)
+            y = heights.to(run.device)
+            with _autocast(run):
+                pred = net(x, validate=False)[:, 0].float()
+            valid = torch.isfinite(y)
+            count = int(valid.sum())
+            if count == 0:
+                continue
+            err = (pred - y)[valid].double()
+            sums[0] += float(height_loss(pred, y, run.cfg)) * count
+            sums[1] += count
+            sums[2] += float(err.abs().sum())
+            sums[3] += float((err * err).sum())
+            sums[4] += float(err.sum())
+    net.train(training)
+    loss, n, abs_sum, sq_sum, err_sum = all_reduce_sum(sums, run.device)
+    if n == 0:
+        nan = float("nan")
+        return {"loss": nan, "mae": nan, "rmse": nan, "bias": nan, "n_pixels": 0}
+    return {
+        "loss": loss / n,
+        "mae": abs_sum / n,
+        "rmse": math.sqrt(sq_sum / n),
+        "bias": err_sum / n,
+        "n_pixels": int(n),
+    }

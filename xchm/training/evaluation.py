@@ -1,0 +1,358 @@
+"""Evaluate canopy height models: on chip cube splits, and raster against raster.
+
+:func:`evaluate` streams one split of a chip cube through a model in storage
+order, one whole 256-chip chunk at a time (the next chunk is read in a background
+thread while the model runs), so memory is a couple of chunks plus one batch
+whatever the cube size. Image pixels that are nodata/NaN in any band are fed to the
+model as 0 after normalisation (the band mean, as in training) and left out of the
+metrics. Metrics are sums (:class:`~xchm.training.metrics.MetricAccumulator`), so
+per-scene tables and the baseline come from the same pass.
+
+:func:`evaluate_raster` compares two aligned rasters (say, a predicted mosaic and
+a lidar CHM) block by block with Dask, never loading whole mosaics.
+
+The baseline, predicting one constant height everywhere (the train split's mean),
+is reported next to every chip cube evaluation: a model whose MAE is not clearly
+below the baseline's has not learned anything from the imagery.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xchm.chips.cube import ChipCube, open_cube
+from xchm.errors import BandError, InputError, XCHMWarning
+from xchm.training.metrics import (
+    DEFAULT_CLASSES,
+    Classes,
+    HistogramAccumulator,
+    MetricAccumulator,
+)
+from xchm.training.raster import evaluate_raster
+from xchm.training.report import prepare_report_dir, write_report
+
+__all__ = ["evaluate", "evaluate_raster"]
+
+log = logging.getLogger(__name__)
+
+#: Train chips read at most for the baseline's mean height (evenly spread whole chunks;
+#: stored chips are uniformly shuffled, so any chunks are a random sample).
+BASELINE_MAX_CHIPS = 16384
+#: Example chips drawn in a report.
+N_EXAMPLES = 8
+
+
+def evaluate(
+    model: Any,
+    cube: ChipCube | str | os.PathLike[str],
+    *,
+    split: str | None = "val",
+    batch_size: int = 64,
+    device: str | None = None,
+    per_scene: bool = False,
+    report: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    classes: Classes = DEFAULT_CLASSES,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy of a canopy height model on a split of a chip cube.
+
+    Parameters
+    ----------
+    model
+        A loaded model (:func:`xchm.load_model`), a checkpoint directory or a preset
+        name (presets have an untrained decoder: only useful for testing).
+    cube
+        A chip cube (:func:`xchm.chips.open`, or a selection of one) or its path.
+    split
+        Split label to evaluate (``"val"``, ``"test"``, ``"train"``); None for every
+        chip of ``cube``.
+    batch_size
+        Chips per model call.
+    device
+        Torch device; default the model object's device, else CUDA if available.
+    per_scene
+        Add ``scenes``: the metrics of each scene's chips.
+    report
+        Directory for ``metrics.json``, ``density.png``, ``error_by_class.png`` and
+        ``examples.png``; it must be absent or empty unless ``overwrite``.
+    overwrite
+        Replace the report files in a non-empty ``report`` directory.
+    classes
+        Reference height classes ``(lo, hi)`` in metres (``lo <= ref < hi``).
+    progress
+        Show a progress bar (tqdm).
+
+    Returns
+    -------
+    dict
+        The keys of :func:`~xchm.training.metrics.height_metrics` (``mae``, ``rmse``,
+        ``bias``, ``r2``, ``pearson_r2``, ``n_pixels``, ``classes``), plus ``model``
+        (preset name or checkpoint path), ``cube`` (path), ``split``, ``n_chips``,
+        ``baseline`` (the same metrics for predicting the constant ``height``, the
+        mean reference height of ``baseline_source``'s chips: the train split if the
+        cube has one, else the evaluated split), ``baseline_source``, ``scenes`` with
+        ``per_scene``, ``report`` with ``report``.
+
+    Raises
+    ------
+    BandError
+        If the cube's bands are not the model card's bands (in order).
+    InputError
+        If the split is not in the cube, windows differ, or the card has no statistics.
+    FileExistsError
+        If ``report`` is a non-empty directory and ``overwrite`` is False.
+
+    Warns
+    -----
+    XCHMWarning
+        If the cube's pixel size differs from the card's by more than 25 %.
+
+    Notes
+    -----
+    Reads every selected chip once (whole 256-chip chunks, the next read ahead in
+    a thread), plus up to :data:`BASELINE_MAX_CHIPS` train height chips; memory is
+    about two chunks and one batch. Runs the model under ``torch.inference_mode``,
+    in bf16 autocast on CUDA (so CUDA predictions carry bf16 rounding, e.g. 1/8 m
+    steps between 16 and 32 m), and restores the model's train/eval mode afterwards.
+
+    Examples
+    --------
+    >>> result = xchm.training.evaluate("runs/a/best", "chips.zarr")  # doctest: +SKIP
+    >>> result["mae"], result["baseline"]["mae"]  # doctest: +SKIP
+    (1.31, 3.87)
+    """
+    import torch
+
+    from xchm.inference.runtime import evaluating
+    from xchm.training.normalize import normalize_batch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    report_dir = None if report is None else prepare_report_dir(report, overwrite=overwrite)
+    full = cube if isinstance(cube, ChipCube) else open_cube(Path(cube))
+    chosen = full.sel(split=split) if split is not None else full
+    overall = MetricAccumulator(classes=classes)  # checks classes before any work
+    baseline = MetricAccumulator(classes=classes)
+    net, model_name, dev = _resolve_model(model, device)
+    card = net.card
+    _check_compatible(card, chosen)
+    base_height, base_source = _baseline_height(full, split)
+
+    hist = HistogramAccumulator()
+    scenes: dict[str, MetricAccumulator] = {}
+    scene_ids = chosen.coord("scene") if per_scene else None
+    n = len(chosen)
+    wanted = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).round().astype(int).tolist())
+    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, unit="chip", desc=f"evaluate {split or 'all'}", disable=not progress)
+    with bar, evaluating(net), torch.inference_mode():
+        for pos, image, height in _batches(chosen, batch_size):
+            missing = _missing(image, chosen.nodata)
+            ref = np.where(missing, np.float32(np.nan), height)
+            raw = torch.from_numpy(image.astype(np.float32, copy=False)).to(dev)
+            x = normalize_batch(raw, card.statistics)
+            if missing.any():
+                x = x.masked_fill(torch.from_numpy(missing).to(dev)[:, None], 0.0)
+            with autocast:
+                out = net(x, validate=False)
+            pred = out[:, 0].float().cpu().numpy()
+            overall.update(pred, ref)
+            baseline.update(np.full_like(ref, base_height), ref)
+            hist.update(pred, ref)
+            if scene_ids is not None:
+                ids = scene_ids[pos]
+                for scene in np.unique(ids):
+                    keep = ids == scene
+                    acc = scenes.setdefault(str(scene), MetricAccumulator(classes=classes))
+                    acc.update(pred[keep], ref[keep])
+            if report_dir is not None:
+                for k in np.flatnonzero(np.isin(pos, list(wanted))):
+                    examples[int(pos[k])] = (image[k].copy(), ref[k].copy(), pred[k].copy())
+            bar.update(len(pos))
+
+    result: dict[str, Any] = {
+        "model": model_name,
+        "cube": str(full.path),
+        "split": split if split is not None else "all",
+        "n_chips": n,
+        **overall.result(),
+        "baseline_source": base_source,
+        "baseline": {"height": base_height, **baseline.result()},
+    }
+    if per_scene:
+        result["scenes"] = {s: scenes[s].result() for s in sorted(scenes)}
+    if report_dir is not None:
+        result["report"] = str(report_dir)
+        write_report(
+            report_dir,
+            result,
+            hist,
+            examples=[examples[k] for k in sorted(examples)],
+            bands=chosen.bands,
+            nodata=chosen.nodata,
+            overwrite=overwrite,
+        )
+    log.info("evaluated %s on %s (%s): MAE %.3f m", model_name, full.path, split, result["mae"])
+    return result
+
+
+# -- model and compatibility ---------------------------------------------------------------
+def _resolve_model(model: Any, device: str | None) -> tuple[Any, str, Any]:
+    """Return (model on its device, name for the report, device)."""
+    import torch
+
+    from xchm.inference.runtime import choose_device
+    from xchm.models.api import load_model
+    from xchm.models.presets import PRESETS
+
+    if isinstance(model, str | os.PathLike):
+        name = str(model)
+        if name not in PRESETS:
+            name = str(Path(model).expanduser().resolve())
+        dev = choose_device(device)
+        return load_model(model).to(dev), name, dev
+    card = getattr(model, "card", None)
+    if card is None or not isinstance(model, torch.nn.Module):
+        raise InputError(
+            f"model must be a loaded xchm model, a checkpoint directory or a preset name, got "
+            f"{type(model).__name__}"
+        )
+    param = next(model.parameters(), None)
+    current = param.device if param is not None else torch.device("cpu")
+    dev = current if device is None else choose_device(device)
+    if dev != current:  # never move the caller's model: evaluate a copy on ``dev``
+        model = copy.deepcopy(model).to(dev)
+    return model, str(card.preset), dev
+
+
+def _check_compatible(card: Any, cube: ChipCube) -> None:
+    if tuple(cube.bands) != tuple(card.bands):
+        raise BandError(
+            f"the model expects bands {tuple(card.bands)}; the chip cube {cube.path} has "
+            f"{tuple(cube.bands)}; evaluate a model trained on the cube's bands or build the "
+            "cube with the model's bands (xchm.chips.build(..., bands=...))"
+        )
+    if cube.window != card.window:
+        raise InputError(
+            f"the model takes {card.window}x{card.window} px windows; the cube's chips are "
+            f"{cube.window}x{cube.window} px"
+        )
+    if card.statistics is None:
+        raise InputError(
+            "the model card has no normalisation statistics; load the model with "
+            "statistics=cube.statistics or use a trained checkpoint"
+        )
+    if cube.pixel_size is not None and card.pixel_size:
+        ratio = cube.pixel_size / card.pixel_size
+        if abs(ratio - 1) > 0.25:
+            warnings.warn(
+                f"the chip cube's pixels are {cube.pixel_size:g} m but the model was made for "
+                f"{card.pixel_size:g} m; heights from imagery at another resolution are "
+                "unreliable: resample the imagery (xchm.chips.build(..., resolution=...))",
+                XCHMWarning,
+                stacklevel=3,
+            )
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _chunk_plan(cube: ChipCube) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(first stored chip, selection positions, offsets in the chunk) per stored chunk."""
+    index = cube.index
+    if index.size == 0:
+        return []
+    size = int(cube.image.chunks[0])
+    ids = index // size
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    plan = []
+    for part in np.split(np.arange(index.size), cuts):
+        start = int(ids[part[0]]) * size
+        plan.append((start, part, index[part] - start))
+    return plan
+
+
+def _read_chunk(
+    cube: ChipCube, start: int, part: np.ndarray, offsets: np.ndarray, images: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one whole stored chunk; keep the selected chips (images: empty if not wanted)."""
+    stop = min(start + int(cube.image.chunks[0]), int(cube.image.shape[0]))
+    whole = offsets.size == stop - start
+    height = np.asarray(cube.height[start:stop])
+    image = np.asarray(cube.image[start:stop]) if images else np.empty((stop - start, 0))
+    return (part, image, height) if whole else (part, image[offsets], height[offsets])
+
+
+def _chunks(
+    cube: ChipCube, plan: list[tuple[int, np.ndarray, np.ndarray]], images: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Read the planned chunks in order, the next one in a background thread."""
+    if not plan:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_read_chunk, cube, *plan[0], images)
+        for k in range(len(plan)):
+            done = pending.result()
+            if k + 1 < len(plan):
+                pending = pool.submit(_read_chunk, cube, *plan[k + 1], images)
+            yield done
+
+
+def _batches(
+    cube: ChipCube, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (selection positions, image, height) batches of ``batch_size`` chips in order."""
+    held: list[np.ndarray] = []
+    for read in _chunks(cube, _chunk_plan(cube)):
+        chunk = [np.concatenate(pair) for pair in zip(held, read, strict=True)] if held else [*read]
+        full = len(chunk[0]) // batch_size * batch_size
+        for i in range(0, full, batch_size):
+            pos, image, height = (a[i : i + batch_size] for a in chunk)
+            yield pos, image, height
+        held = [a[full:] for a in chunk] if full < len(chunk[0]) else []
+    if held:
+        yield held[0], held[1], held[2]
+
+
+def _missing(image: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(k, y, x) True where any band is NaN or nodata."""
+    missing = np.zeros((image.shape[0], *image.shape[2:]), dtype=bool)
+    if image.dtype.kind == "f":
+        missing |= np.isnan(image).any(axis=1)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= (image == nodata).any(axis=1)
+    return missing
+
+
+def _baseline_height(full: ChipCube, split: str | None) -> tuple[float, str]:
+    """Mean finite reference height of the train split (else the evaluated split)."""
+    whole = ChipCube(full.path, full._group, full.attrs, None)  # the cube, not a selection
+    if "train" in whole.splits:
+        source, chosen = "train", whole.sel(split="train")
+    else:
+        source, chosen = split or "all", full.sel(split=split) if split is not None else full
+    plan = _chunk_plan(chosen)
+    total = len(chosen)
+    if total > BASELINE_MAX_CHIPS:  # evenly spread whole chunks
+        per_chunk = max(1, total // len(plan))
+        keep = max(1, BASELINE_MAX_CHIPS // per_chunk)
+        plan = [plan[int(i)] for i in np.unique(np.linspace(0, len(plan) - 1, keep).round())]
+    count, total_height = 0, 0.0
+    for _, _, height in _chunks(chosen, plan, images=False):
+        finite = height[np.isfinite(height)]
+        count += finite.size
+        total_height += float(finite.sum(dtype=np.float64))
+    return (total_height / count if count else math.nan), source
