@@ -153,6 +153,7 @@ def measure(cube: Any, args: argparse.Namespace) -> dict[str, Any]:
         s: [] for s in settings
     }
     decode: list[tuple[int, float]] = []
+    loads: list[list[float] | None] = []
     decode_only(cube, args, 10**6)  # warm-up: metadata, codecs, zarr's thread pool
     for r in range(args.repeats):
         decode.append(decode_only(cube, args, r))
@@ -161,7 +162,11 @@ def measure(cube: Any, args: argparse.Namespace) -> dict[str, Any]:
             runs[w, a, d].append(stream_epoch(cube, args, w, a, d, r))
             chips, _, sec, _, _ = runs[w, a, d][-1]
             line.append(f"W={w} {d}{' aug' if a else ''} {chips / sec:.0f}")
-        print(f"   repeat {r + 1} (chips/s): " + ", ".join(line), flush=True)
+        loads.append(load_average())
+        print(
+            f"   repeat {r + 1} (chips/s): " + ", ".join(line) + f"; load average {loads[-1]}",
+            flush=True,
+        )
     out = []
     for (w, a, d), rs in runs.items():
         chips, batches = rs[0][0], rs[0][1]
@@ -182,6 +187,7 @@ def measure(cube: Any, args: argparse.Namespace) -> dict[str, Any]:
         )
     dsecs = [d[1] for d in decode]
     return {
+        "loadavg_after_repeat": loads,
         "stream": out,
         "decode_only": {
             "chips": decode[0][0],

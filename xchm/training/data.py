@@ -27,9 +27,10 @@ an up-front plan (:mod:`xchm.training.plan`) instead of a sampler:
   batch ``start + t`` of the epoch is the ``t``-th batch the loader yields.
   ``set_position(k)`` makes the next iteration start at batch ``k``: each worker
   plans the epoch on chip positions only and decodes just the chunks whose chips
-  are still to come, so a resumed run sees exactly the remaining
-  batches. The plan depends on ``(seed, epoch, rank, world_size, num_workers,
-  batch_size, buffer_chunks)``: resume with the same values.
+  are still to come, so a resumed run sees exactly the remaining batches. The plan
+  depends on ``(seed, epoch, rank, world_size, num_workers, batch_size,
+  buffer_chunks, shuffle, drop_last)``: resume with the same values (``num_workers``
+  0 and 1 give the same plan).
 * **Batches.** ``image`` ``(B, band, y, x)`` in a compact dtype close to the cube's
   (uint8, int8, int16 kept; uint16 -> int32, or kept with ``image_dtype="native"``;
   uint32 -> int64; floats -> float32; chips grouped by chunk within a batch), not
@@ -192,9 +193,8 @@ class ChipStream(IterableDataset[Batch]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_positions"] = state["_arrays"] = state["_scratch"] = (
-            None  # rebuilt / reopened in each process
-        )
+        for name in ("_positions", "_arrays", "_scratch"):  # rebuilt / reopened where used
+            state[name] = None
         return state
 
     def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
@@ -231,9 +231,9 @@ class ChipStream(IterableDataset[Batch]):
 
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
-        return self._iterate(ring_slots=0)
+        return self._iterate(ring_slots=0, wire=self.batch_dtype)
 
-    def _iterate(self, ring_slots: int) -> Iterator[Batch]:
+    def _iterate(self, ring_slots: int, wire: np.dtype) -> Iterator[Batch]:
         """Start the next iteration in this process (a DataLoader worker or the main one)."""
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -241,17 +241,9 @@ class ChipStream(IterableDataset[Batch]):
             self._fresh = False
         else:
             self.epoch, self.start_batch = self.epoch + 1, 0
-        alloc: Callable[[int], Batch]
-        if info is None:
-            alloc = partial(
-                new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=False
-            )
-        elif ring_slots:
-            alloc = BatchRing(ring_slots, self.batch_size, self._chip_shape, self.batch_dtype)
-        else:
-            alloc = partial(
-                new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=True
-            )
+        alloc: Callable[[int], Batch] = self._new(shared=info is not None)
+        if info is not None and ring_slots:
+            alloc = BatchRing(ring_slots, self.batch_size, self._chip_shape, wire)
         return self._run(*self._worker_plan(worker, workers, self.epoch, self.start_batch), alloc)
 
     def iter_worker(
@@ -273,10 +265,13 @@ class ChipStream(IterableDataset[Batch]):
         """
         epoch = self.epoch if epoch is None else epoch
         start = self.start_batch if start_batch is None else start_batch
-        alloc = partial(
-            new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=False
+        return self._run(*self._worker_plan(worker, num_workers, epoch, start), self._new(False))
+
+    def _new(self, shared: bool) -> Callable[[int], Batch]:
+        """Return a function making new batch tensors (in new shared memory if ``shared``)."""
+        return partial(
+            new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=shared
         )
-        return self._run(*self._worker_plan(worker, num_workers, epoch, start), alloc)
 
     def _worker_plan(
         self, worker: int, num_workers: int, epoch: int, start: int
@@ -410,6 +405,12 @@ def make_loader(
 ) -> DataLoader[Batch]:
     """Wrap a :class:`ChipStream` in a ``DataLoader`` (the stream makes the batches).
 
+    With workers, each writes its batches into a ring of shared-memory tensors
+    allocated once, and the loader copies every batch out of the ring as it arrives
+    (widening uint16 images to int32 in that copy unless pinning), so the batches it
+    yields are the caller's to keep (:mod:`xchm.training.transport`). A plain
+    ``DataLoader(stream, batch_size=None, ...)`` yields the same batches, slower.
+
     Parameters
     ----------
     stream
@@ -423,8 +424,9 @@ def make_loader(
         Keep the workers between iterations (each new iteration is the next epoch;
         see :meth:`ChipStream.set_epoch`).
     prefetch_factor
-        Batches each worker prepares ahead (memory: ``num_workers x prefetch_factor``
-        batches).
+        Batches each worker prepares ahead. Shared memory: ``prefetch_factor x
+        num_workers + 1`` batches per worker (85 MB per worker for 256 chips of
+        3 int32 bands and 2 workers).
     **kwargs
         Passed on to ``torch.utils.data.DataLoader`` (``multiprocessing_context``, ...).
 
@@ -443,7 +445,10 @@ def make_loader(
     dataset: IterableDataset[Batch] = stream
     if num_workers > 0:
         kwargs.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
-        dataset = RingStream(stream, slots=prefetch_factor * num_workers + 1)
+        wire, stored = stream.batch_dtype, stream.image_dtype
+        if not pin_memory and stored.itemsize < wire.itemsize and np.can_cast(stored, wire):
+            wire = stored  # widened by the main process's copy out of the ring
+        dataset = RingStream(stream, prefetch_factor * num_workers + 1, wire)
     return OwningLoader(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
     )

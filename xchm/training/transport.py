@@ -137,16 +137,22 @@ class BatchRing:
 
 
 class RingStream(IterableDataset[Batch]):
-    """What :func:`~xchm.training.data.make_loader` gives its workers: the stream, ring mode."""
+    """What :func:`~xchm.training.data.make_loader` gives its workers: the stream, ring mode.
 
-    def __init__(self, stream: Any, slots: int):
-        self.stream, self.slots = stream, slots
+    Workers write images in ``wire`` dtype (the stored one where it is narrower, e.g.
+    uint16 rather than int32: half the bytes to write and send) and the main process
+    widens them to the stream's ``batch_dtype`` in the copy it makes anyway.
+    """
+
+    def __init__(self, stream: Any, slots: int, wire: np.dtype):
+        self.stream, self.slots, self.wire = stream, slots, wire
+        self.dtype = _torch_dtype(stream.batch_dtype)
 
     def __len__(self) -> int:
         return len(self.stream)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self.stream._iterate(ring_slots=self.slots)
+        return self.stream._iterate(ring_slots=self.slots, wire=self.wire)
 
 
 class OwningLoader(DataLoader[Batch]):
@@ -157,25 +163,27 @@ class OwningLoader(DataLoader[Batch]):
         if not isinstance(self.dataset, RingStream):
             return batches
         keep = self.dataset.slots * max(self.num_workers, 1)
-        return self._owned(batches, keep, self.pin_memory)
+        return self._owned(batches, keep, self.pin_memory, self.dataset.dtype)
 
     @staticmethod
-    def _owned(batches: Iterator[Batch], keep: int, pin: bool) -> Iterator[Batch]:
+    def _owned(
+        batches: Iterator[Batch], keep: int, pin: bool, dtype: torch.dtype
+    ) -> Iterator[Batch]:
         recent: deque[Batch] = deque(maxlen=keep)  # keeps ring storages mapped: torch reuses
         for image, height in batches:  # the mapping of a storage it still holds
             recent.append((image, height))
-            if pin and image.is_pinned():  # pin_memory copied the batch already
+            if pin and image.is_pinned() and image.dtype == dtype:  # pin_memory copied it
                 yield image, height
             else:
-                yield _copy(image), _copy(height)
+                yield _copy(image, dtype), _copy(height, height.dtype)
 
 
-def _copy(tensor: torch.Tensor) -> torch.Tensor:
-    """Copy a CPU tensor with NumPy.
+def _copy(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Copy a CPU tensor into a new one of ``dtype`` with NumPy.
 
     One thread: ``clone`` wakes torch's OpenMP threads, which spin next to the
     DataLoader workers (~40 µs per chip on 2 cores).
     """
-    out = torch.empty_like(tensor)
+    out = torch.empty(tensor.shape, dtype=dtype)
     np.copyto(out.numpy(), tensor.numpy())
     return out
