@@ -20,7 +20,8 @@ train split's mean height everywhere, and next to the train median (the constant
 with the lower MAE when heights are skewed). Because the best epoch is chosen on
 those same val plots, the last epoch's weights (chosen by nobody) are scored too.
 
-Defaults (chosen with the exploration in benchmarks/RESULTS.md): policy ``full``
+Defaults (from an exploration of an earlier session whose per-setting numbers were
+not kept; RESULTS.md records the defaults' run): policy ``full``
 with ``ft_rate=1.0`` (the backbone is random), AdamW at 1e-2 with a cosine
 schedule, 40 epochs of batch 8, MSE loss, output bias started at the train median,
 no flips or rotations (they scored worse on every split tried), no early stopping.
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="random flips / 90-degree rotations (off: they scored worse here, see RESULTS.md)",
+        help="random flips / 90-degree rotations (off: they scored worse in that exploration)",
     )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0)")
     p.add_argument("--seed", type=int, default=0, help="training seed (0)")
