@@ -24,7 +24,7 @@ from xchm.errors import (
     XCHMError,
     XCHMWarning,
 )
-from xchm.inference import predict
+from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 from xchm.training import TrainConfig, TrainResult, evaluate, evaluate_raster, train
 
@@ -49,6 +49,9 @@ __all__ = [
     "list_models",
     "load_model",
     "model_info",
+    "merge_scenes",
+    "open_prediction",
     "predict",
+    "predict_to_zarr",
     "train",
 ]

@@ -70,7 +70,10 @@ def _open_image(path: Path, chunks: int) -> Any:
 
 
 def _write(chm: Any, output: Path, *, int16_dm: bool) -> None:
-    """Write next to ``output`` under a temporary name, then rename: no half-written files."""
+    """Write a COG next to ``output`` under a temporary name, then rename it into place.
+
+    No half-written files; ``.zarr`` output goes through :func:`xchm.predict_to_zarr`.
+    """
     import os
     import shutil
     import threading
@@ -79,26 +82,23 @@ def _write(chm: Any, output: Path, *, int16_dm: bool) -> None:
 
     tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
-        if output.suffix == ".zarr":
-            chm.to_dataset().to_zarr(tmp, mode="w", consolidated=False)
+        if int16_dm:  # the reference's format: decimetres, nodata -9999
+            dm = (chm * 10).round().fillna(-9999).astype("int16")
+            chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")
         else:
-            if int16_dm:  # the reference's format: decimetres, nodata -9999
-                dm = (chm * 10).round().fillna(-9999).astype("int16")
-                chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")
-            else:
-                chm = chm.rio.write_nodata(np.nan, encoded=False)
-            # Windowed writes into a tiled GTiff keep memory at a few chunks; GDAL then
-            # copies it into a COG (the COG driver cannot be written window by window).
-            import rasterio.shutil
+            chm = chm.rio.write_nodata(np.nan, encoded=False)
+        # Windowed writes into a tiled GTiff keep memory at a few chunks; GDAL then
+        # copies it into a COG (the COG driver cannot be written window by window).
+        import rasterio.shutil
 
-            tiled = tmp.with_name(tmp.name + ".tiled.tif")
-            try:
-                chm.rio.to_raster(
-                    tiled, driver="GTiff", tiled=True, compress="DEFLATE", lock=threading.Lock()
-                )
-                rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
-            finally:
-                tiled.unlink(missing_ok=True)
+        tiled = tmp.with_name(tmp.name + ".tiled.tif")
+        try:
+            chm.rio.to_raster(
+                tiled, driver="GTiff", tiled=True, compress="DEFLATE", lock=threading.Lock()
+            )
+            rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
+        finally:
+            tiled.unlink(missing_ok=True)
         if output.is_dir():
             shutil.rmtree(output)
         os.replace(tmp, output)
@@ -109,20 +109,36 @@ def _write(chm: Any, output: Path, *, int16_dm: bool) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _scheduler(spec: str | None) -> Any:
+    """Return a context for ``--scheduler``: local threads, a new local cluster or an address."""
+    import contextlib
+
+    if spec in (None, "local"):
+        return contextlib.nullcontext(None)
+    if spec == "auto":
+        from xchm.cluster import start
+
+        return start("auto")
+    from distributed import Client
+
+    return Client(spec)
+
+
 def _predict(args: argparse.Namespace) -> int:
     import time
 
     from xchm.errors import InputError
-    from xchm.inference import predict
+    from xchm.inference import merge_scenes, predict, predict_to_zarr
     from xchm.inference.progress import WindowProgress
     from xchm.inference.windows import window_span
 
     output = Path(args.output)
+    zarr_out = output.suffix.lower() == ".zarr"
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {str(output)!r}")
-    if output.exists() and not args.overwrite:
+    if output.exists() and not args.overwrite and not zarr_out:
         raise InputError(f"{str(output)!r} exists; pass --overwrite to replace it")
-    if args.int16_dm and output.suffix == ".zarr":
+    if args.int16_dm and zarr_out:
         raise InputError("--int16-dm applies to GeoTIFF output only")
     from xchm.models.presets import PRESETS
 
@@ -132,25 +148,49 @@ def _predict(args: argparse.Namespace) -> int:
             "trained checkpoint directory with --model",
             args.model,
         )
-    image = _open_image(Path(args.input), args.chunks)
-    chm = predict(
-        image,
-        args.model,
+    if len(args.input) > 1:
+        missing = [p for p in args.input if not Path(p).exists()]
+        if missing:
+            raise InputError(f"inputs do not exist: {', '.join(missing)}")
+        image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks)
+    else:
+        image = _open_image(Path(args.input[0]), args.chunks)
+    options = dict(
         weights=args.weights,
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
         nodata=args.nodata,
     )
-    window, stride = chm.attrs["xchm_window"], chm.attrs["xchm_window"] - args.overlap
-    height, width = chm.shape
-    total = (
-        window_span(0, height, window, stride).count * window_span(0, width, window, stride).count
-    )
-    start = time.perf_counter()
-    with WindowProgress(total, disable=args.quiet):
-        _write(chm, output, int16_dm=args.int16_dm)
-    elapsed = time.perf_counter() - start
+    with _scheduler(args.scheduler) as client:
+        if client is not None:
+            print(f"xchm: Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        if zarr_out:  # region by region, resumable: the summary line is printed by it
+            ds = predict_to_zarr(
+                image,
+                args.model,
+                output,
+                region_size=args.region_size,
+                resume=not args.no_resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                **options,
+            )
+            if args.quiet:  # otherwise predict_to_zarr printed it already
+                print(ds.attrs["xchm_run"], file=sys.stderr)
+            print(f"wrote {output} ({ds['chm'].shape[0]}x{ds['chm'].shape[1]} px)")
+            return 0
+        chm = predict(image, args.model, **options)
+        window, stride = chm.attrs["xchm_window"], chm.attrs["xchm_window"] - args.overlap
+        height, width = chm.shape
+        total = (
+            window_span(0, height, window, stride).count
+            * window_span(0, width, window, stride).count
+        )
+        start = time.perf_counter()
+        with WindowProgress(total, disable=args.quiet or client is not None):
+            _write(chm, output, int16_dm=args.int16_dm)
+        elapsed = time.perf_counter() - start
     print(
         f"wrote {output} ({height}x{width} px, {total} windows in {elapsed:.1f} s, "
         f"{total / elapsed:.1f} windows/s)"
@@ -178,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict canopy height (metres) chunk by chunk; memory is bounded by the "
         "chunk size, not the scene size.",
     )
-    pred.add_argument("input", help="GeoTIFF/COG or Zarr store with named bands")
+    pred.add_argument(
+        "input",
+        nargs="+",
+        help="GeoTIFF/COG or Zarr store with named bands; several GeoTIFFs in one CRS are "
+        "mosaicked (see --combine)",
+    )
     pred.add_argument("-o", "--output", required=True, help="output .tif (COG) or .zarr")
     pred.add_argument(
         "--model",
@@ -193,6 +238,28 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
     pred.add_argument("--int16-dm", action="store_true", help="write int16 decimetres, -9999")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pred.add_argument(
+        "--combine",
+        choices=("first", "mean"),
+        default="first",
+        help="several inputs: first listed valid pixel wins (list newest first), or mean",
+    )
+    pred.add_argument(
+        "--scheduler",
+        help="'local' (threads, default), 'auto' (start a local cluster: one worker per GPU, "
+        "or CPU workers) or a scheduler address (tcp://host:8786)",
+    )
+    pred.add_argument(
+        "--region-size",
+        type=int,
+        default=8192,
+        help=".zarr output: pixels per region written and recorded at once (8192)",
+    )
+    pred.add_argument(
+        "--no-resume",
+        action="store_true",
+        help=".zarr output: refuse to continue an existing store (default: resume it)",
+    )
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=_predict)
 

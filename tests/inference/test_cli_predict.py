@@ -3,9 +3,11 @@ import pytest
 import rasterio
 import rioxarray
 import xarray as xr
+import zarr
 
 import xchm
 from xchm.cli import main
+from xchm.inference.to_zarr import PROGRESS_GROUP
 
 from .conftest import make_image
 
@@ -59,6 +61,36 @@ def test_predict_cli__zarr_output(scene, tmp_path):
     back = xr.open_zarr(out, decode_coords="all", consolidated=False)["chm"]
     assert back.rio.crs == rioxarray.open_rasterio(scene / "scene.tif").rio.crs
     assert back.attrs["units"] == "m"
+
+
+def test_predict_cli__zarr_output_resumes_and_refuses_another_job(scene, tmp_path, capsys):
+    out = tmp_path / "chm.zarr"
+    assert run(scene, out, "--chunks", "64", "--region-size", "64") == 0
+    zarr.open_array(out, mode="r+", path=f"{PROGRESS_GROUP}/done")[0, 0] = 0  # as if cut off
+    capsys.readouterr()
+    assert run(scene, out, "--chunks", "64", "--region-size", "64") == 0
+    assert "1/12 regions computed (11 already done)" in capsys.readouterr().err
+    assert run(scene, out, "--chunks", "64", "--region-size", "64", "--overlap", "8") == 1
+    assert "different job" in capsys.readouterr().err
+    assert run(scene, out, "--chunks", "64", "--no-resume") == 1
+    assert run(scene, out, "--chunks", "64", "--overlap", "8", "--overwrite") == 0
+    assert xr.open_zarr(out, consolidated=False)["chm"].attrs["xchm_overlap"] == 8
+
+
+def test_predict_cli__several_inputs_make_one_mosaic(scene, tmp_path):
+    whole = rioxarray.open_rasterio(scene / "scene.tif")
+    parts = []
+    for i, xs in enumerate((slice(0, 100), slice(80, 170))):
+        whole.isel(x=xs).rio.to_raster(tmp_path / f"part{i}.tif")
+        parts.append(str(tmp_path / f"part{i}.tif"))
+    out = tmp_path / "mosaic.tif"
+    args = ["predict", *parts, "-o", str(out), "--model", str(scene / "model"), "-q"]
+    assert main([*args, "--scheduler", "local"]) == 0
+    with rasterio.open(out) as cog:
+        assert cog.transform == whole.rio.transform() and cog.shape == whole.shape[1:]
+        np.testing.assert_allclose(
+            cog.read(1), xchm.predict(whole, scene / "model").values, rtol=1e-5, atol=1e-4
+        )
 
 
 def test_predict_cli__refuses_to_overwrite(scene, tmp_path, capsys):

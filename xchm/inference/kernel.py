@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xchm.inference.metrics import count_windows, stage
 from xchm.inference.runtime import (
     ModelSpec,
     choose_device,
@@ -123,11 +124,13 @@ def _blend_windows(
     win, stride = config.window, config.stride
     cuda = device.type == "cuda"
 
-    raw = torch.from_numpy(np.where(region_valid, region, 0).astype(np.float32, copy=False))
-    mask = torch.from_numpy(region_valid)
-    if cuda:
-        raw, mask = raw.pin_memory().to(device, non_blocking=True), mask.to(device)
-    z = normalize_batch(raw[None], stats)[0]
+    with stage("h2d", device):
+        raw = torch.from_numpy(np.where(region_valid, region, 0).astype(np.float32, copy=False))
+        mask = torch.from_numpy(region_valid)
+        if cuda:
+            raw, mask = raw.pin_memory().to(device, non_blocking=True), mask.to(device)
+    with stage("normalise", device):
+        z = normalize_batch(raw[None], stats)[0]
 
     # Views (bands, ny, nx, win, win): windows are gathered batch by batch, not copied whole.
     z_windows = z.unfold(1, win, stride).unfold(2, win, stride)
@@ -138,23 +141,27 @@ def _blend_windows(
     # CPU: 16 beats 64 by ~1.16x for ViT-S (fewer fresh pages for activations; RESULTS.md).
     batch = config.batch_size or (512 if cuda else 16)
     with torch.inference_mode(), device_lock(device), evaluating(model):
-        for start in range(0, len(run), batch):
-            idx = run[start : start + batch]
-            x = z_windows[:, idx // nx, idx % nx].permute(1, 0, 2, 3)
-            m = m_windows[idx].unsqueeze(1)
-            fill = (x * m).sum(dim=(2, 3), keepdim=True) / counts[idx].view(-1, 1, 1, 1)
-            x = torch.where(m, x, fill)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                preds[idx] = model(x, validate=False)[:, 0].float()
+        with stage("model", device):
+            for start in range(0, len(run), batch):
+                idx = run[start : start + batch]
+                x = z_windows[:, idx // nx, idx % nx].permute(1, 0, 2, 3)
+                m = m_windows[idx].unsqueeze(1)
+                fill = (x * m).sum(dim=(2, 3), keepdim=True) / counts[idx].view(-1, 1, 1, 1)
+                x = torch.where(m, x, fill)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    preds[idx] = model(x, validate=False)[:, 0].float()
+        count_windows(len(run))
 
-        # Sums in float64: the spread is E[p^2] - E[p]^2, which cancels badly in float32.
-        preds = preds.double()
-        weights = torch.from_numpy(blend_weights(win)).to(device, torch.float64)
-        used = (counts > 0).to(preds.dtype).view(-1, 1, 1) * weights
-        layers = [used, preds * used]
-        if config.uncertainty:
-            layers.append(preds * preds * used)
-        cols = torch.stack(layers).reshape(len(layers), ny * nx, win * win).transpose(1, 2)
-        ry, rx = (ny - 1) * stride + win, (nx - 1) * stride + win
-        folded = F.fold(cols, output_size=(ry, rx), kernel_size=win, stride=stride)
-    return folded[:, 0].cpu().numpy()
+        with stage("blend", device):
+            # Sums in float64: E[p^2] - E[p]^2 (the spread) cancels badly in float32.
+            preds = preds.double()
+            weights = torch.from_numpy(blend_weights(win)).to(device, torch.float64)
+            used = (counts > 0).to(preds.dtype).view(-1, 1, 1) * weights
+            layers = [used, preds * used]
+            if config.uncertainty:
+                layers.append(preds * preds * used)
+            cols = torch.stack(layers).reshape(len(layers), ny * nx, win * win).transpose(1, 2)
+            ry, rx = (ny - 1) * stride + win, (nx - 1) * stride + win
+            folded = F.fold(cols, output_size=(ry, rx), kernel_size=win, stride=stride)
+            result = folded[:, 0].cpu().numpy()
+    return result

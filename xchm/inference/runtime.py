@@ -113,9 +113,19 @@ def choose_device(device: str | None) -> Any:
 
 
 def _configure_cpu_threads() -> None:
-    """Use the cores a Dask worker thread is entitled to (Nanny workers start with 1)."""
+    """Use the cores a Dask worker is entitled to (Nanny workers start with 1 thread).
+
+    ``XCHM_TORCH_THREADS`` (set by :func:`xchm.cluster.start`) wins; otherwise a
+    worker's cores are shared by its threads.
+    """
     import torch
 
+    from xchm.cluster import TORCH_THREADS_ENV
+
+    wanted = os.environ.get(TORCH_THREADS_ENV, "")
+    if wanted.isdigit() and int(wanted) > 0:
+        torch.set_num_threads(int(wanted))
+        return
     try:
         from distributed import get_worker
 
@@ -129,6 +139,30 @@ def _configure_cpu_threads() -> None:
 def _same_device(model: Any, device: Any) -> bool:
     param = next(model.parameters(), None)
     return param is None or param.device == device
+
+
+def _where() -> str:
+    """Name this process as a user would in an error: worker address or host."""
+    import socket
+
+    try:
+        from distributed import get_worker
+
+        return f"Dask worker {get_worker().address} on {socket.gethostname()}"
+    except (ImportError, ValueError):
+        return f"process {os.getpid()} on {socket.gethostname()}"
+
+
+def _check_visible(spec: ModelSpec) -> None:
+    """Fail clearly when the files a spec names cannot be read in this process."""
+    paths = [Path(spec.source) / "card.json"] if spec.kind == "checkpoint" else []
+    paths += [Path(value) for key, value in spec.options if key == "weights"]
+    for path in paths:
+        if not os.access(path, os.R_OK):
+            raise ModelNotFoundError(
+                f"{path} cannot be read by {_where()}; every worker must see the model at the "
+                "same path: put it on a shared file system or copy it to each worker"
+            )
 
 
 def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
@@ -158,6 +192,7 @@ def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
         else:
             from xchm.models.api import load_model
 
+            _check_visible(spec)
             if spec.kind == "checkpoint" and _checkpoint_digest(Path(spec.source)) != spec.digest:
                 raise WeightsError(
                     f"checkpoint {spec.source!r} changed since the graph was built (SHA-256 "

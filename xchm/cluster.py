@@ -1,0 +1,237 @@
+"""Start a Dask cluster for predictions: one worker per GPU, or CPU worker processes.
+
+xchm works with any ``distributed.Client`` (dask-jobqueue on SLURM, Kubernetes, a
+scheduler address): create it and predictions use it, as for any Dask
+computation. :func:`start` is the shortcut for one machine. It never replaces a
+client that is already active.
+
+Sizing on the CPU: a prediction task spends nearly all its time in the model,
+which runs under a per-process lock (:func:`xchm.inference.runtime.device_lock`),
+so a worker gets two threads (one reads the next block while the other runs the
+model) and torch gets all of the worker's cores. Each worker process holds its
+own copy of the model (1.2 GB for ViT-L), hence few processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from typing import Any
+
+from xchm._optional import require
+from xchm.errors import InputError, XCHMWarning
+
+__all__ = ["start", "active_client", "gpu_count", "TORCH_THREADS_ENV"]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable read by workers to size torch's CPU thread pool.
+TORCH_THREADS_ENV = "XCHM_TORCH_THREADS"
+#: CPU cores per worker process that :func:`start` aims for.
+CORES_PER_CPU_WORKER = 8
+
+
+def active_client() -> Any:
+    """Return the current ``distributed.Client``, or None when there is none."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def gpu_count() -> int:
+    """Count the CUDA GPUs visible here without initialising CUDA in this process.
+
+    Uses dask-cuda's NVML count when it is installed, otherwise ``nvidia-smi -L``;
+    both honour ``CUDA_VISIBLE_DEVICES`` (an empty value means no GPU).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return 0
+    try:
+        from dask_cuda.utils import get_n_gpus
+    except ImportError:
+        pass
+    else:
+        try:
+            return int(get_n_gpus())
+        except Exception:  # noqa: BLE001 - no driver: no usable GPU
+            return 0
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    found = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    if visible is not None:
+        found = min(found, len([d for d in visible.split(",") if d.strip()]))
+    return found
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover
+
+
+def _owning_client(cluster: Any) -> Any:
+    """Return a Client that also closes ``cluster`` when it is closed (``with start():``)."""
+    from distributed import Client
+
+    class OwningClient(Client):
+        def close(self, *args: Any, **kwargs: Any) -> Any:
+            owned = self.cluster
+            result = super().close(*args, **kwargs)
+            if owned is not None:
+                owned.close()
+            return result
+
+    return OwningClient(cluster, set_as_default=True)
+
+
+def start(
+    gpus: int | str | None = "auto",
+    threads_per_worker: int | None = None,
+    *,
+    n_workers: int | None = None,
+    dashboard_address: str | None = ":8787",
+    quiet: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Start a local Dask cluster suited to predictions and return its Client.
+
+    Parameters
+    ----------
+    gpus
+        ``"auto"``: a ``dask_cuda.LocalCUDACluster`` with one worker per GPU when
+        CUDA GPUs are visible (each worker sees its GPU as ``cuda:0``), otherwise CPU
+        workers. An integer > 0: that many GPUs (needs ``xchm[gpu]``). ``None`` or 0:
+        CPU workers even when GPUs are present.
+    threads_per_worker
+        Threads per worker (default 2: one reads the next block while the other
+        runs the model; model work is serialised per process anyway).
+    n_workers
+        CPU workers only: worker processes (default one per 8 cores, at least one).
+        Torch uses the worker's share of the cores.
+    dashboard_address
+        Where the dashboard listens (``None``: no dashboard).
+    quiet
+        Do not print the dashboard link (it is logged either way).
+    **kwargs
+        Passed on to ``LocalCUDACluster`` / ``distributed.LocalCluster``
+        (``memory_limit``, ``local_directory``, ...).
+
+    Returns
+    -------
+    distributed.Client
+        The new client, set as Dask's default; close it (or use ``with``) when done.
+        If a client is already active, that client is returned with a warning and no
+        cluster is started.
+
+    Raises
+    ------
+    InputError
+        Bad ``gpus``, ``threads_per_worker`` or ``n_workers``.
+    MissingDependencyError
+        GPUs requested but ``dask-cuda`` is missing (``pip install 'xchm[gpu]'``).
+
+    Examples
+    --------
+    >>> import xchm.cluster
+    >>> client = xchm.cluster.start(gpus=None, n_workers=1, dashboard_address=None,
+    ...                             quiet=True)  # doctest: +SKIP
+    >>> chm = image.chm.predict("my-checkpoint/").compute()  # doctest: +SKIP
+    """
+    for name, value in (("threads_per_worker", threads_per_worker), ("n_workers", n_workers)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InputError(f"{name} must be a positive integer or None, got {value!r}")
+    if gpus == "auto":
+        n_gpus = gpu_count()
+    elif gpus is None:
+        n_gpus = 0
+    elif isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0:
+        n_gpus = gpus
+    else:
+        raise InputError(f"gpus must be 'auto', None or a non-negative integer, got {gpus!r}")
+
+    if n_gpus > 0 and gpus != "auto":
+        require("dask_cuda")  # asked for GPUs explicitly: say what is missing first
+    client = active_client()
+    if client is not None:
+        warnings.warn(
+            f"a Dask client is already active ({client.scheduler.address}); xchm uses it and "
+            "starts no cluster. Close it first to start another.",
+            XCHMWarning,
+            stacklevel=2,
+        )
+        return client
+
+    threads = threads_per_worker or 2
+    if dashboard_address is None:  # no dashboard; its HTTP server (/health) on a free port
+        kwargs["scheduler_kwargs"] = {
+            "dashboard_address": "127.0.0.1:0",
+            **kwargs.get("scheduler_kwargs", {}),
+        }
+    if n_gpus > 0:
+        if n_workers is not None:
+            raise InputError("n_workers is for CPU clusters; with GPUs there is one worker per GPU")
+        if gpus == "auto":
+            try:
+                import dask_cuda  # noqa: F401
+            except ImportError:
+                warnings.warn(
+                    f"{n_gpus} GPU(s) found but dask-cuda is not installed; starting CPU "
+                    "workers. Install it with: pip install 'xchm[gpu]'",
+                    XCHMWarning,
+                    stacklevel=2,
+                )
+                return start(
+                    None,
+                    threads_per_worker,
+                    dashboard_address=dashboard_address,
+                    quiet=quiet,
+                    **kwargs,
+                )
+        dask_cuda = require("dask_cuda")
+        cluster = dask_cuda.LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=kwargs.pop("CUDA_VISIBLE_DEVICES", list(range(n_gpus))),
+            threads_per_worker=threads,
+            dashboard_address=dashboard_address,
+            **kwargs,
+        )
+        kind = f"{n_gpus} GPU worker(s)"
+    else:
+        from distributed import LocalCluster
+
+        cores = _cores()
+        workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
+        torch_threads = max(1, cores // workers)
+        env = {**kwargs.pop("env", {}), TORCH_THREADS_ENV: str(torch_threads)}
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=dashboard_address,
+            env=env,
+            **kwargs,
+        )
+        kind = f"{workers} CPU worker process(es), torch {torch_threads} thread(s) each"
+    client = _owning_client(cluster)
+    link = client.dashboard_link if dashboard_address is not None else "(no dashboard)"
+    logger.info("started %s; dashboard: %s", kind, link)
+    if not quiet:
+        print(f"xchm: started {kind}; Dask dashboard: {link}", file=sys.stderr)
+    return client

@@ -1,0 +1,468 @@
+"""``xchm.predict_to_zarr``: mosaics written region by region, resumable after a crash.
+
+The store is laid out on the final grid first (metadata, coordinates and CRS, no
+data), then filled one *region* (a block of whole Zarr chunks) at a time. A region
+is marked done in the store's ``xchm_progress`` sub-group only after all its
+chunks are written, and Zarr writes each chunk file atomically, so a run killed at
+any moment leaves only whole chunks and an exact record of finished regions. A
+restart checks that it is the same job (model, grid, settings: the *fingerprint*)
+and computes only the regions not marked done; since every region is a pure
+function of the input, the store ends identical to an uninterrupted run.
+
+With a ``distributed`` client active, a bounded number of regions is in flight on
+the cluster at once (the scheduler never holds the whole mosaic's graph) and tasks
+of a worker that dies are re-run by Dask elsewhere. Without one, regions are
+computed one after the other with the current Dask scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xchm.errors import InputError
+from xchm.inference.predict import DEFAULT_CHUNK, predict
+from xchm.inference.windows import window_span
+
+__all__ = ["predict_to_zarr", "DEFAULT_REGION_SIZE", "PROGRESS_GROUP"]
+
+logger = logging.getLogger(__name__)
+
+#: Target region side in pixels (rounded to whole chunks): 8192 px = 64 chunks of 1024.
+DEFAULT_REGION_SIZE = 8192
+#: Sub-group of the store that records the job's fingerprint and finished regions.
+PROGRESS_GROUP = "xchm_progress"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One block of whole output chunks."""
+
+    iy: int
+    ix: int
+    y: slice
+    x: slice
+
+    @property
+    def pixels(self) -> int:
+        """Pixels in the region."""
+        return (self.y.stop - self.y.start) * (self.x.stop - self.x.start)
+
+
+def _regions(shape: tuple[int, int], step: tuple[int, int]) -> list[Region]:
+    return [
+        Region(iy, ix, slice(y, min(y + step[0], shape[0])), slice(x, min(x + step[1], shape[1])))
+        for iy, y in enumerate(range(0, shape[0], step[0]))
+        for ix, x in enumerate(range(0, shape[1], step[1]))
+    ]
+
+
+def _region_step(region_size: int | tuple[int, int], chunks: tuple[int, int]) -> tuple[int, int]:
+    sizes = (region_size, region_size) if isinstance(region_size, int) else tuple(region_size)
+    if len(sizes) != 2 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+    ):
+        raise InputError(
+            f"region_size must be a positive integer or a (y, x) pair, got {region_size!r}"
+        )
+    return (
+        max(1, round(sizes[0] / chunks[0])) * chunks[0],
+        max(1, round(sizes[1] / chunks[1])) * chunks[1],
+    )
+
+
+def _weights_digest(model: Any) -> str:
+    """SHA-256 of a model object's parameters and buffers (its card digest misses them)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _model_digest(model: Any, weights: Any) -> str:
+    from xchm.inference.runtime import spec_for
+
+    if hasattr(model, "state_dict"):
+        return _weights_digest(model)
+    return spec_for(model, weights=weights)[0].digest
+
+
+def _fingerprint(ds: xr.Dataset, model_digest: str, step: tuple[int, int]) -> dict[str, Any]:
+    """Describe what makes two runs the same job: model, grid, settings, layout."""
+    chm = ds["chm"]
+    crs = chm.rio.crs
+    ydim, xdim = chm.dims
+    coords = hashlib.sha256(
+        np.ascontiguousarray(ds[ydim].values).tobytes()
+        + np.ascontiguousarray(ds[xdim].values).tobytes()
+    ).hexdigest()
+    keys = ("xchm_card_digest", "xchm_window", "xchm_overlap", "xchm_model")
+    return {
+        "model_digest": model_digest,
+        **{k.removeprefix("xchm_"): chm.attrs.get(k) for k in keys},
+        "variables": sorted(str(v) for v in ds.data_vars),
+        "dims": [str(ydim), str(xdim)],
+        "shape": list(chm.shape),
+        "chunks": [chm.data.chunks[0][0], chm.data.chunks[1][0]],
+        "region": list(step),
+        "coords_sha256": coords,
+        "crs": crs.to_wkt() if crs is not None else None,
+    }
+
+
+def _open_progress(store: Path) -> Any:
+    import zarr
+    from zarr.errors import NodeNotFoundError
+
+    try:
+        return zarr.open_group(store, mode="r", path=PROGRESS_GROUP)
+    except (FileNotFoundError, NodeNotFoundError):
+        return None
+
+
+def _initialise(
+    store: Path, ds: xr.Dataset, fingerprint: dict[str, Any], grid: tuple[int, int]
+) -> None:
+    """Write the store's metadata and coordinates (no data) and an empty progress record."""
+    import zarr
+
+    template = ds.copy()
+    template.attrs = {**template.attrs, "xchm_status": "incomplete"}
+    chunks = tuple(fingerprint["chunks"])
+    encoding = {  # keep grid_mapping: it ties each variable to its CRS (spatial_ref)
+        name: {
+            "chunks": chunks,
+            **{k: v for k, v in ds[name].encoding.items() if k == "grid_mapping"},
+        }
+        for name in ds.data_vars
+    }
+    template.to_zarr(store, mode="w-", compute=False, consolidated=False, encoding=encoding)
+    progress = zarr.open_group(store, mode="a", path=PROGRESS_GROUP)
+    progress.create_array("done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
+    progress.attrs["fingerprint"] = fingerprint  # written last: its presence means "ready"
+
+
+def _interrupted_creation(store: Path) -> bool:
+    """Tell whether ``store`` is ours, cut off while being laid out (no fingerprint yet)."""
+    import zarr
+
+    try:
+        root = zarr.open_group(store, mode="r")
+    except Exception:  # noqa: BLE001 - not a Zarr group at all: not ours
+        return False
+    if root.attrs.get("xchm_status") != "incomplete":
+        return False
+    progress = _open_progress(store)
+    return progress is None or "fingerprint" not in progress.attrs
+
+
+def _prepare(
+    store: Path,
+    ds: xr.Dataset,
+    fingerprint: dict[str, Any],
+    grid: tuple[int, int],
+    resume: bool,
+    overwrite: bool,
+) -> Any:
+    """Create, reuse or replace ``store``; return its progress group."""
+    if store.exists() and overwrite:
+        if store.is_dir() and not (store / "zarr.json").exists() and any(store.iterdir()):
+            raise InputError(
+                f"{store} is a non-empty folder that is not a Zarr store; not replacing it"
+            )
+        shutil.rmtree(store) if store.is_dir() else store.unlink()
+    if store.exists() and _interrupted_creation(store):
+        shutil.rmtree(store)  # killed while laying out the store: nothing to keep
+    if store.exists():
+        progress = _open_progress(store)
+        if progress is None or "fingerprint" not in progress.attrs:
+            raise InputError(
+                f"{store} exists and is not an xchm prediction store (or its creation was "
+                "interrupted before any region); pass overwrite=True to replace it"
+            )
+        if not resume:
+            raise InputError(f"{store} exists; pass resume=True to continue it or overwrite=True")
+        old = dict(progress.attrs["fingerprint"])
+        differ = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if differ:
+            raise InputError(
+                f"{store} was written by a different job (differs: {', '.join(differ)}); "
+                "use the same model, input grid and settings to resume, or overwrite=True"
+            )
+        return progress
+    store.parent.mkdir(parents=True, exist_ok=True)
+    _initialise(store, ds, fingerprint, grid)
+    return _open_progress(store)
+
+
+def _region_writer(ds: xr.Dataset, store: Path) -> Callable[[Region], Any]:
+    """Return a function making the Delayed that computes and stores one region."""
+    import dask
+    import dask.array as dsa
+    import zarr
+    from dask.base import tokenize
+
+    group = zarr.open_group(store, mode="r+")
+    names = list(ds.data_vars)
+    targets: list[Any] = [group[str(name)] for name in names]
+
+    def write(region: Region) -> Any:
+        sources = [ds[name].data[region.y, region.x] for name in names]
+        stored = dsa.store(
+            sources,
+            targets,
+            regions=[(region.y, region.x)] * len(names),
+            lock=False,
+            compute=False,
+            return_stored=False,
+        )
+        # One Delayed per region (store gives an empty array per variable).
+        arrays = stored if isinstance(stored, tuple) else (stored,)
+        return dask.delayed(_written, pure=True)(
+            *arrays, dask_key_name=f"chm-region-{tokenize(arrays)}"
+        )
+
+    return write
+
+
+def _written(*_: Any) -> None:
+    """Join a region's store tasks (their results are empty arrays)."""
+
+
+def _run_local(pending: list[Region], write: Callable[[Region], Any]) -> Iterator[Region]:
+    for region in pending:
+        write(region).compute()
+        yield region
+
+
+def _run_distributed(
+    client: Any, pending: list[Region], write: Callable[[Region], Any], in_flight: int
+) -> Iterator[Region]:
+    from distributed import as_completed
+
+    queue = iter(pending)
+    futures: dict[Any, Region] = {}
+
+    def submit() -> Any:
+        region = next(queue, None)
+        if region is None:
+            return None
+        future = client.compute(write(region))
+        futures[future] = region
+        return future
+
+    first = [f for f in (submit() for _ in range(in_flight)) if f is not None]
+    done = as_completed(first)
+    try:
+        for future in done:
+            future.result()  # raises the task's error (after Dask's retries on worker loss)
+            yield futures.pop(future)
+            nxt = submit()
+            if nxt is not None:
+                done.add(nxt)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _summary(
+    ds: xr.Dataset, windows: int, seconds: float, devices: int, computed: int, total: int
+) -> str:
+    chm = ds["chm"]
+    area = ""
+    crs = chm.rio.crs
+    if crs is not None and crs.is_projected:
+        res_x, res_y = chm.rio.resolution()
+        area = f"{abs(res_x * res_y) * chm.size / 1e6:.3f} km2, "
+    rate = windows / seconds if seconds > 0 else float("nan")
+    return (
+        f"xchm: {area}{chm.shape[0]}x{chm.shape[1]} px, {computed}/{total} regions computed "
+        f"({total - computed} already done), {windows} windows in {seconds:.1f} s: "
+        f"{rate:.1f} windows/s, {rate / max(devices, 1):.1f} per device ({devices} device(s))"
+    )
+
+
+def predict_to_zarr(
+    obj: xr.DataArray | xr.Dataset,
+    model: Any,
+    store: str | os.PathLike[str],
+    *,
+    region_size: int | tuple[int, int] = DEFAULT_REGION_SIZE,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    in_flight: int | None = None,
+    **predict_kwargs: Any,
+) -> xr.Dataset:
+    """Predict a canopy height map into a Zarr store region by region; resumable.
+
+    Parameters
+    ----------
+    obj
+        Imagery as for :func:`xchm.predict` (dask-backed for large scenes; in-memory
+        input is chunked in 1024-pixel chunks). Its chunks are the store's chunks.
+    model
+        A checkpoint directory (what a cluster needs: every worker loads it from the
+        path), a preset name, or a model object (in-process schedulers only).
+    store
+        Path of the Zarr store (local or shared file system). It holds ``chm`` [and
+        ``chm_std``] on the input grid with its CRS, plus a ``xchm_progress`` sub-group.
+    region_size
+        Side (pixels) of the blocks written and recorded as one unit, rounded to whole
+        chunks. Smaller regions lose less work on a crash; larger ones reread fewer
+        halo pixels at region borders.
+    resume
+        Continue an existing store of the same job, skipping finished regions.
+    overwrite
+        Replace an existing store (``resume`` is then moot).
+    progress
+        Show a bar (windows/s, km2/h, ETA) and print a one-line summary at the end.
+    in_flight
+        Regions submitted to a distributed cluster at once (default: 2 per worker).
+    **predict_kwargs
+        ``overlap``, ``batch_size``, ``device``, ``bands``, ``nodata``,
+        ``uncertainty``, ``weights``: as for :func:`xchm.predict`.
+
+    Returns
+    -------
+    xarray.Dataset
+        The finished store, opened lazily (``chm`` with CRS; ``attrs["xchm_status"]``
+        is ``"complete"``; ``attrs["xchm_run"]``, not stored, is this call's one-line
+        summary: area, regions computed and skipped, windows, windows/s per device).
+
+    Raises
+    ------
+    InputError
+        The store exists and is another job's or not an xchm store, or bad options.
+
+    Notes
+    -----
+    Compute runs here, now: with a ``distributed`` client active on its workers,
+    otherwise with Dask's current scheduler. Memory: a few chunks per thread; the
+    client holds one small graph per region in flight. Killing the process at any
+    time and calling again with the same arguments finishes the same store.
+
+    Examples
+    --------
+    >>> import numpy as np, rioxarray, xarray as xr, xchm
+    >>> image = xr.DataArray(
+    ...     np.full((3, 128, 128), 2000, dtype="uint16"), dims=("band", "y", "x"),
+    ...     coords={"band": ["nir", "red", "green"], "y": 2.0 * np.arange(128)[::-1],
+    ...             "x": 2.0 * np.arange(128)}).rio.write_crs("EPSG:32606")  # 2 m pixels
+    >>> ds = xchm.predict_to_zarr(image, "test-tiny", getfixture("tmp_path") / "chm.zarr",
+    ...                           region_size=64)
+    >>> chm = ds["chm"]  # not ds.chm: that is the .chm accessor
+    >>> chm.shape, ds.attrs["xchm_status"], chm.rio.crs.to_epsg()
+    ((128, 128), 'complete', 32606)
+    """
+    import dask.array as dsa
+    import zarr
+
+    from xchm.cluster import active_client
+
+    if in_flight is not None and (
+        isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1
+    ):
+        raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
+    store = Path(store)
+    if store.suffix != ".zarr":
+        raise InputError(f"store must be a path ending in .zarr, got {str(store)!r}")
+    data = obj.to_array() if isinstance(obj, xr.Dataset) else obj
+    if not isinstance(data.data, dsa.Array):
+        from xchm.inference.inputs import spatial_dims
+
+        ydim, xdim = spatial_dims(obj)
+        obj = obj.chunk({ydim: DEFAULT_CHUNK, xdim: DEFAULT_CHUNK})
+    try:
+        from distributed import span
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        from contextlib import nullcontext as span  # type: ignore[assignment]
+    with span("xchm.predict"):
+        result = predict(obj, model, **predict_kwargs)
+        ds = result.to_dataset() if isinstance(result, xr.DataArray) else result
+    chm = ds["chm"]
+    chunks = (chm.data.chunks[0][0], chm.data.chunks[1][0])
+    step = _region_step(region_size, chunks)
+    regions = _regions((chm.shape[0], chm.shape[1]), step)
+    grid = (regions[-1].iy + 1, regions[-1].ix + 1)
+    fingerprint = _fingerprint(ds, _model_digest(model, predict_kwargs.get("weights")), step)
+    _prepare(store, ds, fingerprint, grid, resume, overwrite)
+    done_flags = zarr.open_array(store, mode="r+", path=f"{PROGRESS_GROUP}/done")
+    finished = np.asarray(done_flags[...], dtype=bool)
+    pending = [r for r in regions if not finished[r.iy, r.ix]]
+
+    window = int(chm.attrs["xchm_window"])
+    stride = window - int(chm.attrs["xchm_overlap"])
+    total_windows = (
+        window_span(0, chm.shape[0], window, stride).count
+        * window_span(0, chm.shape[1], window, stride).count
+    )
+    client = active_client()
+    devices = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=total_windows,
+        unit="win",
+        desc="predicting",
+        disable=not progress,
+        initial=round(total_windows * (1 - sum(r.pixels for r in pending) / chm.size)),
+    )
+    km2_per_px = _km2_per_pixel(chm)
+    start, computed = time.perf_counter(), 0
+    write = _region_writer(ds, store)
+    with span("xchm.predict"):
+        runs = (
+            _run_distributed(client, pending, write, in_flight or 2 * max(devices, 1))
+            if client is not None
+            else _run_local(pending, write)
+        )
+        try:
+            for region in runs:
+                done_flags[region.iy, region.ix] = 1
+                computed += 1
+                bar.update(round(total_windows * region.pixels / chm.size))
+                if km2_per_px:
+                    hours = (time.perf_counter() - start) / 3600
+                    area = km2_per_px * sum(r.pixels for r in pending[:computed])
+                    bar.set_postfix_str(f"{area / max(hours, 1e-9):.1f} km2/h", refresh=False)
+        finally:
+            bar.close()
+    root = zarr.open_group(store, mode="r+")
+    root.attrs["xchm_status"] = "complete"
+    seconds = time.perf_counter() - start
+    windows = round(total_windows * sum(r.pixels for r in pending) / chm.size)
+    line = _summary(ds, windows, seconds, devices, computed, len(regions))
+    logger.info(line)
+    if progress:
+        print(line, file=sys.stderr)
+    opened = open_prediction(store)
+    opened.attrs["xchm_run"] = line  # in memory only: what this call did
+    return opened
+
+
+def _km2_per_pixel(chm: xr.DataArray) -> float | None:
+    crs = chm.rio.crs
+    if crs is None or not crs.is_projected:
+        return None
+    res_x, res_y = chm.rio.resolution()
+    return abs(res_x * res_y) / 1e6
+
+
+def open_prediction(store: str | os.PathLike[str]) -> xr.Dataset:
+    """Open a store written by :func:`predict_to_zarr` lazily, with its CRS."""
+    return xr.open_zarr(store, decode_coords="all", consolidated=False)
