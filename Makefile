@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/python examples/model_quickstart.py
 	$(BIN)/python examples/predict_neon.py --out out/predict_neon
 	$(BIN)/python examples/chips_neon.py --out out/chips_neon
+	$(BIN)/python examples/mosaic.py --out out/mosaic
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -44,3 +44,13 @@ def test_chips_neon__builds_a_cube_and_a_preview(neon_dir, tmp_path):
 
     cube = xchm.chips.open(tmp_path / "neon.zarr")
     assert len(cube) > 50 and cube.pixel_size == 0.5
+
+
+def test_mosaic__merges_scenes_on_a_cluster_and_resumes(neon_dir, tmp_path):
+    args = [sys.executable, str(EXAMPLES / "mosaic.py"), "--out", str(tmp_path)]
+    first = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "Dask dashboard: http://127.0.0.1:" in first.stderr
+    assert "4/4 regions computed" in first.stderr
+    second = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert "0/4 regions computed (4 already done)" in second.stderr
+    assert "100% of pixels mapped" in second.stdout

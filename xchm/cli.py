@@ -187,15 +187,28 @@ def _predict(args: argparse.Namespace) -> int:
             window_span(0, height, window, stride).count
             * window_span(0, width, window, stride).count
         )
+        area = _area_km2(chm)
+        devices = len(client.scheduler_info()["workers"]) if client is not None else 1
         start = time.perf_counter()
-        with WindowProgress(total, disable=args.quiet or client is not None):
+        with WindowProgress(total, area_km2=area, disable=args.quiet or client is not None):
             _write(chm, output, int16_dm=args.int16_dm)
         elapsed = time.perf_counter() - start
+    rate = total / elapsed
+    where = f"{area:.3f} km2, " if area is not None else ""
     print(
-        f"wrote {output} ({height}x{width} px, {total} windows in {elapsed:.1f} s, "
-        f"{total / elapsed:.1f} windows/s)"
+        f"wrote {output} ({where}{height}x{width} px, {total} windows in {elapsed:.1f} s, "
+        f"{rate:.1f} windows/s, {rate / devices:.1f} per device ({devices} device(s)))"
     )
     return 0
+
+
+def _area_km2(chm: Any) -> float | None:
+    """Area of a map in a projected CRS (metres), else None."""
+    crs = chm.rio.crs
+    if crs is None or not crs.is_projected:
+        return None
+    res_x, res_y = chm.rio.resolution()
+    return float(abs(res_x * res_y) * chm.size / 1e6)
 
 
 def build_parser() -> argparse.ArgumentParser:

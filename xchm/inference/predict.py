@@ -174,14 +174,17 @@ def predict(
     kernel = functools.partial(
         predict_block, spec=spec, config=config, depth=depth, y_starts=starts[0], x_starts=starts[1]
     )
-    result = dsa.map_blocks(
-        kernel,
-        haloed,
-        chunks=((config.outputs,), chunks[1], chunks[2]),
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
-        name=f"{PREDICT_PREFIX}{dsa.core.tokenize(haloed.name, spec, config)}",
-    )
+    from distributed import span
+
+    with span("xchm.predict"):  # groups the model tasks on the dashboard (any cluster)
+        result = dsa.map_blocks(
+            kernel,
+            haloed,
+            chunks=((config.outputs,), chunks[1], chunks[2]),
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0), dtype=np.float32),
+            name=f"{PREDICT_PREFIX}{dsa.core.tokenize(haloed.name, spec, config)}",
+        )
     if (y_out, x_out) != (y_compute, x_compute):
         result = result.rechunk(((config.outputs,), y_out, x_out))
     if eager:

@@ -28,13 +28,23 @@ class WindowProgress(Callback):
     ----------
     total_windows
         Windows in the whole scene (the bar's total).
+    area_km2
+        Area of the scene; when given, the bar also shows km2/h.
     disable
         Hide the bar (e.g. when not attached to a terminal).
     """
 
-    def __init__(self, total_windows: int, *, desc: str = "predicting", disable: bool = False):
+    def __init__(
+        self,
+        total_windows: int,
+        *,
+        area_km2: float | None = None,
+        desc: str = "predicting",
+        disable: bool = False,
+    ):
         super().__init__()
         self.total = int(total_windows)
+        self.area_km2 = area_km2
         self.desc = desc
         self.disable = disable
         self.bar: Any = None
@@ -52,6 +62,10 @@ class WindowProgress(Callback):
             return
         self.done += 1
         self.bar.update(self.total * self.done // self.blocks - self.bar.n)
+        hours = self.bar.format_dict["elapsed"] / 3600
+        if self.area_km2 and hours > 0:
+            rate = self.area_km2 * self.done / self.blocks / hours
+            self.bar.set_postfix_str(f"{rate:.1f} km2/h", refresh=False)
 
     def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
         if self.bar is not None:

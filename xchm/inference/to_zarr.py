@@ -387,13 +387,9 @@ def predict_to_zarr(
 
         ydim, xdim = spatial_dims(obj)
         obj = obj.chunk({ydim: DEFAULT_CHUNK, xdim: DEFAULT_CHUNK})
-    try:
-        from distributed import span
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        from contextlib import nullcontext as span  # type: ignore[assignment]
-    with span("xchm.predict"):
-        result = predict(obj, model, **predict_kwargs)
-        ds = result.to_dataset() if isinstance(result, xr.DataArray) else result
+    from distributed import span
+    result = predict(obj, model, **predict_kwargs)  # its model tasks carry the span already
+    ds = result.to_dataset() if isinstance(result, xr.DataArray) else result
     chm = ds["chm"]
     chunks = (chm.data.chunks[0][0], chm.data.chunks[1][0])
     step = _region_step(region_size, chunks)
@@ -415,17 +411,18 @@ def predict_to_zarr(
     devices = len(client.scheduler_info().get("workers", {})) if client is not None else 1
     from tqdm.auto import tqdm
 
+    skipped_px = chm.size - sum(r.pixels for r in pending)
     bar = tqdm(
         total=total_windows,
         unit="win",
         desc="predicting",
         disable=not progress,
-        initial=round(total_windows * (1 - sum(r.pixels for r in pending) / chm.size)),
+        initial=round(total_windows * skipped_px / chm.size),
     )
     km2_per_px = _km2_per_pixel(chm)
-    start, computed = time.perf_counter(), 0
+    start, computed, computed_px = time.perf_counter(), 0, 0
     write = _region_writer(ds, store)
-    with span("xchm.predict"):
+    with span("xchm.predict"):  # the region write tasks, built as regions are submitted
         runs = (
             _run_distributed(client, pending, write, in_flight or 2 * max(devices, 1))
             if client is not None
@@ -435,17 +432,19 @@ def predict_to_zarr(
             for region in runs:
                 done_flags[region.iy, region.ix] = 1
                 computed += 1
-                bar.update(round(total_windows * region.pixels / chm.size))
+                computed_px += region.pixels
+                # Windows are apportioned by area (the bar's total is the scene's lattice).
+                bar.update(round(total_windows * (skipped_px + computed_px) / chm.size) - bar.n)
                 if km2_per_px:
                     hours = (time.perf_counter() - start) / 3600
-                    area = km2_per_px * sum(r.pixels for r in pending[:computed])
-                    bar.set_postfix_str(f"{area / max(hours, 1e-9):.1f} km2/h", refresh=False)
+                    rate = km2_per_px * computed_px / max(hours, 1e-12)
+                    bar.set_postfix_str(f"{rate:.1f} km2/h", refresh=False)
         finally:
             bar.close()
     root = zarr.open_group(store, mode="r+")
     root.attrs["xchm_status"] = "complete"
     seconds = time.perf_counter() - start
-    windows = round(total_windows * sum(r.pixels for r in pending) / chm.size)
+    windows = round(total_windows * computed_px / chm.size)
     line = _summary(ds, windows, seconds, devices, computed, len(regions))
     logger.info(line)
     if progress:
