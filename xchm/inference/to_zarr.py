@@ -388,6 +388,7 @@ def predict_to_zarr(
         ydim, xdim = spatial_dims(obj)
         obj = obj.chunk({ydim: DEFAULT_CHUNK, xdim: DEFAULT_CHUNK})
     from distributed import span
+
     result = predict(obj, model, **predict_kwargs)  # its model tasks carry the span already
     ds = result.to_dataset() if isinstance(result, xr.DataArray) else result
     chm = ds["chm"]
