@@ -137,6 +137,26 @@ def test_predict_to_zarr__killed_worker_does_not_change_the_output(client, check
     assert killed[0] not in set(client.run(os.getpid).values())
 
 
+def test_predict_cli__cog_through_a_scheduler_address(client, checkpoint, tmp_path):
+    import rasterio
+
+    from xchm.cli import main
+
+    image = make_image(300, 260).assign_coords(band=[1, 2, 3])
+    image.attrs["long_name"] = ("NIR", "Red", "Green")
+    image.rio.to_raster(tmp_path / "scene.tif")
+    out = tmp_path / "chm.tif"
+    address = client.scheduler.address
+    args = ["predict", str(tmp_path / "scene.tif"), "-o", str(out), "--model", str(checkpoint)]
+    assert main([*args, "--chunks", "128", "--scheduler", address, "-q"]) == 0
+    with rasterio.open(out) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        np.testing.assert_allclose(
+            cog.read(1), xchm.predict(make_image(300, 260), checkpoint).values, atol=1e-4
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chm.tif", "scene.tif"]
+
+
 @pytest.mark.gpu
 def test_start__local_cuda_cluster_predicts_on_gpu(checkpoint):
     pytest.importorskip("dask_cuda")

@@ -24,7 +24,7 @@ from xchm.errors import (
     XCHMError,
     XCHMWarning,
 )
-from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr
+from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr, write_cog
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 from xchm.training import TrainConfig, TrainResult, evaluate, evaluate_raster, train
 
@@ -54,4 +54,5 @@ __all__ = [
     "predict",
     "predict_to_zarr",
     "train",
+    "write_cog",
 ]

@@ -69,46 +69,6 @@ def _open_image(path: Path, chunks: int) -> Any:
     return rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False)
 
 
-def _write(chm: Any, output: Path, *, int16_dm: bool) -> None:
-    """Write a COG next to ``output`` under a temporary name, then rename it into place.
-
-    No half-written files; ``.zarr`` output goes through :func:`xchm.predict_to_zarr`.
-    """
-    import os
-    import shutil
-    import threading
-
-    import numpy as np
-
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
-        if int16_dm:  # the reference's format: decimetres, nodata -9999
-            dm = (chm * 10).round().fillna(-9999).astype("int16")
-            chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")
-        else:
-            chm = chm.rio.write_nodata(np.nan, encoded=False)
-        # Windowed writes into a tiled GTiff keep memory at a few chunks; GDAL then
-        # copies it into a COG (the COG driver cannot be written window by window).
-        import rasterio.shutil
-
-        tiled = tmp.with_name(tmp.name + ".tiled.tif")
-        try:
-            chm.rio.to_raster(
-                tiled, driver="GTiff", tiled=True, compress="DEFLATE", lock=threading.Lock()
-            )
-            rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
-        finally:
-            tiled.unlink(missing_ok=True)
-        if output.is_dir():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
 def _scheduler(spec: str | None) -> Any:
     """Return a context for ``--scheduler``: local threads, a new local cluster or an address."""
     import contextlib
@@ -128,7 +88,7 @@ def _predict(args: argparse.Namespace) -> int:
     import time
 
     from xchm.errors import InputError
-    from xchm.inference import merge_scenes, predict, predict_to_zarr
+    from xchm.inference import merge_scenes, predict, predict_to_zarr, write_cog
     from xchm.inference.progress import WindowProgress
     from xchm.inference.windows import window_span
 
@@ -191,7 +151,7 @@ def _predict(args: argparse.Namespace) -> int:
         devices = len(client.scheduler_info()["workers"]) if client is not None else 1
         start = time.perf_counter()
         with WindowProgress(total, area_km2=area, disable=args.quiet or client is not None):
-            _write(chm, output, int16_dm=args.int16_dm)
+            write_cog(chm, output, int16_dm=args.int16_dm, overwrite=args.overwrite)
         elapsed = time.perf_counter() - start
     rate = total / elapsed
     where = f"{area:.3f} km2, " if area is not None else ""

@@ -1,7 +1,15 @@
 """Inference: xarray/Dask wiring, the block kernel, and the per-worker model cache."""
 
+from xchm.inference.cog import write_cog
 from xchm.inference.predict import DEFAULT_OVERLAP, predict
 from xchm.inference.scenes import merge_scenes
 from xchm.inference.to_zarr import open_prediction, predict_to_zarr
 
-__all__ = ["DEFAULT_OVERLAP", "merge_scenes", "open_prediction", "predict", "predict_to_zarr"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "merge_scenes",
+    "open_prediction",
+    "predict",
+    "predict_to_zarr",
+    "write_cog",
+]
