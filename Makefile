@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench docs clean
 
 $(VENV)/.xchm-installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,7 @@ $(VENV)/.xchm-installed: pyproject.toml Makefile
 setup: $(VENV)/.xchm-installed
 
 demo: setup
-	$(BIN)/xchm models
-	$(BIN)/python examples/model_quickstart.py
-	$(BIN)/python examples/predict_neon.py --out out/predict_neon
-	$(BIN)/python examples/chips_neon.py --out out/chips_neon
-	$(BIN)/python examples/mosaic.py --out out/mosaic
+	$(BIN)/xchm demo --out out/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -35,6 +31,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/model_forward.py
+
+docs: setup
+	$(BIN)/mkdocs build --strict   # the site goes to build/site
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

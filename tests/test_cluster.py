@@ -46,6 +46,39 @@ def test_start__cpu_workers_get_their_share_of_cores_as_torch_threads(client):
     assert set(threads.values()) == {str(max(1, cores // 2))}
 
 
+def _torch_threads_after_use():
+    import threading
+
+    import torch
+
+    from xchm.inference.runtime import use_cpu_threads
+
+    before = torch.get_num_threads()
+    use_cpu_threads()
+    return threading.current_thread().name, before, torch.get_num_threads()
+
+
+def test_use_cpu_threads__applies_in_every_worker_thread():
+    # Nanny workers run with OMP_NUM_THREADS=1, where torch's thread count is per thread:
+    # each executor thread must be set, not only the one that loaded the model.
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            env={xchm.cluster.TORCH_THREADS_ENV: "2"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as own,
+    ):
+        results = own.gather([own.submit(_torch_threads_after_use, pure=False) for _ in range(8)])
+    assert {before for _, before, _ in results} >= {1}  # what the nanny's setting gives
+    assert {after for _, _, after in results} == {2}
+
+
 def test_start__reuses_an_active_client_instead_of_starting_a_cluster(client):
     with pytest.warns(XCHMWarning, match="already active"):
         again = xchm.cluster.start(gpus=None)

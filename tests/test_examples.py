@@ -54,3 +54,11 @@ def test_mosaic__merges_scenes_on_a_cluster_and_resumes(neon_dir, tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, check=True)
     assert "0/4 regions computed (4 already done)" in second.stderr
     assert "100% of pixels mapped" in second.stdout
+
+
+def test_train_evaluate__trains_and_scores_held_out_plots(neon_dir, tmp_path):
+    args = [sys.executable, str(EXAMPLES / "train_evaluate.py"), "--out", str(tmp_path)]
+    out = subprocess.run([*args, "--epochs", "3"], capture_output=True, text=True, check=True)
+    assert "held-out plots: MAE" in out.stdout and "train mean" in out.stdout
+    assert (tmp_path / "report" / "density.png").exists()
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()

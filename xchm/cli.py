@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xchm._version import __version__
+from xchm.cli_bench import add_bench_parser
 from xchm.cli_chips import add_chips_parser
 from xchm.cli_train import add_evaluate_parser, add_train_parser
 from xchm.errors import XCHMError
@@ -171,6 +172,24 @@ def _area_km2(chm: Any) -> float | None:
     return float(abs(res_x * res_y) * chm.size / 1e6)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from xchm.demo import run_demo
+
+    summary = run_demo(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        device=args.device,
+        real=args.real,
+        resolution=args.resolution,
+        epochs=args.epochs,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return 0 if summary["better_than_mean"] else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``xchm`` command."""
     parser = argparse.ArgumentParser(
@@ -236,9 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pred.set_defaults(func=_predict)
 
+    demo = sub.add_parser(
+        "demo",
+        help="run the whole pipeline offline: scene -> chips -> training -> mosaic -> evaluation",
+        description="Build a chip cube, train test-tiny, predict a scene on a local Dask cluster "
+        "and evaluate it on held-out data; writes chm.tif, report/ and summary.json. Exits 3 if "
+        "the model is not better than predicting the training mean.",
+    )
+    demo.add_argument("--out", default="out/demo", help="output folder (out/demo)")
+    demo.add_argument("--size", type=int, default=1536, help="synthetic scene side, px (1536)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of scene, split, training (0)")
+    demo.add_argument("--device", help="torch device (default: CUDA if available)")
+    demo.add_argument("--real", help="folder of NAME_rgb.tif + NAME_chm*.tif pairs to use instead")
+    demo.add_argument("--resolution", type=float, default=0.5, help="--real pixel size, m (0.5)")
+    demo.add_argument("--epochs", type=int, help="training epochs (16 synthetic, 25 real)")
+    demo.add_argument("--workers", type=int, default=1, help="CPU worker processes (1)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
+
     add_chips_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -100,7 +100,8 @@ def write_cog(
             plain.attrs = {k: v for k, v in chm.attrs.items() if k != "_FillValue"}  # encoding
             plain.to_dataset(name="chm").to_zarr(staged, mode="w", consolidated=False)
             chm = xr.open_zarr(staged, decode_coords="all", consolidated=False)["chm"]
-            chm.encoding.pop("_FillValue", None)  # nodata is set below, as an attribute
+        chm = chm.copy()
+        chm.encoding.pop("_FillValue", None)  # nodata is set below, as an attribute
         if int16_dm:
             dm = (chm * 10).round().fillna(-9999).astype("int16")
             chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")

@@ -23,6 +23,7 @@ from xchm.inference.runtime import (
     device_lock,
     evaluating,
     get_model,
+    use_cpu_threads,
 )
 from xchm.inference.windows import blend_weights, window_span
 from xchm.training.normalize import normalize_batch
@@ -93,11 +94,12 @@ def predict_block(
     sums = _blend_windows(region, region_valid, spec, config, span_y.count, span_x.count)
     y_crop, x_crop = slice(depth - oy, depth - oy + h), slice(depth - ox, depth - ox + w)
     weight = sums[0][y_crop, x_crop]
-    mean = sums[1][y_crop, x_crop] / weight
-    out[0] = np.where(core, mean, np.nan)
-    if config.uncertainty:
-        var = np.maximum(sums[2][y_crop, x_crop] / weight - mean**2, 0.0)
-        out[1] = np.where(core, np.sqrt(var), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 only off the valid core
+        mean = sums[1][y_crop, x_crop] / weight
+        out[0] = np.where(core, mean, np.nan)
+        if config.uncertainty:
+            var = np.maximum(sums[2][y_crop, x_crop] / weight - mean**2, 0.0)
+            out[1] = np.where(core, np.sqrt(var), np.nan)
     return out
 
 
@@ -119,6 +121,8 @@ def _blend_windows(
 
     device = choose_device(config.device)
     model = get_model(spec, device)
+    if device.type == "cpu":
+        use_cpu_threads()
     card = model.card
     stats = card.require_statistics()
     win, stride = config.window, config.stride

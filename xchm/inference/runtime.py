@@ -24,7 +24,15 @@ from xchm.errors import DeviceError, ModelNotFoundError, WeightsError
 if TYPE_CHECKING:
     from xchm.models.network import CanopyHeightModel
 
-__all__ = ["ModelSpec", "spec_for", "get_model", "evaluating", "choose_device", "device_lock"]
+__all__ = [
+    "ModelSpec",
+    "spec_for",
+    "get_model",
+    "evaluating",
+    "choose_device",
+    "device_lock",
+    "use_cpu_threads",
+]
 
 # Loaded models, least recently used first; a few at most (each may be GBs).
 _CACHE: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -112,28 +120,42 @@ def choose_device(device: str | None) -> Any:
     return dev
 
 
-def _configure_cpu_threads() -> None:
-    """Use the cores a Dask worker is entitled to (Nanny workers start with 1 thread).
+def _wanted_cpu_threads() -> int | None:
+    """Torch threads a CPU block should use here, or None to leave torch's default.
 
-    ``XCHM_TORCH_THREADS`` (set by :func:`xchm.cluster.start`) wins; otherwise a
-    worker's cores are shared by its threads.
+    ``XCHM_TORCH_THREADS`` (set by :func:`xchm.cluster.start`) wins; in another Dask
+    worker the cores are shared by its threads; outside a worker torch decides.
     """
-    import torch
-
     from xchm.cluster import TORCH_THREADS_ENV
 
     wanted = os.environ.get(TORCH_THREADS_ENV, "")
     if wanted.isdigit() and int(wanted) > 0:
-        torch.set_num_threads(int(wanted))
-        return
+        return int(wanted)
     try:
         from distributed import get_worker
 
         nthreads = get_worker().state.nthreads
     except (ImportError, ValueError):
-        return
+        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // max(nthreads, 1)))
+    return max(1, (cores or 1) // max(nthreads, 1))
+
+
+def use_cpu_threads() -> None:
+    """Size torch's CPU thread pool for this thread, before a block runs the model.
+
+    Per block and per thread, not once per process: under ``OMP_NUM_THREADS=1``
+    (what Dask's nanny sets) torch's thread count is a per-thread OpenMP setting, so
+    a count set in the thread that loaded the model does not reach the worker's other
+    threads (measured: 1 thread there instead of 2, hence a third of the speed).
+    """
+    wanted = _wanted_cpu_threads()
+    if wanted is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _same_device(model: Any, device: Any) -> bool:
@@ -199,8 +221,6 @@ def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
                     "differs); rebuild the prediction"
                 )
             model = load_model(spec.source, **dict(spec.options))
-        if getattr(device, "type", "cpu") == "cpu":
-            _configure_cpu_threads()
         model = model.to(device).eval()
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:
