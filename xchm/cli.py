@@ -109,7 +109,15 @@ def _predict(args: argparse.Namespace) -> int:
             "trained checkpoint directory with --model",
             args.model,
         )
-    if len(args.input) > 1:
+    if args.stac:  # search -> load (xchm.stac), then the same predict and write
+        from xchm.stac._cli import stac_image
+
+        image = stac_image(args)
+    elif not args.input:
+        raise InputError(
+            "give the image(s) to predict, or --stac URL with --collection, --bbox and --datetime"
+        )
+    elif len(args.input) > 1:
         missing = [p for p in args.input if not Path(p).exists()]
         if missing:
             raise InputError(f"inputs do not exist: {', '.join(missing)}")
@@ -212,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "input",
-        nargs="+",
+        nargs="*",
         help="GeoTIFF/COG or Zarr store with named bands; several GeoTIFFs in one CRS are "
-        "mosaicked (see --combine)",
+        "mosaicked (see --combine); none with --stac",
     )
     pred.add_argument("-o", "--output", required=True, help="output .tif (COG) or .zarr")
     pred.add_argument(
@@ -253,6 +261,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=".zarr output: refuse to continue an existing store (default: resume it)",
     )
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    stac = pred.add_argument_group(
+        "STAC search (instead of input files; pip install 'xchm[stac]', see docs/stac.md)"
+    )
+    stac.add_argument("--stac", metavar="URL", help="STAC API to search for the scenes")
+    stac.add_argument("--collection", action="append", help="collection id (repeatable)")
+    stac.add_argument(
+        "--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), help="area, degrees"
+    )
+    stac.add_argument("--datetime", help="interval to search, e.g. 2019/2024 or 2023-06/2023-09")
+    stac.add_argument(
+        "--months", default="7,8", help="months of each year (default 7,8: leaf-on) or 'all'"
+    )
+    stac.add_argument("--max-cloud", type=float, help="maximum eo:cloud_cover, percent")
+    stac.add_argument(
+        "--missing-cloud",
+        choices=("keep", "drop"),
+        help="items without eo:cloud_cover (NAIP has none); default with --max-cloud: drop, warn",
+    )
+    stac.add_argument("--crs", help="output CRS when the scenes are in several (EPSG:32618)")
+    stac.add_argument("--resolution", type=float, help="output pixel size (default: native)")
+    stac.add_argument("--max-items", type=int, default=1000, help="most items to use (1000)")
     pred.set_defaults(func=_predict)
 
     demo = sub.add_parser(

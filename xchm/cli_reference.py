@@ -32,7 +32,7 @@ def _fixed_width() -> Iterator[None]:
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
-    found = []
+    found: list[tuple[str, argparse.ArgumentParser]] = []
     for action in parser._actions:  # argparse has no public way to list sub-commands
         if isinstance(action, argparse._SubParsersAction):
             found.extend(action.choices.items())

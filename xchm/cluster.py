@@ -5,8 +5,9 @@ scheduler address): create it and predictions use it, as for any Dask
 computation. :func:`start` is the shortcut for one machine. It never replaces a
 client that is already active.
 
-Sizing on the CPU: a prediction task spends nearly all its time in the model,
-which runs under a per-process lock (:func:`xchm.inference.runtime.device_lock`),
+Sizing on the CPU (measured in benchmarks/RESULTS.md): a prediction task spends
+nearly all its time in the model, which runs under a per-process lock
+(:func:`xchm.inference.runtime.device_lock`),
 so a worker gets two threads (one reads the next block while the other runs the
 model) and torch gets all of the worker's cores. Each worker process holds its
 own copy of the model (1.2 GB for ViT-L), hence few processes.

@@ -23,6 +23,7 @@ from xchm.inference.runtime import (
     device_lock,
     evaluating,
     get_model,
+    tune_cpu_allocator,
     use_cpu_threads,
 )
 from xchm.inference.windows import blend_weights, window_span
@@ -123,6 +124,7 @@ def _blend_windows(
     model = get_model(spec, device)
     if device.type == "cpu":
         use_cpu_threads()
+        tune_cpu_allocator()
     card = model.card
     stats = card.require_statistics()
     win, stride = config.window, config.stride

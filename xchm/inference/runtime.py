@@ -32,6 +32,7 @@ __all__ = [
     "choose_device",
     "device_lock",
     "use_cpu_threads",
+    "tune_cpu_allocator",
 ]
 
 # Loaded models, least recently used first; a few at most (each may be GBs).
@@ -139,6 +140,46 @@ def _wanted_cpu_threads() -> int | None:
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(nthreads, 1))
+
+
+_ALLOCATOR_TUNED = False
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_cpu_allocator() -> None:
+    """Let glibc keep torch's large CPU buffers in a Dask worker (once per process).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
+    freezes glibc's mmap threshold at 128 KiB: every activation buffer of a forward
+    pass is then mmap-ed, faulted in, zeroed and unmapped again, and ViT-S ran at
+    half speed in a worker (benchmarks/RESULTS.md). Raising both thresholds with
+    ``mallopt`` at run time restores heap reuse; Dask's own ``malloc_trim`` calls
+    under memory pressure still hand memory back. No-op outside a worker or glibc.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return
+    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
 
 
 def use_cpu_threads() -> None:

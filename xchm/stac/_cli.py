@@ -1,0 +1,69 @@
+"""``xchm predict --stac URL ...``: the image to predict, from a STAC search.
+
+The options are declared in :mod:`xchm.cli` (so ``xchm --help`` imports nothing of
+this package); this module turns them into ``search`` -> ``load`` with the model
+card's bands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from xchm.errors import InputError
+
+__all__ = ["stac_image", "parse_months"]
+
+
+def parse_months(text: str) -> tuple[int, ...] | None:
+    """``"7,8"`` -> ``(7, 8)``; ``"all"`` -> ``None`` (every date).
+
+    Examples
+    --------
+    >>> parse_months("7, 8"), parse_months("all")
+    ((7, 8), None)
+    """
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return tuple(int(m) for m in text.replace(" ", "").split(",") if m)
+    except ValueError:
+        raise InputError(
+            f"--months must be comma-separated month numbers (e.g. 7,8) or 'all', got {text!r}"
+        ) from None
+
+
+def stac_image(args: argparse.Namespace) -> Any:
+    """Search ``args.stac`` and load the scenes with the model's bands, lazily."""
+    from xchm.inference.runtime import spec_for
+    from xchm.stac.load import load
+    from xchm.stac.search import search
+
+    if args.input:
+        raise InputError("give input files or --stac URL, not both")
+    if not args.collection:
+        raise InputError("--stac needs --collection ID (the collection to search, e.g. naip)")
+    if args.bbox is None:
+        raise InputError("--stac needs --bbox WEST SOUTH EAST NORTH (degrees)")
+    _, card = spec_for(args.model, weights=args.weights)
+    items = search(
+        args.bbox,
+        collections=args.collection,
+        catalog=args.stac,
+        datetime=args.datetime,
+        months=parse_months(args.months),
+        max_cloud_cover=args.max_cloud,
+        missing_cloud_cover=args.missing_cloud,
+        max_items=args.max_items,
+    )
+    print(f"xchm: {len(items)} STAC item(s) from {args.stac}", file=sys.stderr)
+    return load(
+        items,
+        bands=card.bands,
+        resolution=args.resolution,
+        crs=args.crs,
+        bbox=args.bbox,
+        chunks=args.chunks,
+        combine=args.combine,
+    )
