@@ -282,12 +282,10 @@ def _run_distributed(
 def _summary(
     ds: xr.Dataset, windows: int, seconds: float, devices: int, computed: int, total: int
 ) -> str:
+    """One line: area, regions computed and skipped, windows, rate overall and per device."""
     chm = ds["chm"]
-    area = ""
-    crs = chm.rio.crs
-    if crs is not None and crs.is_projected:
-        res_x, res_y = chm.rio.resolution()
-        area = f"{abs(res_x * res_y) * chm.size / 1e6:.3f} km2, "
+    km2 = _km2_per_pixel(chm)
+    area = f"{km2 * chm.size:.3f} km2, " if km2 else ""
     rate = windows / seconds if seconds > 0 else float("nan")
     return (
         f"xchm: {area}{chm.shape[0]}x{chm.shape[1]} px, {computed}/{total} regions computed "
