@@ -72,7 +72,9 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     """Read scene pairs from a CSV file with columns ``image,chm[,scene,date]``.
 
     Relative paths are taken relative to the CSV file's directory; empty ``scene``
-    and ``date`` cells mean "default" (the image's file name, its date tag).
+    and ``date`` cells mean "default" (the image's file name, its date tag). A CSV
+    without a ``chm`` column (``image[,scene,date]``) lists images alone, for an
+    unlabeled cube: its dicts have no ``chm`` key.
 
     Parameters
     ----------
@@ -89,12 +91,15 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     FileNotFoundError
         If the file does not exist.
     InputError
-        If a column is missing or unknown, a cell is empty, or there are no rows.
+        If a column is missing or unknown, an image or chm cell is empty, or there
+        are no rows.
 
     Examples
     --------
     >>> read_pairs_csv("pairs.csv")  # doctest: +SKIP
     [{'image': PosixPath('/data/a.tif'), 'chm': PosixPath('/data/a_chm.tif')}]
+    >>> read_pairs_csv("images.csv")  # header image,scene  # doctest: +SKIP
+    [{'image': PosixPath('/data/a.tif'), 'scene': 'a'}]
     """
     from xchm.errors import InputError
 
@@ -104,26 +109,28 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     with source.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in ("image", "chm") if c not in header]
+        missing = [c for c in ("image",) if c not in header]
         unknown = [c for c in header if c not in _CSV_COLUMNS]
         if missing or unknown:
             raise InputError(
-                f"{source}: columns must be image,chm[,scene,date]; got {','.join(header)!r}"
+                f"{source}: columns must be image,chm[,scene,date] (or image[,scene,date] for "
+                f"images without CHM); got {','.join(header)!r}"
                 + (f" (missing {missing})" if missing else "")
                 + (f" (unknown {unknown})" if unknown else "")
             )
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    paths = ("image", "chm") if "chm" in header else ("image",)
     pairs = []
     for line, row in enumerate(rows, start=2):
-        if not row["image"] or not row["chm"]:
-            raise InputError(f"{source} line {line}: image and chm must not be empty")
-        pair: dict[str, Any] = {
-            k: source.parent / Path(row[k]).expanduser() for k in ("image", "chm")
-        }
+        empty = [k for k in paths if not row[k]]
+        if empty:
+            hint = " (for images without CHM, leave out the chm column)" if "chm" in empty else ""
+            raise InputError(f"{source} line {line}: {' and '.join(empty)} must not be empty{hint}")
+        pair: dict[str, Any] = {k: source.parent / Path(row[k]).expanduser() for k in paths}
         pair.update({k: row[k] for k in ("scene", "date") if row.get(k)})
         pairs.append(pair)
     if not pairs:
-        raise InputError(f"{source} lists no pairs; add rows below the header image,chm")
+        raise InputError(f"{source} lists no pairs; add rows below the header {','.join(header)}")
     return pairs
 
 
@@ -143,10 +150,14 @@ def _build(args: argparse.Namespace) -> int:
     from xchm.errors import InputError
 
     pairs: list[Any] = [tuple(p) for p in args.pair or []]
+    pairs += [Path(p) for p in args.image or []]  # images alone: an unlabeled cube
     if args.pairs_csv:
         pairs += read_pairs_csv(args.pairs_csv)
     if not pairs:
-        raise InputError("no scene pairs: give --pair IMAGE CHM (repeatable) or --pairs-csv FILE")
+        raise InputError(
+            "no scenes: give --pair IMAGE CHM (repeatable), --image IMAGE (repeatable; images "
+            "without CHM make an unlabeled cube, for pretraining) or --pairs-csv FILE"
+        )
     bands = parse_band_map(args.band_map) if args.band_map else args.bands
     fractions = {
         "train": round(1 - args.val_fraction - args.test_fraction, 12),
@@ -167,7 +178,8 @@ def _build(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         nodata=_nodata(args.nodata),
         min_valid=args.min_valid,
-        drop_no_positive=not args.keep_no_positive,
+        # None: the default (drop for labeled scenes; not applicable to images alone).
+        drop_no_positive=False if args.keep_no_positive else None,
         split=args.split,
         fractions={k: v for k, v in fractions.items() if v > 0},
         block_size=args.block_size,
@@ -184,7 +196,12 @@ def _info(args: argparse.Namespace) -> int:
 
     cube = xchm.chips.open(args.store)
     if args.json:
-        info = {"path": str(cube.path), "chips": len(cube), "splits": cube.splits}
+        info = {
+            "path": str(cube.path),
+            "chips": len(cube),
+            "labeled": cube.labeled,
+            "splits": cube.splits,
+        }
         print(json.dumps({**info, "attrs": cube.attrs}, indent=2, default=str))
     else:
         print(cube.summary())
@@ -233,16 +250,20 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
     chips = sub.add_parser(
         "chips",
         help="build, inspect and preview chip cubes (training data)",
-        description="Chip cubes: Zarr stores of image chips and canopy height chips.",
+        description="Chip cubes: Zarr stores of image chips and canopy height chips (or image "
+        "chips alone, for pretraining).",
     )
     chips.set_defaults(func=lambda _: _help(chips))
     commands = chips.add_subparsers(dest="chips_command", metavar="COMMAND")
 
     build = commands.add_parser(
         "build",
-        help="cut chips from (image, CHM) scene pairs into a new chip cube",
+        help="cut chips from (image, CHM) scene pairs, or images alone, into a new chip cube",
         description="Cut image and canopy height chips from scene pairs into a Zarr chip cube "
-        "(see docs/chip-cube-format.md). Memory is bounded by one strip of chips per scene.",
+        "(see docs/chip-cube-format.md). Images without CHM (--image, or a CSV without a chm "
+        "column) make an unlabeled cube of image chips alone, for pretraining; a cube is "
+        "either labeled or not, so do not mix the two. Memory is bounded by one strip of chips "
+        "per scene.",
     )
     build.add_argument("-o", "--output", required=True, metavar="STORE", help="new cube (.zarr)")
     build.add_argument(
@@ -253,9 +274,16 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         help="an image GeoTIFF/COG and its CHM (metres); repeat for more scenes",
     )
     build.add_argument(
+        "--image",
+        action="append",
+        metavar="IMAGE",
+        help="an image without CHM (unlabeled cube, for pretraining); repeat for more scenes",
+    )
+    build.add_argument(
         "--pairs-csv",
         metavar="FILE",
-        help="CSV with columns image,chm[,scene,date] (paths relative to the CSV)",
+        help="CSV with columns image,chm[,scene,date], or image[,scene,date] for images "
+        "without CHM (paths relative to the CSV)",
     )
     names = build.add_mutually_exclusive_group()
     names.add_argument(
@@ -277,7 +305,9 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         "--min-valid", type=float, default=1.0, metavar="F", help="valid share a chip needs"
     )
     build.add_argument(
-        "--keep-no-positive", action="store_true", help="keep chips without a height > 0"
+        "--keep-no-positive",
+        action="store_true",
+        help="keep chips without a height > 0 (images without CHM: always kept)",
     )
     build.add_argument("--split", choices=("block", "scene", "random"), default="block")
     build.add_argument("--val-fraction", type=float, default=0.2, metavar="F")

@@ -1,6 +1,7 @@
 """Chip cubes: Zarr v3 stores of image chips and canopy height chips for training.
 
-Build one from scene pairs with :func:`build`, import the reference's layouts with
+Build one from scene pairs with :func:`build` (or from images alone: an unlabeled
+cube of image chips, for pretraining), import the reference's layouts with
 :func:`from_directories` / :func:`from_hf_dataset`, and open one with :func:`open`.
 The format is described in docs/chip-cube-format.md.
 

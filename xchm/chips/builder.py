@@ -1,9 +1,11 @@
-"""Build a chip cube from (image, CHM) scene pairs.
+"""Build a chip cube from (image, CHM) scene pairs, or from images alone.
 
 Each scene is opened on the image grid (see :mod:`xchm.chips.sources`), cut into
 chips on a regular grid anchored at the image's upper-left pixel (stride
 ``window`` by default, whole chips only), read strip by strip so that memory
 stays bounded by one strip of chips, and handed to the :class:`ChipWriter`.
+Images without a CHM make an unlabeled cube (no ``height`` array), for
+self-supervised pretraining; the same code path cuts them, minus the heights.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.chips.layout import store_path
-from xchm.chips.sources import OpenScene, ScenePair, as_pairs, open_scene
+from xchm.chips.sources import OpenScene, ScenePair, as_pairs, open_scene, pairs_labeled
 from xchm.chips.splits import SplitRule
 from xchm.chips.writer import ChipWriter, CubeSettings
 from xchm.errors import BandError, InputError
@@ -32,7 +34,7 @@ _STRIP_BYTES = 64 * 2**20
 
 
 def build(
-    pairs: Sequence[ScenePair | tuple[Any, Any] | Mapping[str, Any]] | ScenePair,
+    pairs: Sequence[ScenePair | tuple[Any, Any] | Mapping[str, Any] | Any] | ScenePair | Any,
     store: str | Path,
     *,
     window: int = 64,
@@ -41,7 +43,7 @@ def build(
     resolution: float | None = None,
     nodata: float | str | None = "auto",
     min_valid: float = 1.0,
-    drop_no_positive: bool = True,
+    drop_no_positive: bool | None = None,
     split: str | SplitRule = "block",
     fractions: Mapping[str, float] | None = None,
     block_size: int = 8,
@@ -53,13 +55,19 @@ def build(
 ) -> ChipCube:
     """Cut image and canopy height chips from scene pairs into a new chip cube.
 
+    Images without a CHM make an *unlabeled* cube: image chips alone (no
+    ``height`` array, attrs ``labeled: false``), for self-supervised pretraining
+    (``xchm.pretrain``), not for ``xchm.train``.
+
     Parameters
     ----------
     pairs
         ``(image, chm)`` tuples, :class:`ScenePair` objects (with scene id and date)
         or dicts. Images and CHMs are GeoTIFF/COG paths or DataArrays; the CHM is
         aligned to the image grid (reprojected/resampled when CRS, transform or size
-        differ).
+        differ). A bare image (path or DataArray), a pair whose CHM is None or a
+        dict without ``chm`` is an image alone; either every scene has a CHM or none
+        has.
     store
         Directory of the new Zarr v3 store.
     window
@@ -77,10 +85,12 @@ def build(
         Image value marking missing pixels: ``"auto"`` (the file's), a number, or None.
     min_valid
         Smallest fraction of valid pixels (image valid in every band, and height
-        finite) a chip needs; 1.0, the default, drops any chip with a missing value
-        (the reference).
+        finite if there are heights) a chip needs; 1.0, the default, drops any chip
+        with a missing value (the reference).
     drop_no_positive
-        Drop chips without a single height > 0 (the reference).
+        Drop chips without a single height > 0 (the reference). Default (None):
+        True for labeled scenes; it does not apply to images alone, where only
+        None or False is accepted.
     split
         ``"block"`` (square blocks of ``block_size`` chips, the default: neighbouring
         chips never land on both sides), ``"scene"``, ``"random"`` (chip by chip like
@@ -106,6 +116,12 @@ def build(
     ChipCube
         The opened cube.
 
+    Raises
+    ------
+    InputError
+        For invalid settings or inputs, among them scenes that mix images with and
+        without a CHM, or ``drop_no_positive=True`` for images alone.
+
     Examples
     --------
     >>> cube = xchm.chips.build(  # doctest: +SKIP
@@ -113,8 +129,13 @@ def build(
     ... )
     >>> cube.splits  # doctest: +SKIP
     {'train': 812, 'val': 196}
+    >>> unlabeled = xchm.chips.build(["a.tif", "b.tif"], "images.zarr")  # doctest: +SKIP
+    >>> unlabeled.labeled  # doctest: +SKIP
+    False
     """
     pair_list = as_pairs(pairs)
+    labeled = pairs_labeled(pair_list)
+    drop_no_positive = _drop_no_positive(drop_no_positive, labeled)
     stride = window if stride is None else stride
     _check_geometry(window, stride, resolution)
     rule = (
@@ -169,6 +190,19 @@ def build(
         "chip cube %s: %d of %d chips kept (%s)", path, f["kept"], f["candidates"], f["removed"]
     )
     return open_cube(path)
+
+
+def _drop_no_positive(value: bool | None, labeled: bool) -> bool:
+    """Resolve ``drop_no_positive``: True by default with heights; never without."""
+    if labeled:
+        return True if value is None else bool(value)
+    if value:
+        raise InputError(
+            "drop_no_positive=True needs heights, but these images have no CHM (an unlabeled "
+            "cube, for xchm.pretrain); leave drop_no_positive out (CLI: no --keep-no-positive "
+            "needed), or give every image its CHM"
+        )
+    return False
 
 
 def _check_geometry(window: int, stride: int, resolution: float | None) -> None:
@@ -228,6 +262,7 @@ def _settings(
         split=rule,
         seed=seed,
         stats_sample=stats_sample,
+        labeled=first.heights is not None,
     )
 
 
@@ -261,7 +296,10 @@ def _cut_scene(
         at = ((strip - top)[:, None], cols[None, :])
         img = np.lib.stride_tricks.sliding_window_view(image, (win, win), axis=(1, 2))
         img = img[:, at[0], at[1]].transpose(1, 2, 0, 3, 4)
-        hgt = np.lib.stride_tricks.sliding_window_view(heights, (win, win))[at]
+        hgt = None
+        if heights is not None:
+            hgt = np.lib.stride_tricks.sliding_window_view(heights, (win, win))[at]
+            hgt = hgt.reshape(-1, win, win)
         rr, cc = np.meshgrid(strip, cols, indexing="ij")
         rr, cc = rr.ravel(), cc.ravel()
         xs = t.c + cc * t.a + rr * t.b  # upper-left corner of each chip's first pixel
@@ -270,7 +308,7 @@ def _cut_scene(
         last = np.stack([(rr + win - 1) // block_px, (cc + win - 1) // block_px], axis=1)
         writer.add(
             img.reshape(-1, *img.shape[2:]),
-            hgt.reshape(-1, win, win),
+            hgt,
             scene=scene.scene,
             crs=scene.crs,
             date=scene.date,
@@ -285,13 +323,19 @@ def _cut_scene(
 
 def _read_strip(
     scene: OpenScene, top: int, bottom: int, settings: CubeSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Load image rows [top, bottom) in the cube's dtype, nodata unified, and heights."""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load image rows [top, bottom) in the cube's dtype, nodata unified, and heights.
+
+    Heights are None for an image without CHM.
+    """
     import dask
 
+    rows = slice(top, bottom)
     with dask.config.set(scheduler="threads"):
-        image = np.asarray(scene.image.isel(y=slice(top, bottom)).values)
-        heights = np.asarray(scene.heights.isel(y=slice(top, bottom)).values, dtype=np.float32)
+        image = np.asarray(scene.image.isel(y=rows).values)
+        heights = None
+        if scene.heights is not None:
+            heights = np.asarray(scene.heights.isel(y=rows).values, dtype=np.float32)
     if scene.nodata is not None and settings.nodata is not None and scene.nodata != settings.nodata:
         image = np.where(image == scene.nodata, settings.nodata, image)
     return image.astype(settings.dtype, copy=False), heights

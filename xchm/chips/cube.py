@@ -1,4 +1,10 @@
-"""Open and inspect a chip cube (the read side of docs/chip-cube-format.md)."""
+"""Open and inspect a chip cube (the read side of docs/chip-cube-format.md).
+
+A cube is *labeled* (image and height chips, for ``xchm.train``) or *unlabeled*
+(image chips alone, built from imagery without CHM, for ``xchm.pretrain``); the
+group attr ``labeled`` says which, and a cube without it (written before the attr
+existed) is labeled. Reading heights from an unlabeled cube is an error.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ class ChipCube:
     (1234, ('nir', 'red', 'green'), {'train': 990, 'val': 244})
     >>> train = cube.sel(split="train")  # doctest: +SKIP
     >>> ds = train.to_xarray()  # lazy image, height and chip coordinates  # doctest: +SKIP
+    >>> images = train.read_images([0, 1])  # image chips only (any cube)  # doctest: +SKIP
     """
 
     def __init__(self, path: Path, group: Any, attrs: dict[str, Any], index: np.ndarray | None):
@@ -44,10 +51,39 @@ class ChipCube:
 
     def __repr__(self) -> str:
         sel = "" if self._index is None else f" (selection of {self.attrs['chips']})"
+        sel += "" if self.labeled else ", unlabeled"
         return (
             f"<ChipCube {str(self.path)!r}: {len(self)} chips{sel}, bands {self.bands}, "
             f"{self.window}x{self.window} px at {self.pixel_size} m, splits {self.splits}>"
         )
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the cube has height chips (False: imagery alone, for pretraining).
+
+        A cube written before the ``labeled`` attr existed is labeled.
+        """
+        return bool(self.attrs.get("labeled", True))
+
+    def check_labeled(self, use: str = "reading heights") -> None:
+        """Raise :class:`~xchm.errors.InputError` if the cube is unlabeled.
+
+        Parameters
+        ----------
+        use
+            What needs the heights, for the message (e.g. ``"ChipStream"``).
+
+        Examples
+        --------
+        >>> cube.check_labeled("training")  # doctest: +SKIP
+        """
+        if not self.labeled:
+            raise InputError(
+                f"chip cube {self.path} is unlabeled (built from imagery alone): it has image "
+                f"chips but no heights, so {use} is not possible. An unlabeled cube serves "
+                "self-supervised pretraining (xchm.pretrain), not xchm.train; to train or "
+                "evaluate, build a labeled cube with a CHM for every scene"
+            )
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -98,7 +134,14 @@ class ChipCube:
 
     @property
     def height(self) -> Any:
-        """The stored ``height`` Zarr array (all chips, ignoring a selection)."""
+        """The stored ``height`` Zarr array (all chips, ignoring a selection).
+
+        Raises
+        ------
+        InputError
+            If the cube is unlabeled (it has no ``height`` array).
+        """
+        self.check_labeled("reading heights (ChipCube.height)")
         return self._group["height"]
 
     def coord(self, name: str) -> np.ndarray:
@@ -134,38 +177,59 @@ class ChipCube:
         return ChipCube(self.path, self._group, self.attrs, self.index[keep])
 
     def read(self, positions: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Image and height chips at ``positions`` of this selection (eager)."""
+        """Image and height chips at ``positions`` of this selection (eager).
+
+        Raises
+        ------
+        InputError
+            If the cube is unlabeled; use :meth:`read_images` there.
+        """
+        self.check_labeled("reading heights (ChipCube.read; read_images reads the images)")
+        where, back = self._sorted_positions(positions)
+        image = self.image.get_orthogonal_selection((where,))
+        height = self.height.get_orthogonal_selection((where,))
+        return image[back], height[back]
+
+    def read_images(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Image chips at ``positions`` of this selection (eager), labeled cube or not.
+
+        Examples
+        --------
+        >>> cube.read_images([2, 0]).shape  # doctest: +SKIP
+        (2, 3, 64, 64)
+        """
+        where, back = self._sorted_positions(positions)
+        return np.asarray(self.image.get_orthogonal_selection((where,)))[back]
+
+    def _sorted_positions(
+        self, positions: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return stored positions in increasing order (one pass over chunks) and the way back."""
         where = self.index[np.asarray(positions, dtype=np.int64)]
         order = np.argsort(where)
-        image = self.image.get_orthogonal_selection((where[order],))
-        height = self.height.get_orthogonal_selection((where[order],))
-        back = np.argsort(order)
-        return image[back], height[back]
+        return where[order], np.argsort(order)
 
     def to_xarray(self) -> xr.Dataset:
         """Return a lazy Dataset: ``image`` (chip, band, y, x), ``height`` (chip, y, x), coords.
 
         Pixel dims ``y``/``x`` count pixels inside a chip; each chip's map position is
-        ``origin_x``/``origin_y`` (upper-left corner) in its ``crs``.
+        ``origin_x``/``origin_y`` (upper-left corner) in its ``crs``. An unlabeled
+        cube's Dataset has no ``height``.
         """
         import dask.array as da
         import xarray as xr
 
-        image = da.from_zarr(self.image)
-        height = da.from_zarr(self.height)
-        if self._index is not None:
-            image, height = image[self._index], height[self._index]
+        def lazy(array: Any) -> Any:
+            data = da.from_zarr(array)
+            return data if self._index is None else data[self._index]
+
+        variables: dict[str, Any] = {"image": (("chip", "band", "y", "x"), lazy(self.image))}
+        if self.labeled:
+            variables["height"] = (("chip", "y", "x"), lazy(self.height), {"units": "m"})
         coords: dict[str, Any] = {name: ("chip", self.coord(name)) for name in CHIP_ARRAYS}
         coords["band"] = ("band", list(self.bands))
         attrs = {k: v for k, v in self.attrs.items() if k in ("window", "pixel_size", "nodata")}
-        return xr.Dataset(
-            {
-                "image": (("chip", "band", "y", "x"), image),
-                "height": (("chip", "y", "x"), height, {"units": "m"}),
-            },
-            coords=coords,
-            attrs=attrs,
-        )
+        return xr.Dataset(variables, coords=coords, attrs=attrs)
 
     def model_card(self, preset: str, **kwargs: Any) -> ModelCard:
         """Make a ModelCard for training on this cube: its bands, statistics and pixel size.
@@ -188,7 +252,9 @@ class ChipCube:
         return ModelCard(preset=preset, **{**options, **kwargs})
 
     def preview(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write a PNG grid of image/height chip pairs; see :func:`xchm.chips.preview.preview`.
+        """Write a PNG grid of image/height chip pairs (images only if unlabeled).
+
+        See :func:`xchm.chips.preview.preview`.
 
         Examples
         --------
@@ -203,10 +269,18 @@ class ChipCube:
         """Describe the cube in a few lines (what ``xchm chips info`` prints)."""
         a = self.attrs
         f = a["filters"]
+        # no_positive never applies without heights: leave it out rather than show a 0.
+        removed = {k: v for k, v in f["removed"].items() if self.labeled or k != "no_positive"}
+        labels = (
+            "labeled: image and height chips"
+            if self.labeled
+            else "unlabeled: image chips only (imagery alone, for xchm.pretrain)"
+        )
         lines = [
             f"chip cube   {self.path}",
             f"chips       {len(self)} of {f['candidates']} candidates "
-            f"(removed: {', '.join(f'{k} {v}' for k, v in f['removed'].items())})",
+            f"(removed: {', '.join(f'{k} {v}' for k, v in removed.items())})",
+            f"labels      {labels}",
             f"image       {self.image.dtype} {tuple(self.image.shape)}, bands {self.bands}, "
             f"nodata {self.nodata}",
             f"pixel size  {self.pixel_size} m, window {self.window} px",

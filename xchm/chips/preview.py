@@ -17,6 +17,10 @@ A window of ``w`` px, ``k`` picked chips, ``c = min(columns, k)`` columns and
 ``r = ceil(k / c)`` rows give an image of
 ``c * 2 * w * scale + (c + 1) * MARGIN`` by
 ``r * w * scale + (r + 1) * MARGIN + LEGEND_HEIGHT`` px.
+
+An unlabeled cube (imagery alone) has no heights: each cell is the image chip
+alone (``c * w * scale + (c + 1) * MARGIN`` px wide) and the legend line says
+"image chips only (unlabeled cube)".
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def preview(
     overwrite: bool = False,
 ) -> Path:
     """Write a PNG grid of randomly picked image/height chip pairs.
+
+    For an unlabeled cube (no heights) the grid shows the image chips alone.
 
     Parameters
     ----------
@@ -145,26 +151,35 @@ def preview(
     count = min(n, len(chosen))
     # Sorted positions: the grid shows chips in cube order, so it is easy to find them.
     positions = np.sort(np.random.default_rng(seed).choice(len(chosen), count, replace=False))
-    images, heights = chosen.read(positions)
-    rgb = _quicklook(images, cube.bands, cube.nodata)
-    vmax = _height_max(heights)
-    colours = _height_colours(heights, vmax)
+    # Panels per cell: the quicklook, then the heights if the cube has any.
+    vmax: float | None = None
+    if cube.labeled:
+        images, heights = chosen.read(positions)
+        vmax = _height_max(heights)
+        panels = [_quicklook(images, cube.bands, cube.nodata), _height_colours(heights, vmax)]
+    else:
+        panels = [_quicklook(chosen.read_images(positions), cube.bands, cube.nodata)]
 
     cell = cube.window * scale
+    span = len(panels) * cell
     cols = min(columns, count)
     rows = math.ceil(count / cols)
-    width = cols * 2 * cell + (cols + 1) * MARGIN
+    width = cols * span + (cols + 1) * MARGIN
     height = rows * cell + (rows + 1) * MARGIN + LEGEND_HEIGHT
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for i in range(count):
         top = MARGIN + (i // cols) * (cell + MARGIN)
-        left = MARGIN + (i % cols) * (2 * cell + MARGIN)
-        canvas[top : top + cell, left : left + cell] = _upscale(rgb[i], scale)
-        canvas[top : top + cell, left + cell : left + 2 * cell] = _upscale(colours[i], scale)
+        left = MARGIN + (i % cols) * (span + MARGIN)
+        for k, panel in enumerate(panels):
+            x0 = left + k * cell
+            canvas[top : top + cell, x0 : x0 + cell] = _upscale(panel[i], scale)
     sheet = image_module.fromarray(canvas)  # (y, x, 3) uint8: RGB
     _draw_legend(sheet, (image_module, draw_module, font_module), vmax, top=height - LEGEND_HEIGHT)
     _save_atomic(sheet, out)
-    log.info("wrote %s: %d chip pairs, heights 0 - %.1f m", out, count, vmax)
+    if vmax is None:
+        log.info("wrote %s: %d image chips (unlabeled cube)", out, count)
+    else:
+        log.info("wrote %s: %d chip pairs, heights 0 - %.1f m", out, count, vmax)
     return out
 
 
@@ -234,13 +249,15 @@ def _upscale(chip: np.ndarray, scale: int) -> np.ndarray:
     return np.repeat(np.repeat(chip, scale, axis=0), scale, axis=1)
 
 
-def _draw_legend(sheet: Any, pillow: tuple[Any, Any, Any], vmax: float, top: int) -> None:
-    """Write "height 0 - X m" and, where it fits, a small ramp after it."""
+def _draw_legend(sheet: Any, pillow: tuple[Any, Any, Any], vmax: float | None, top: int) -> None:
+    """Write "height 0 - X m" and, where it fits, a small ramp after it (vmax None: no heights)."""
     image_module, draw_module, font_module = pillow
     draw = draw_module.Draw(sheet)
     font = font_module.load_default()
-    text = f"height 0 - {vmax:.1f} m"
+    text = "image chips only (unlabeled cube)" if vmax is None else f"height 0 - {vmax:.1f} m"
     draw.text((MARGIN, top + 1), text, fill=(0, 0, 0), font=font)
+    if vmax is None:
+        return
     start = MARGIN + int(draw.textlength(text, font=font)) + 2 * MARGIN
     ramp_width = min(64, sheet.width - start - MARGIN)
     if ramp_width >= 16:

@@ -1,5 +1,8 @@
 """Open an (image, CHM) pair lazily on one pixel grid, for chip building.
 
+A pair without a CHM (``chm=None``) is an image alone, for an unlabeled cube
+(self-supervised pretraining): it is opened the same way, with no heights.
+
 Paths are opened with rasterio; when the image is resampled (``resolution=``) or
 the CHM's CRS, transform or size differ from the image grid, a GDAL ``WarpedVRT``
 does it on the fly (area average for the image; the CHM resampling is an option),
@@ -25,49 +28,109 @@ import xarray as xr
 from xchm.errors import BandError, InputError
 from xchm.models.bands import normalize_band_name, normalize_bands
 
-__all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "resolve_bands"]
+__all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "pairs_labeled", "resolve_bands"]
 
 Source = str | Path | xr.DataArray
 
 
 @dataclass(frozen=True)
 class ScenePair:
-    """One image and the canopy height model (metres) that covers it.
+    """One image and the canopy height model (metres) that covers it, or an image alone.
 
     Examples
     --------
     >>> pair = ScenePair("scene.tif", "chm.tif", scene="WV3-2019-07-02", date="2019-07-02")
+    >>> ScenePair("scene.tif", None).labeled  # imagery alone: an unlabeled cube
+    False
     """
 
     image: Source
     """Image path (GeoTIFF/COG/VRT) or DataArray (band, y, x)."""
-    chm: Source
-    """CHM path or DataArray (y, x) or (1, y, x), metres above ground."""
+    chm: Source | None
+    """CHM path or DataArray (y, x) or (1, y, x), metres above ground; None for no CHM."""
     scene: str | None = None
     """Scene id (default: the image file's stem, or the DataArray's name)."""
     date: str | Date | np.datetime64 | None = None
     """Acquisition date (default: the image's ``TIFFTAG_DATETIME`` if any)."""
 
+    @property
+    def labeled(self) -> bool:
+        """Whether the pair has a CHM (heights to learn from)."""
+        return self.chm is not None
+
 
 def as_pairs(pairs: Any) -> list[ScenePair]:
-    """Accept ScenePairs, (image, chm) tuples or dicts with those keys."""
-    if isinstance(pairs, ScenePair):
+    """Accept ScenePairs, (image, chm) tuples, dicts, or bare images (no CHM).
+
+    A bare image path or DataArray, a dict without ``chm`` and a pair whose CHM is
+    None all mean an image alone; :func:`pairs_labeled` checks that the pairs do
+    not mix images with and without a CHM.
+    """
+    if isinstance(pairs, ScenePair | str | Path | xr.DataArray):
         pairs = [pairs]
     out = []
     for i, p in enumerate(pairs):
         if isinstance(p, ScenePair):
             out.append(p)
+        elif isinstance(p, str | Path | xr.DataArray):
+            out.append(ScenePair(p, None))
         elif isinstance(p, Mapping):
-            out.append(ScenePair(**p))
-        elif isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2:
+            out.append(_pair_from_mapping(p, i))
+        elif isinstance(p, Sequence) and len(p) == 2:
             out.append(ScenePair(p[0], p[1]))
         else:
             raise InputError(
-                f"pairs[{i}] must be an (image, chm) tuple, a dict or a ScenePair, got {p!r}"
+                f"pairs[{i}] must be an (image, chm) tuple, a dict, a ScenePair or an image "
+                f"path/DataArray (no CHM), got {p!r}"
             )
     if not out:
-        raise InputError("pairs is empty; give at least one (image, chm) pair")
+        raise InputError("pairs is empty; give at least one (image, chm) pair or image")
     return out
+
+
+def _pair_from_mapping(p: Mapping[str, Any], i: int) -> ScenePair:
+    known = ("image", "chm", "scene", "date")
+    unknown = sorted(set(p) - set(known))
+    if unknown or "image" not in p:
+        raise InputError(
+            f"pairs[{i}] needs the key 'image' and may have 'chm', 'scene', 'date'; got keys "
+            f"{sorted(p)}"
+        )
+    return ScenePair(**{"chm": None, **p})
+
+
+def pairs_labeled(pairs: Sequence[ScenePair]) -> bool:
+    """Return whether every pair has a CHM (False: none has; a mix is an error).
+
+    Raises
+    ------
+    InputError
+        If some pairs have a CHM and others do not.
+
+    Examples
+    --------
+    >>> pairs_labeled([ScenePair("a.tif", "a_chm.tif"), ScenePair("b.tif", "b_chm.tif")])
+    True
+    >>> pairs_labeled([ScenePair("a.tif", None)])
+    False
+    """
+    without = [_describe(p.image) for p in pairs if not p.labeled]
+    if not without:
+        return True
+    if len(without) == len(pairs):
+        return False
+    with_chm = [_describe(p.image) for p in pairs if p.labeled]
+    raise InputError(
+        f"{len(without)} image(s) have no CHM ({_names(without)}) but {len(with_chm)} have one "
+        f"({_names(with_chm)}); a chip cube is either labeled (a CHM for every scene, for "
+        "xchm.train) or unlabeled (imagery alone, for xchm.pretrain): give every image a CHM, "
+        "or build the images without CHM into a cube of their own"
+    )
+
+
+def _names(described: list[str], most: int = 3) -> str:
+    shown = ", ".join(Path(d).name if not d.startswith("<") else d for d in described[:most])
+    return shown + (f", ... {len(described) - most} more" if len(described) > most else "")
 
 
 @dataclass
@@ -76,7 +139,7 @@ class OpenScene:
 
     scene: str
     image: xr.DataArray  # (band, y, x), native dtype, bands selected and ordered
-    heights: xr.DataArray  # (y, x) float32 metres, NaN for no data
+    heights: xr.DataArray | None  # (y, x) float32 metres, NaN for no data; None: no CHM
     bands: tuple[str, ...]
     nodata: float | None
     crs: str
@@ -114,7 +177,7 @@ def open_scene(
     except KeyError:
         choices = ", ".join(r.name for r in Resampling)
         raise InputError(f"chm_resampling {chm_resampling!r} is not one of: {choices}") from None
-    heights = _open_chm(pair.chm, image, stack, resampling, chunks)
+    heights = None if pair.chm is None else _open_chm(pair.chm, image, stack, resampling, chunks)
     scene = pair.scene or _default_scene_id(pair.image, index)
     return OpenScene(
         scene=scene,
@@ -128,7 +191,7 @@ def open_scene(
         description={
             "scene": scene,
             "image": _describe(pair.image),
-            "chm": _describe(pair.chm),
+            "chm": None if pair.chm is None else _describe(pair.chm),
             "date": None if pair.date is None else str(pair.date),
         },
     )

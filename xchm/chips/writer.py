@@ -5,6 +5,9 @@ batch size. The writer
 
 1. filters each batch (missing values beyond ``min_valid``, no height > 0, chips
    straddling blocks of different splits) and counts what each rule removed;
+   an unlabeled cube (``labeled=False``: image chips alone, for pretraining) has
+   no heights, so only the image counts as missing and ``no_positive`` does not
+   apply;
 2. spreads the kept chips over random *buckets* staged in the store (``_staging``),
    each small enough to fit in memory;
 3. on :meth:`ChipWriter.finish`, loads one bucket at a time, permutes it and
@@ -15,7 +18,8 @@ batch size. The writer
    :func:`xchm.models.band_statistics` would on the finished ``image`` array.
 
 The group's attrs say ``complete: false`` until the very end: an interrupted
-build never looks like a finished cube (``xchm.chips.open`` refuses it).
+build never looks like a finished cube (``xchm.chips.open`` refuses it). An
+unlabeled cube has no ``height`` array at all (neither staged nor final).
 """
 
 from __future__ import annotations
@@ -44,13 +48,19 @@ from xchm.chips.splits import SplitRule
 from xchm.errors import InputError
 from xchm.models.card import statistics_from_pixels
 
-__all__ = ["ChipWriter", "CubeSettings", "FILTER_RULES"]
+__all__ = ["ChipWriter", "CubeSettings", "FILTER_RULES", "UNLABELED_FILTER_RULES"]
 
 #: Filter rules, in the order they are applied; each chip is counted by the first.
 FILTER_RULES = {
     "missing": "image or height valid in fewer than min_valid of the pixels",
     "no_positive": "no height > 0 m (drop_no_positive)",
     "split_buffer": "footprint reaches a block of another split (stride < window)",
+}
+#: The same rules as an unlabeled cube (no heights) applies them.
+UNLABELED_FILTER_RULES = {
+    **FILTER_RULES,
+    "missing": "image valid in fewer than min_valid of the pixels (unlabeled: no heights)",
+    "no_positive": "not applicable: unlabeled cube (no heights)",
 }
 _STAGING = "_staging"
 # Finishing holds ~3 copies of one bucket (staged, permuted, carried into shards).
@@ -59,7 +69,11 @@ _BUCKET_BYTES = 256 * 2**20
 
 @dataclass(frozen=True, kw_only=True)
 class CubeSettings:
-    """What a cube holds and how chips are filtered; stored in its attrs."""
+    """What a cube holds and how chips are filtered; stored in its attrs.
+
+    ``labeled=False`` makes a cube of image chips alone (no ``height`` array), for
+    self-supervised pretraining; ``drop_no_positive`` must then be False.
+    """
 
     bands: tuple[str, ...]
     window: int
@@ -71,10 +85,16 @@ class CubeSettings:
     split: SplitRule = field(default_factory=SplitRule)
     seed: int = 0
     stats_sample: int = 1_000_000
+    labeled: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.min_valid <= 1:
             raise InputError(f"min_valid must be in (0, 1], got {self.min_valid!r}")
+        if self.drop_no_positive and not self.labeled:
+            raise InputError(
+                "drop_no_positive needs heights, and an unlabeled cube has none; pass "
+                "drop_no_positive=False"
+            )
         if self.stats_sample < 1:
             raise InputError(f"stats_sample must be positive, got {self.stats_sample!r}")
 
@@ -132,7 +152,7 @@ class ChipWriter:
             "complete": False,
         }
         s = settings
-        chip_bytes = (len(s.bands) * np.dtype(s.dtype).itemsize + 4) * s.window**2
+        chip_bytes = (len(s.bands) * np.dtype(s.dtype).itemsize + 4 * s.labeled) * s.window**2
         n_buckets = max(1, math.ceil(expected_chips * chip_bytes / _BUCKET_BYTES))
         self._buckets = [_Bucket() for _ in range(n_buckets)]
         self._rng = np.random.default_rng(s.seed)
@@ -145,7 +165,7 @@ class ChipWriter:
     def add(
         self,
         image: np.ndarray,
-        height: np.ndarray,
+        height: np.ndarray | None,
         *,
         scene: str | np.ndarray,
         crs: str | np.ndarray,
@@ -163,7 +183,8 @@ class ChipWriter:
         ----------
         image, height
             ``(k, band, window, window)`` in the cube's dtype (nodata marks missing
-            pixels) and ``(k, window, window)`` metres with NaN for missing.
+            pixels) and ``(k, window, window)`` metres with NaN for missing; height
+            is None for an unlabeled cube (and only then).
         scene, crs, date
             Source scene id, its CRS as a string, its acquisition date (or None):
             one for the batch, or an array with one per chip.
@@ -186,19 +207,23 @@ class ChipWriter:
             How many chips were kept.
         """
         s = self.settings
+        if (height is not None) != s.labeled:
+            raise InputError(
+                "a labeled cube needs a height batch with every image batch"
+                if s.labeled
+                else "this cube is unlabeled (labeled=False): pass height=None"
+            )
         k = len(image)
         if k == 0:
             return 0
         self._candidates += k
-        valid = _valid_pixels(image, s.nodata)
-        pixels = float(s.window * s.window)
-        n_valid = valid.sum(axis=(1, 2))
-        h_valid = np.isfinite(height).sum(axis=(1, 2))
-        missing = (n_valid < s.min_valid * pixels) | (h_valid < s.min_valid * pixels)
-        missing |= (n_valid == 0) | (h_valid == 0)
+        n_valid = _valid_pixels(image, s.nodata).sum(axis=(1, 2))
+        missing = _too_few(n_valid, s)
+        if height is not None:
+            missing |= _too_few(np.isfinite(height).sum(axis=(1, 2)), s)
         keep = ~missing
         self._removed["missing"] += int(missing.sum())
-        if s.drop_no_positive:
+        if s.drop_no_positive and height is not None:
             with np.errstate(invalid="ignore"):
                 positive = (np.where(np.isfinite(height), height, 0) > 0).any(axis=(1, 2))
             self._removed["no_positive"] += int((keep & ~positive).sum())
@@ -231,7 +256,8 @@ class ChipWriter:
             sel = idx[which == b]
             bucket = self._buckets[b]
             bucket.images.append(np.asarray(image[sel], dtype=s.dtype))
-            bucket.heights.append(np.asarray(height[sel], dtype=np.float32))
+            if height is not None:
+                bucket.heights.append(np.asarray(height[sel], dtype=np.float32))
             bucket.meta.append({key: v[which == b] for key, v in meta.items()})
             if bucket.buffered >= CHIPS_PER_CHUNK:
                 self._stage(int(b))
@@ -284,21 +310,26 @@ class ChipWriter:
         if not bucket.images:
             return
         images = np.concatenate(bucket.images)
-        heights = np.concatenate(bucket.heights)
+        heights = np.concatenate(bucket.heights) if bucket.heights else None
         n = len(images) if final else len(images) // CHIPS_PER_CHUNK * CHIPS_PER_CHUNK
         if n == 0:
             return
         image_arr, height_arr = self._staging_arrays(b, images.shape[1:], images.dtype)
         image_arr.append(images[:n])
-        height_arr.append(heights[:n])
+        if heights is not None and height_arr is not None:
+            height_arr.append(heights[:n])
+            bucket.heights = [heights[n:]] if n < len(heights) else []
         bucket.staged += n
         bucket.images = [images[n:]] if n < len(images) else []
-        bucket.heights = [heights[n:]] if n < len(heights) else []
 
-    def _staging_arrays(self, b: int, chip_shape: tuple[int, ...], dtype: Any) -> tuple[Any, Any]:
-        name = f"{_STAGING}/image_{b}"
+    def _staging_arrays(
+        self, b: int, chip_shape: tuple[int, ...], dtype: Any
+    ) -> tuple[Any, Any | None]:
+        """Return bucket ``b``'s staged image and height arrays (height None: unlabeled)."""
+        name, height_name = f"{_STAGING}/image_{b}", f"{_STAGING}/height_{b}"
+        labeled = self.settings.labeled
         if name in self.group:
-            return self.group[name], self.group[f"{_STAGING}/height_{b}"]
+            return self.group[name], self.group[height_name] if labeled else None
         w = self.settings.window
         from zarr.codecs import ZstdCodec
 
@@ -310,8 +341,10 @@ class ChipWriter:
             dtype=dtype,
             compressors=fast,
         )
+        if not labeled:
+            return image, None
         height = self.group.create_array(
-            f"{_STAGING}/height_{b}",
+            height_name,
             shape=(0, w, w),
             chunks=(CHIPS_PER_CHUNK, w, w),
             dtype="float32",
@@ -347,22 +380,26 @@ class ChipWriter:
         image_out, height_out = self._final_arrays(n)
         sampler = _PixelSampler(meta["n_valid"], s.stats_sample, s.seed)
         carry_img: list[np.ndarray] = []
-        carry_h: list[np.ndarray] = []
+        carry_h: list[np.ndarray] = []  # stays empty for an unlabeled cube
         start = 0
         for b, perm in enumerate(perms):
             if len(perm) == 0:
                 continue
             carry_img.append(self.group[f"{_STAGING}/image_{b}"][...][perm])
-            carry_h.append(self.group[f"{_STAGING}/height_{b}"][...][perm])
-            images, heights = np.concatenate(carry_img), np.concatenate(carry_h)
+            if height_out is not None:
+                carry_h.append(self.group[f"{_STAGING}/height_{b}"][...][perm])
+            images = np.concatenate(carry_img)
+            heights = np.concatenate(carry_h) if carry_h else None
             last = b == len(perms) - 1 or not any(len(p) for p in perms[b + 1 :])
             m = len(images) if last else len(images) // CHIPS_PER_SHARD * CHIPS_PER_SHARD
             if m:
                 image_out[start : start + m] = images[:m]
-                height_out[start : start + m] = heights[:m]
+                if heights is not None and height_out is not None:
+                    height_out[start : start + m] = heights[:m]
                 sampler.collect(images[:m], start, s.nodata)
                 start += m
-            carry_img, carry_h = [images[m:]], [heights[m:]]
+            carry_img = [images[m:]]
+            carry_h = [] if heights is None else [heights[m:]]
         for key, dtype in CHIP_ARRAYS.items():
             values = meta[key]
             arr = self.group.create_array(
@@ -379,7 +416,8 @@ class ChipWriter:
         self.group.attrs.update(attrs)
         return attrs
 
-    def _final_arrays(self, n: int) -> tuple[Any, Any]:
+    def _final_arrays(self, n: int) -> tuple[Any, Any | None]:
+        """Create the final image and height arrays (height None: unlabeled)."""
         s = self.settings
         w, nb = s.window, len(s.bands)
         shard = min(CHIPS_PER_SHARD, math.ceil(n / CHIPS_PER_CHUNK) * CHIPS_PER_CHUNK)
@@ -395,6 +433,8 @@ class ChipWriter:
             **common,
             dimension_names=("chip", "band", "y", "x"),
         )
+        if not s.labeled:
+            return image, None
         height = self.group.create_array(
             "height",
             shape=(n, w, w),
@@ -414,6 +454,7 @@ class ChipWriter:
             splits[str(label)] = splits.get(str(label), 0) + 1
         return {
             "xchm": {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": True},
+            "labeled": s.labeled,
             "bands": list(s.bands),
             "window": s.window,
             "pixel_size": s.pixel_size,
@@ -432,7 +473,7 @@ class ChipWriter:
                 "pixels_valid": total_valid,
             },
             "filters": {
-                "rules": dict(FILTER_RULES),
+                "rules": dict(FILTER_RULES if s.labeled else UNLABELED_FILTER_RULES),
                 "min_valid": s.min_valid,
                 "drop_no_positive": s.drop_no_positive,
                 "candidates": self._candidates,
@@ -488,6 +529,11 @@ class _PixelSampler:
         if not self._parts:
             raise InputError("no image pixel is valid in every band; cannot compute statistics")
         return np.concatenate(self._parts, axis=1)
+
+
+def _too_few(n_valid: np.ndarray, s: CubeSettings) -> np.ndarray:
+    """Chips with fewer than ``min_valid`` of their pixels valid (or none at all)."""
+    return (n_valid < s.min_valid * s.window * s.window) | (n_valid == 0)
 
 
 def _valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:

@@ -107,8 +107,9 @@ class ChipStream(IterableDataset[Batch]):
     Raises
     ------
     InputError
-        For invalid settings (all reported at once), an unknown split, or a split
-        too small for one full batch per rank with ``drop_last``.
+        For invalid settings (all reported at once), an unlabeled cube (no heights),
+        an unknown split, or a split too small for one full batch per rank with
+        ``drop_last``.
 
     Examples
     --------
@@ -148,6 +149,7 @@ class ChipStream(IterableDataset[Batch]):
             raise InputError("invalid ChipStream settings: " + "; ".join(problems))
         if not isinstance(cube, ChipCube):
             cube = open_cube(cube)
+        cube.check_labeled("ChipStream (image and height batches for xchm.train)")
         selection = cube if split is None else cube.sel(split=split)
         total = int(cube.attrs["chips"])
         keep = np.zeros(total, dtype=bool)
