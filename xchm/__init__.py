@@ -26,6 +26,7 @@ from xchm.errors import (
 )
 from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr, write_cog
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
+from xchm.pretraining import PretrainConfig, PretrainResult, pretrain
 from xchm.training import TrainConfig, TrainResult, evaluate, evaluate_raster, train
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "MissingDependencyError",
     "ModelCard",
     "ModelNotFoundError",
+    "PretrainConfig",
+    "PretrainResult",
     "RandomWeightsWarning",
     "StacSearchError",
     "TrainConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "merge_scenes",
     "open_prediction",
     "predict",
+    "pretrain",
     "predict_to_zarr",
     "train",
     "write_cog",

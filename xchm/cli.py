@@ -18,6 +18,7 @@ from typing import Any
 from xchm._version import __version__
 from xchm.cli_bench import add_bench_parser
 from xchm.cli_chips import add_chips_parser
+from xchm.cli_pretrain import add_pretrain_parser
 from xchm.cli_train import add_evaluate_parser, add_train_parser
 from xchm.errors import XCHMError
 
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chips_parser(sub)
     add_train_parser(sub)
+    add_pretrain_parser(sub)
     add_evaluate_parser(sub)
     add_bench_parser(sub)
     return parser

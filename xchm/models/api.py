@@ -27,7 +27,7 @@ from xchm.models.presets import PRESETS, get_preset
 if TYPE_CHECKING:
     from xchm.models.network import CanopyHeightModel
 
-__all__ = ["list_models", "model_info", "create_model", "load_model"]
+__all__ = ["list_models", "model_info", "create_model", "load_model", "is_checkpoint"]
 
 #: Initial output bias in metres: the 90th percentile of the reference's labels.
 DEFAULT_OUTPUT_BIAS = 8.42
@@ -149,6 +149,19 @@ def create_model(
     from xchm.models.weights import load_backbone_weights
 
     spec = get_preset(preset)
+    if weights is not None and is_checkpoint(weights):
+        return _from_checkpoint_backbone(
+            preset,
+            Path(weights).expanduser(),
+            bands=bands,
+            band_map=band_map,
+            statistics=statistics,
+            multilevel=multilevel,
+            window=window,
+            pixel_size=pixel_size,
+            output_bias=output_bias,
+            seed=seed,
+        )
     band_names = normalize_bands(bands) if bands is not None else REFERENCE_BANDS
     provenance: dict[str, Any] = {}
     if weights is not None:
@@ -181,6 +194,84 @@ def create_model(
     return CanopyHeightModel(backbone, decoder, card, spec.decoder).eval()
 
 
+def _from_checkpoint_backbone(
+    preset: str,
+    path: Path,
+    *,
+    bands: Sequence[str] | None,
+    band_map: Any,
+    statistics: StatisticsLike | None,
+    multilevel: bool,
+    window: int,
+    pixel_size: float,
+    output_bias: float,
+    seed: int | None,
+) -> CanopyHeightModel:
+    """Put a new decoder on the backbone of an xchm checkpoint (e.g. ``xchm.pretrain``'s).
+
+    The backbone's patch embedding is already adapted to the checkpoint's bands, so
+    its bands, band map and (unless given) statistics carry over from its card.
+    """
+    from xchm.models.backbone import build_backbone, get_rope_periods, set_rope_periods
+    from xchm.models.checkpoint import load_checkpoint
+    from xchm.models.decoder import CHMDecoder
+    from xchm.models.network import CanopyHeightModel
+
+    source = load_checkpoint(path)
+    card = source.card
+    if card.preset != preset:
+        raise WeightsError(
+            f"checkpoint {str(path)!r} holds a {card.preset!r} backbone, not {preset!r}; "
+            f"use model={card.preset!r}"
+        )
+    if bands is not None and normalize_bands(bands) != card.bands:
+        raise BandError(
+            f"checkpoint {str(path)!r} was trained on bands {card.bands}; the input has "
+            f"{normalize_bands(bands)}: reorder or rename the input bands"
+        )
+    if band_map is not None:
+        raise InputError(
+            f"band_map cannot change the backbone of checkpoint {str(path)!r}: its patch "
+            f"embedding already takes {card.bands} (band map {card.band_map})"
+        )
+    spec = get_preset(preset)
+    stats = _statistics(card.bands, statistics) if statistics is not None else card.statistics
+    new_card = card.replace(
+        statistics=stats,
+        statistics_source=card.statistics_source if statistics is None else "given",
+        feature_indices=spec.multilevel_indices if multilevel else (),
+        window=window,
+        pixel_size=pixel_size,
+        xchm_version=ModelCard(preset=preset).xchm_version,
+        provenance={
+            "backbone_from": str(path),
+            "backbone_provenance": dict(card.provenance),
+        },
+    )
+    with _seeded(spec.seed if seed is None else seed):
+        backbone = build_backbone(spec, window, empty=True)
+        # The patch embedding already takes the checkpoint's bands.
+        backbone.patch_embed.proj = source.backbone.patch_embed.proj
+        backbone.load_state_dict(source.backbone.state_dict(), strict=True)
+        set_rope_periods(backbone, get_rope_periods(source.backbone))
+        levels = max(len(new_card.feature_indices), 1)
+        decoder = CHMDecoder(spec.embed_dim, levels, spec.decoder, output_bias=output_bias)
+    return CanopyHeightModel(backbone, decoder, new_card, spec.decoder).eval()
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an xchm checkpoint directory (it holds a ``card.json``).
+
+    Examples
+    --------
+    >>> is_checkpoint("dinov3_vitl16_pretrain_sat493m.pth")
+    False
+    """
+    from xchm.models.checkpoint import CARD_FILE
+
+    return (Path(path).expanduser() / CARD_FILE).is_file()
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     *,
@@ -203,8 +294,10 @@ def load_model(
         ``model.save(dir)``.
     weights
         Pretrained backbone weights for a preset: Meta's official DINOv3 ``.pth``,
-        a Hugging Face ``facebook/dinov3-*`` snapshot folder, or a timm checkpoint.
-        Read offline and without unpickling objects. Without it the backbone is
+        a Hugging Face ``facebook/dinov3-*`` snapshot folder, a timm checkpoint, or
+        an xchm checkpoint directory (e.g. ``xchm.pretrain``'s ``backbone/``), whose
+        backbone is taken with its bands, band map and statistics (the decoder is
+        new). Read offline and without unpickling objects. Without it the backbone is
         random (a :class:`~xchm.errors.RandomWeightsWarning` says so, except for
         ``test-tiny``, which is random by design).
     bands

@@ -8,24 +8,9 @@ from typing import Any
 
 from xchm.training.distributed import all_reduce_sum, wrap
 from xchm.training.losses import height_loss
-from xchm.training.normalize import normalize_batch
+from xchm.training.normalize import prepare_inputs
 
 __all__ = ["run_epoch", "validate"]
-
-
-def _inputs(raw: Any, nodata: float | None, stats: Any, device: Any) -> Any:
-    """Normalise raw DN on the device; missing image pixels become 0 (the mean)."""
-    import torch
-
-    raw = raw.to(device, non_blocking=True)
-    z = normalize_batch(raw, stats)
-    if raw.is_floating_point():
-        missing = torch.isnan(raw).any(dim=1, keepdim=True)
-    else:
-        missing = torch.zeros_like(raw[:, :1], dtype=torch.bool)
-    if nodata is not None and not math.isnan(nodata):
-        missing |= (raw == nodata).any(dim=1, keepdim=True)
-    return torch.where(missing, torch.zeros_like(z), z)
 
 
 def _autocast(run: Any) -> Any:
@@ -94,7 +79,7 @@ def run_epoch(
         for i, (raw, heights) in enumerate(batches, start=start_batch):
             if i >= steps:
                 break
-            x = _inputs(raw, run.cube.nodata, stats, run.device)
+            x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
             y = heights.to(run.device, non_blocking=True)
             with _autocast(run):
                 pred = model(x, validate=False)
@@ -129,7 +114,7 @@ def validate(run: Any, net: Any) -> dict[str, float]:
         batches = iter(loader)
     with torch.inference_mode():
         for raw, heights in batches:
-            x = _inputs(raw, run.cube.nodata, net.card.statistics, run.device)
+            x = prepare_inputs(raw, run.cube.nodata, net.card.statistics, run.device)
             y = heights.to(run.device)
             with _autocast(run):
                 pred = net(x, validate=False)[:, 0].float()

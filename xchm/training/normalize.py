@@ -6,15 +6,16 @@ training and evaluation normalise on the GPU after moving compact raw DN there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xchm.models.card import BandStats
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["normalize_batch"]
+__all__ = ["normalize_batch", "prepare_inputs"]
 
 
 def normalize_batch(raw: torch.Tensor, stats: Sequence[BandStats]) -> torch.Tensor:
@@ -51,3 +52,34 @@ def normalize_batch(raw: torch.Tensor, stats: Sequence[BandStats]) -> torch.Tens
     std = torch.tensor([s.std for s in stats], device=dev).view(1, -1, 1, 1)
     x = raw.float()
     return (x.clamp(min=0).minimum(clip) / clip - mean) / std
+
+
+def prepare_inputs(
+    raw: torch.Tensor, nodata: float | None, stats: Sequence[BandStats], device: Any
+) -> torch.Tensor:
+    """Move raw chips to ``device`` and normalise them there; missing pixels become 0.
+
+    A pixel is missing when any band is NaN or equals ``nodata``; 0 is the band
+    mean after normalisation, the least informative value.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xchm import ModelCard
+    >>> raw = torch.full((1, 3, 2, 2), 1000)
+    >>> raw[0, 1, 0, 0] = 0
+    >>> z = prepare_inputs(raw, 0, ModelCard(preset="test-tiny").statistics, "cpu")
+    >>> z[0, :, 0, 0].tolist()
+    [0.0, 0.0, 0.0]
+    """
+    import torch
+
+    raw = raw.to(device, non_blocking=True)
+    z = normalize_batch(raw, stats)
+    if raw.is_floating_point():
+        missing = torch.isnan(raw).any(dim=1, keepdim=True)
+    else:
+        missing = torch.zeros_like(raw[:, :1], dtype=torch.bool)
+    if nodata is not None and not math.isnan(nodata):
+        missing |= (raw == nodata).any(dim=1, keepdim=True)
+    return torch.where(missing, torch.zeros_like(z), z)

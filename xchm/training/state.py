@@ -61,16 +61,21 @@ def save_state(state: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_state(path: Path) -> dict[str, Any]:
-    """Read a training state written by :func:`save_state` (no arbitrary unpickling)."""
+def load_state(path: Path, *, expected_format: str = "xchm-train-state") -> dict[str, Any]:
+    """Read a training state written by :func:`save_state` (no arbitrary unpickling).
+
+    ``expected_format`` is the state's ``format`` entry (``xchm-pretrain-state`` for
+    :func:`xchm.pretrain`), so one kind of run never resumes from another's state.
+    """
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
         raise WeightsError(f"cannot read training checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != "xchm-train-state":
-        raise WeightsError(f"{path} is not an xchm training checkpoint")
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"{path} is not an {expected_format} checkpoint (found {found!r})")
     return state
 
 

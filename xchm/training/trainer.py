@@ -94,6 +94,7 @@ def train(
 
     cfg = config or TrainConfig()
     cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
+    cube.check_labeled("xchm.train")  # before the run directory is created
     for needed in ("train", "val"):
         if not cube.splits.get(needed):
             raise InputError(
@@ -186,6 +187,7 @@ class _Run:
     # -- model ------------------------------------------------------------------------
     def build_model(self, model: str | Path, weights: str | Path | None) -> Any:
         import xchm
+        from xchm.models.api import is_checkpoint
 
         cube = self.cube
         options: dict[str, Any] = {
@@ -203,6 +205,10 @@ class _Run:
                     f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
                 )
         else:
+            if weights is not None and is_checkpoint(weights):
+                # A pretrained xchm backbone (xchm.pretrain) was adapted to inputs
+                # normalised with its own card's statistics: keep them.
+                del options["statistics"]
             net = xchm.load_model(str(model), weights=weights, **options)
         p = self.cfg.output_bias_percentile
         if p is not None and self.state is None:

@@ -1,0 +1,96 @@
+"""The ``xchm pretrain`` command: DINO self-supervised pretraining on unlabeled chips.
+
+Registered on :func:`xchm.cli.build_parser` by :func:`add_pretrain_parser`. As in
+:mod:`xchm.cli`, the command imports what it needs when it runs, so ``xchm --help``
+stays fast; user errors exit with status 1 after one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+__all__ = ["add_pretrain_parser"]
+
+#: PretrainConfig fields settable from the command line, with their types; the
+#: rest go in a --config JSON file.
+_OPTIONS: dict[str, Any] = {
+    "epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "backbone_lr_scale": float,
+    "local_crops": int,
+    "out_dim": int,
+    "ibot_weight": float,
+    "koleo_weight": float,
+    "split": str,
+    "max_steps_per_epoch": int,
+    "checkpoint_every": int,
+    "seed": int,
+}
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from xchm.pretraining import PretrainConfig, pretrain
+
+    settings: dict[str, Any] = {}
+    if args.config:
+        with open(args.config) as f:
+            settings.update(json.load(f))
+    for name in _OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    result = pretrain(
+        args.cube,
+        model=args.model,
+        weights=args.weights,
+        config=PretrainConfig.from_dict(settings),
+        output=args.output,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if result.history and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        last = result.history[-1]
+        print(
+            f"epoch {last['epoch']}: loss {last['loss']:.4f}; pretrained backbone "
+            f"{result.backbone} (fine-tune: xchm train CUBE --model {args.model} "
+            f"--weights {result.backbone} -o RUN)"
+        )
+    return 0
+
+
+def add_pretrain_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``pretrain`` command on the ``xchm`` sub-parsers ``sub``.
+
+    Examples
+    --------
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = add_pretrain_parser(parser.add_subparsers())
+    >>> args = parser.parse_args(["pretrain", "u.zarr", "-o", "ssl", "--local-crops", "2"])
+    >>> args.local_crops, args.model
+    (2, 'dinov3-vitl16-sat')
+    """
+    p = sub.add_parser(
+        "pretrain",
+        help="adapt the backbone to your imagery by DINO self-distillation on unlabeled chips",
+        description="Continue DINO/iBOT self-supervised training of a DINOv3 backbone on the "
+        "images of a chip cube (labels are never read; see docs/pretraining.md). Writes "
+        "OUTPUT/backbone, an xchm checkpoint to pass to `xchm train --weights`. Options "
+        "override --config. DDP: torchrun --nproc_per_node=N -m xchm pretrain ...",
+    )
+    p.add_argument("cube", help="chip cube (.zarr), labeled or not")
+    p.add_argument("-o", "--output", required=True, help="run directory")
+    p.add_argument("--model", default="dinov3-vitl16-sat", help="preset or checkpoint directory")
+    p.add_argument("--weights", help="pretrained backbone weights for a preset (the start)")
+    p.add_argument("--config", help="JSON file of PretrainConfig fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
+    for name, kind in _OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"PretrainConfig.{name}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_pretrain)
+    return p

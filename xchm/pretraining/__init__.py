@@ -1,0 +1,14 @@
+"""Self-supervised (DINO) pretraining of the backbone on unlabeled chips.
+
+:func:`pretrain` continues DINO/iBOT self-distillation of a DINOv3 backbone on a
+chip cube's images (:class:`PretrainConfig` holds every setting); its output
+``backbone/`` is an xchm checkpoint that ``xchm.train(..., weights=...)`` takes.
+Parts: multi-crop views (:mod:`.augment`), heads and losses (:mod:`.heads`), the
+student/teacher network and iBOT masks (:mod:`.network`), image batches
+(:mod:`.data`) and the loop (:mod:`.trainer`).
+"""
+
+from xchm.pretraining.config import PretrainConfig
+from xchm.pretraining.trainer import PretrainResult, pretrain
+
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain"]

@@ -1,0 +1,497 @@
+"""``xchm.pretrain``: continue DINO self-supervised training of the backbone on chips.
+
+A student network (backbone + heads) learns to match an EMA teacher on multi-crop
+views of unlabeled chips (:mod:`.augment`): the DINO loss on CLS tokens, the
+iBOT loss on masked patches and optionally KoLeo. Chips stream from the cube
+(:class:`~.data.ImageBatches`) and are normalised with the cube's statistics, so
+the backbone adapts to exactly the inputs fine-tuning will give it. After every
+epoch the teacher backbone is saved as an xchm checkpoint (``backbone/``, with a
+new, untrained decoder) that ``xchm.train(..., weights=...)`` accepts, and the
+full state (``checkpoints/last.pt``) lets ``resume=True`` continue exactly.
+
+Every random choice of a step (crops, jitter, masks) comes from a generator seeded
+by (seed, epoch, step, rank), so a resumed run sees the very same views.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xchm.chips.cube import ChipCube, open_cube
+from xchm.errors import InputError
+from xchm.pretraining.config import PretrainConfig
+from xchm.training.state import capture_rng, load_state, restore_rng, save_state
+
+__all__ = ["pretrain", "PretrainResult"]
+
+log = logging.getLogger(__name__)
+_STATE = Path("checkpoints") / "last.pt"
+_FORMAT = "xchm-pretrain-state"
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """What :func:`pretrain` returns."""
+
+    backbone: Path
+    """xchm checkpoint of the teacher backbone (pass it as ``weights=`` to ``xchm.train``)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Per-epoch losses, schedules, collapse diagnostics and time."""
+
+
+def pretrain(
+    cube: ChipCube | str | Path,
+    *,
+    model: str | Path = "dinov3-vitl16-sat",
+    weights: str | Path | None = None,
+    config: PretrainConfig | None = None,
+    output: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> PretrainResult:
+    """Adapt a DINOv3 backbone to your imagery by self-distillation on unlabeled chips.
+
+    Parameters
+    ----------
+    cube
+        A chip cube (or its path), labeled or not; only its images are read
+        (``config.split`` restricts them to one split label).
+    model
+        Preset name, or an xchm checkpoint directory whose backbone to continue.
+    weights
+        Pretrained backbone weights for a preset (Meta ``.pth``, HF folder, timm, or
+        an xchm checkpoint); student and teacher both start from them.
+    config
+        Pretraining settings (:class:`PretrainConfig`).
+    output
+        Run directory: ``backbone/`` (xchm checkpoint of the teacher backbone),
+        ``checkpoints/last.pt``, ``metrics.jsonl``, ``config.json``.
+    resume
+        Continue the run in ``output`` from its last checkpoint.
+    device
+        Torch device (default: this process's CUDA device, else the CPU).
+    progress
+        Show a progress bar per epoch (rank 0).
+
+    Returns
+    -------
+    PretrainResult
+
+    Examples
+    --------
+    >>> run = xchm.pretrain("unlabeled.zarr", model="dinov3-vitl16-sat",  # doctest: +SKIP
+    ...                     weights="dinov3_vitl16_pretrain_sat493m.pth", output="runs/ssl")
+    >>> xchm.train("chips.zarr", model="dinov3-vitl16-sat", weights=run.backbone,  # doctest: +SKIP
+    ...            output="runs/ft")
+    """
+    import torch
+
+    from xchm.pretraining.data import ImageBatches
+    from xchm.training.distributed import process_group
+
+    cfg = config or PretrainConfig()
+    cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
+    if cfg.split is not None:
+        cube = cube.sel(split=cfg.split)
+    rank, world, local = process_group()
+    dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    out = Path(output)
+    state = _start(out, cfg, resume, rank)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    batches = ImageBatches(
+        cube,
+        batch_size=cfg.batch_size,
+        buffer_chunks=cfg.buffer_chunks,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+    )
+    steps = (
+        len(batches)
+        if cfg.max_steps_per_epoch is None
+        else min(len(batches), cfg.max_steps_per_epoch)
+    )
+    run = _Run(cube, cfg, out, dev, rank, world, batches, steps, model, weights)
+    run.build()
+    if state is not None:
+        run.restore(state)
+    return run.loop(state or {}, progress and rank == 0)
+
+
+def _start(out: Path, cfg: PretrainConfig, resume: bool, rank: int) -> dict[str, Any] | None:
+    path = out / _STATE
+    if resume:
+        if not path.exists():
+            raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+        state = load_state(path, expected_format=_FORMAT)
+        if state["config"] != cfg.to_dict():
+            changed = sorted(k for k, v in cfg.to_dict().items() if state["config"].get(k) != v)
+            raise InputError(f"resume needs the run's own config; these differ: {changed}")
+        return state
+    if path.exists():
+        raise FileExistsError(
+            f"{out} holds a pretraining run; pass resume=True to continue it or choose "
+            "another output directory"
+        )
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return None
+
+
+@dataclass
+class _Run:
+    """One pretraining run in one process."""
+
+    cube: ChipCube
+    cfg: PretrainConfig
+    output: Path
+    device: Any
+    rank: int
+    world: int
+    batches: Any
+    steps: int
+    model_name: str | Path
+    weights: str | Path | None
+
+    # -- set-up -----------------------------------------------------------------------
+    def build(self) -> None:
+        import torch
+
+        from xchm.pretraining.heads import DINOLoss, IBOTLoss
+        from xchm.pretraining.network import SelfDistillationNet
+
+        cfg = self.cfg
+        self.model = _base_model(self.cube, self.model_name, self.weights, cfg.seed)
+        backbone = self.model.backbone
+        teacher_backbone = copy.deepcopy(backbone)  # before the student's mask hook
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.student = SelfDistillationNet(backbone, cfg)
+        self.teacher = SelfDistillationNet(teacher_backbone, cfg)
+        self.teacher.load_state_dict(self.student.state_dict())
+        for p in self.student.parameters():
+            p.requires_grad_(True)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student.to(self.device).train()
+        self.teacher.to(self.device).eval()
+        opts = {"student_temp": cfg.student_temp, "center_momentum": cfg.center_momentum}
+        self.dino_loss = DINOLoss(cfg.out_dim, **opts).to(self.device)
+        self.ibot_loss = IBOTLoss(cfg.out_dim, **opts).to(self.device)
+        self.opt = torch.optim.AdamW(_param_groups(self.student, cfg), lr=cfg.lr)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.dino_loss.load_state_dict(state["dino_loss"])
+        self.ibot_loss.load_state_dict(state["ibot_loss"])
+        self.opt.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+
+    # -- schedules --------------------------------------------------------------------
+    def schedules(self, step: int) -> dict[str, float]:
+        """Learning rate, teacher momentum and temperature at global ``step``."""
+        from xchm.pretraining.heads import cosine_schedule, teacher_temperature
+
+        cfg = self.cfg
+        total = cfg.epochs * self.steps
+        warm = round(cfg.warmup_epochs * self.steps)
+        if step < warm:
+            lr = cfg.lr * (step + 1) / warm
+        else:
+            lr = cosine_schedule(cfg.lr, cfg.min_lr, step - warm, max(total - warm, 1))
+        return {
+            "lr": lr,
+            "momentum": cosine_schedule(cfg.momentum_start, cfg.momentum_end, step, total),
+            "teacher_temp": teacher_temperature(
+                cfg.teacher_temp_warmup,
+                cfg.teacher_temp,
+                step,
+                round(cfg.teacher_temp_warmup_epochs * self.steps),
+            ),
+        }
+
+    # -- the loop ---------------------------------------------------------------------
+    def loop(self, state: dict[str, Any], progress: bool) -> PretrainResult:
+        from xchm.training.distributed import wrap
+
+        self.history: list[dict[str, Any]] = list(state.get("history", []))
+        epoch, batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
+        partial = dict(state.get("partial", {}))
+        student = wrap(self.student, self.device)
+        while epoch < self.cfg.epochs:
+            row = self.epoch_row(epoch, self.run_epoch(student, epoch, batch, partial, progress))
+            self.history.append(row)
+            epoch, batch, partial = epoch + 1, 0, {}
+            self.save(epoch, 0, {})
+            self.save_backbone(row)
+            self.log(row)
+        return PretrainResult(backbone=self.output / "backbone", history=self.history)
+
+    def run_epoch(
+        self, student: Any, epoch: int, start: int, partial: dict[str, Any], progress: bool
+    ) -> dict[str, float]:
+        import torch
+        from tqdm.auto import tqdm
+
+        from xchm.training.distributed import all_reduce_sum
+
+        sums = {k: float(v) for k, v in partial.items() if k != "seconds"}
+        t0 = time.perf_counter() - float(partial.get("seconds", 0.0))  # resumed: time so far
+        bar = tqdm(
+            total=self.steps,
+            initial=start,
+            desc=f"pretrain {epoch}",
+            unit="step",
+            disable=not progress,
+        )
+        with bar:
+            for i, raw in enumerate(self.batches.epoch(epoch, start), start=start):
+                if i >= self.steps:
+                    break
+                values = self.step(student, torch.from_numpy(raw), epoch, i)
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["steps"] = sums.get("steps", 0.0) + 1
+                bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
+                bar.update()
+                every = self.cfg.checkpoint_every
+                if every and (i + 1) % every == 0 and i + 1 < self.steps:
+                    self.save(epoch, i + 1, {**sums, "seconds": time.perf_counter() - t0})
+        keys = sorted(sums)
+        totals = all_reduce_sum([sums[k] for k in keys], self.device)
+        return {**dict(zip(keys, totals, strict=True)), "seconds": time.perf_counter() - t0}
+
+    def step(self, student: Any, raw: Any, epoch: int, index: int) -> dict[str, float]:
+        """One optimisation step on a raw batch; returns its loss terms and diagnostics."""
+        import torch
+
+        from xchm.pretraining.augment import multicrop
+        from xchm.pretraining.heads import koleo_loss
+        from xchm.pretraining.network import block_masks
+        from xchm.training.normalize import prepare_inputs
+
+        cfg = self.cfg
+        sched = self.schedules(epoch * self.steps + index)
+        for group in self.opt.param_groups:
+            group["lr"] = sched["lr"] * group["lr_scale"]
+        seed = np.random.SeedSequence([cfg.seed, epoch, index, self.rank]).generate_state(1)
+        gen = torch.Generator().manual_seed(int(seed[0]))
+        x = prepare_inputs(raw, self.cube.nodata, self.model.card.statistics, self.device)
+        glob, loc = multicrop(x, cfg, generator=gen)
+        grid = tuple(self.model.backbone.patch_embed.grid_size)
+        mask = block_masks(len(glob), grid, cfg, generator=gen).to(self.device)
+        use_mask = mask if cfg.ibot_weight else None
+        with _autocast(self.device, cfg), torch.no_grad():
+            t_out = self.teacher(glob)
+        with _autocast(self.device, cfg):
+            s_out = student(glob, use_mask, loc)
+        views = 2 + (0 if loc is None else cfg.local_crops)
+        dino = self.dino_loss(
+            s_out["cls"], t_out["cls"], n_views=views, teacher_temp=sched["teacher_temp"]
+        )
+        loss, terms = dino, {"dino_loss": float(dino.detach())}
+        if cfg.ibot_weight:
+            ibot = self.ibot_loss(
+                s_out["patch"], t_out["patch"], mask, teacher_temp=sched["teacher_temp"]
+            )
+            loss = loss + cfg.ibot_weight * ibot
+            terms["ibot_loss"] = float(ibot.detach())
+        if cfg.koleo_weight:
+            first, second = s_out["features"].chunk(2)
+            koleo = (koleo_loss(first) + koleo_loss(second)) / 2
+            loss = loss + cfg.koleo_weight * koleo
+            terms["koleo_loss"] = float(koleo.detach())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"pretraining loss is {float(loss)} at epoch {epoch} step {index}; lower lr or "
+                "resume from the last checkpoint"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+        self.opt.step()
+        ema_update(self.teacher, self.student, sched["momentum"])
+        self.dino_loss.update_center(t_out["cls"])
+        if cfg.ibot_weight:
+            self.ibot_loss.update_center(t_out["patch"])
+        return {"loss": float(loss.detach()), **terms, **_entropies(t_out["cls"], sched)}
+
+    # -- outputs ----------------------------------------------------------------------
+    def epoch_row(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        """Means over the epoch's steps (all processes) and the schedules at its end."""
+        sums = dict(sums)
+        seconds = sums.pop("seconds")
+        n = max(sums.pop("steps", 0.0), 1.0)
+        sched = self.schedules((epoch + 1) * self.steps - 1)
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({k: v / n for k, v in sorted(sums.items())})
+        row.update(
+            {
+                "steps": int(n) // self.world,
+                "lr": sched["lr"],
+                "momentum": sched["momentum"],
+                "teacher_temp": sched["teacher_temp"],
+                "seconds": seconds,
+            }
+        )
+        return row
+
+    def save(self, epoch: int, batch: int, partial: dict[str, Any]) -> None:
+        """Save the full state at a data position (epoch, batches done in it)."""
+        if self.rank != 0:
+            return
+        state = {
+            "format": _FORMAT,
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "dino_loss": self.dino_loss.state_dict(),
+            "ibot_loss": self.ibot_loss.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng": capture_rng(),
+            "epoch": epoch,
+            "batch": batch,
+            "partial": partial,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+        }
+        save_state(state, self.output / _STATE)
+
+    def save_backbone(self, row: dict[str, Any]) -> None:
+        """Save the teacher backbone with the base model's new decoder (atomic swap)."""
+        import shutil
+
+        if self.rank != 0:
+            return
+        net = self.model
+        trained = net.backbone
+        net.backbone = self.teacher.backbone
+        card = net.card
+        net.card = card.replace(
+            provenance={
+                **dict(card.provenance),
+                "pretraining": "dino",
+                "pretrained_on": str(self.cube.path),
+                "pretraining_chips": len(self.cube),
+                "epoch": row["epoch"],
+                "loss": row["loss"],
+                "config": self.cfg.to_dict(),
+                "model": str(self.model_name),
+                "weights": None if self.weights is None else str(self.weights),
+                "decoder": "untrained: fine-tune with xchm.train(..., weights=this directory)",
+            }
+        )
+        tmp, old, final = (self.output / n for n in (".backbone.tmp", ".backbone.old", "backbone"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            net.save(tmp)
+        finally:
+            net.backbone, net.card = trained, card
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.output / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("pretraining epoch %d: %s", row["epoch"], row)
+
+
+def _base_model(cube: ChipCube, model: str | Path, weights: str | Path | None, seed: int) -> Any:
+    """Load the model whose backbone is pretrained, with the cube's bands and window."""
+    import xchm
+    from xchm.models.api import is_checkpoint
+
+    if Path(str(model)).is_dir():
+        net = xchm.load_model(model)
+        if net.card.bands != cube.bands:
+            raise InputError(
+                f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
+            )
+        return net
+    options: dict[str, Any] = {"bands": cube.bands, "window": cube.window, "seed": seed}
+    if not (weights is not None and is_checkpoint(weights)):
+        options["statistics"] = cube.statistics  # else the checkpoint's own carry over
+    if cube.pixel_size is not None:
+        options["pixel_size"] = cube.pixel_size
+    return xchm.load_model(str(model), weights=weights, **options)
+
+
+def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; backbone at ``backbone_lr_scale``."""
+    groups: dict[tuple[bool, bool], list[Any]] = {}
+    for name, p in net.named_parameters():
+        decay = p.ndim > 1 and not name.endswith(("token", "prototypes"))
+        groups.setdefault((name.startswith("backbone."), decay), []).append(p)
+    return [
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+            "lr_scale": cfg.backbone_lr_scale if in_backbone else 1.0,
+        }
+        for (in_backbone, decay), params in sorted(groups.items())
+    ]
+
+
+def ema_update(teacher: Any, student: Any, momentum: float) -> None:
+    """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter.
+
+    Examples
+    --------
+    >>> import torch
+    >>> t, s = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    >>> with torch.no_grad():
+    ...     _ = t.weight.fill_(1.0), s.weight.fill_(3.0)
+    >>> ema_update(t, s, 0.75)
+    >>> t.weight.tolist()
+    [[1.5, 1.5]]
+    """
+    import torch
+
+    with torch.no_grad():
+        t_params = list(teacher.parameters())
+        s_params = [p.detach() for p in student.parameters()]
+        torch._foreach_mul_(t_params, momentum)
+        torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
+
+
+def _entropies(teacher_logits: Any, sched: dict[str, float]) -> dict[str, float]:
+    """Collapse diagnostics of the teacher's (uncentred) prototype distribution.
+
+    ``teacher_entropy`` (mean per-chip entropy) near ``log(out_dim)`` means uniform
+    outputs; ``teacher_batch_entropy`` (entropy of the batch mean) near 0 means every
+    chip maps to the same prototype. Both are collapse.
+    """
+    import torch
+
+    with torch.no_grad():
+        p = torch.softmax(teacher_logits.float() / sched["teacher_temp"], dim=-1)
+        per = -(p * torch.log(p.clamp(min=1e-12))).sum(-1).mean()
+        mean = p.mean(0)
+        batch = -(mean * torch.log(mean.clamp(min=1e-12))).sum()
+    return {"teacher_entropy": float(per), "teacher_batch_entropy": float(batch)}
+
+
+def _autocast(device: Any, cfg: PretrainConfig) -> Any:
+    import torch
+
+    if device.type == "cuda" and cfg.mixed_precision:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
