@@ -59,3 +59,35 @@ def test_dino_head__student_learns_to_match_teacher():
 def test_koleo_and_cosine_schedule():
     assert float(koleo_loss(torch.eye(4))) < 0
     assert cosine_schedule(0.996, 1.0, 5, 10) == pytest.approx(0.998)
+
+
+def test_image_batches__ranks_split_the_epoch_and_resume_repeats_it(tmp_path):
+    import numpy as np
+
+    import xchm.chips
+    from xchm.pretraining.data import ImageBatches
+
+    from ..training.test_trainer import _learnable_scene
+
+    img, _ = _learnable_scene(384)
+    cube = xchm.chips.build(
+        [img], tmp_path / "u.zarr", bands=("nir", "red", "green"), progress=False
+    )
+    whole = ImageBatches(cube, batch_size=4, seed=1)
+    raw = np.asarray(cube.image[...])
+    order = whole.order(0)
+    assert sorted(order.tolist()) == list(range(len(cube)))  # every chip once
+    assert not np.array_equal(order, whole.order(1))  # reshuffled per epoch
+    batches = list(whole.epoch(0))
+    for b, batch in enumerate(batches):
+        np.testing.assert_array_equal(batch, raw[order[b * 4 : (b + 1) * 4]])
+    resumed = list(whole.epoch(0, start=3))
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, batches[3:], strict=True))
+    ranks = [
+        list(ImageBatches(cube, batch_size=4, seed=1, rank=r, world_size=2).epoch(0))
+        for r in (0, 1)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == len(batches) // 2
+    for i in range(len(ranks[0])):
+        np.testing.assert_array_equal(ranks[0][i], batches[2 * i])
+        np.testing.assert_array_equal(ranks[1][i], batches[2 * i + 1])
