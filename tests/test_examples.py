@@ -62,3 +62,17 @@ def test_train_evaluate__trains_and_scores_held_out_plots(neon_dir, tmp_path):
     assert "held-out plots: MAE" in out.stdout and "train mean" in out.stdout
     assert (tmp_path / "report" / "density.png").exists()
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_pretrain_finetune__pretrains_unlabeled_then_trains_a_decoder(neon_dir, tmp_path):
+    args = [sys.executable, str(EXAMPLES / "pretrain_finetune.py"), "--out", str(tmp_path)]
+    out = subprocess.run(
+        [*args, "--ssl-epochs", "2", "--epochs", "2"], capture_output=True, text=True, check=True
+    )
+    assert "unlabeled chips" in out.stdout and "held-out plots: MAE" in out.stdout
+    import xchm
+    import xchm.chips
+
+    assert not xchm.chips.open(tmp_path / "unlabeled.zarr").labeled
+    card = xchm.load_model(tmp_path / "run" / "best").card
+    assert card.provenance["backbone_provenance"]["pretraining"] == "dino"
