@@ -103,3 +103,17 @@ def test_chip_stream__runs_and_reports(tmp_path):
         assert row["chips_per_s"] > 0 and row["cpu_us_per_chip"] > 0
     assert results["decode_only"]["chips"] == 64
     assert not list(tmp_path.glob("xchm-chip-stream-*"))  # the temporary scene is removed
+
+
+def test_pretrain_neon__runs_both_arms_and_reports(tmp_path, neon_dir):
+    out = tmp_path / "pretrain.json"
+    args = [sys.executable, str(ROOT / "benchmarks" / "pretrain_neon.py"), "--out"]
+    args += [str(tmp_path / "run"), "--data", str(neon_dir), "--ssl-epochs", "1"]
+    args += ["--epochs", "1", "--ssl-stride", "32", "--stride", "16", "--out-dim", "64"]
+    subprocess.run([*args, "--json", str(out)], check=True, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    assert res["unlabeled_scenes"][0].startswith("BART")  # the crop without a lidar plot
+    assert len(res["unlabeled_scenes"]) == 15
+    for arm in ("pretrained", "random"):
+        assert set(res[arm]["best"]) == {"mae", "rmse", "bias", "r2", "pearson_r2"}
+    assert res["pretrained"]["baseline"] == res["random"]["baseline"]  # same val plots
