@@ -325,3 +325,38 @@ def test_cli_pretrain_then_train(unlabeled, labeled, tmp_path, capsys):
     )
     assert code == 0
     assert xchm.load_model(tmp_path / "ft" / "best").card.provenance["backbone_from"]
+
+
+def test_pretrain__student_and_teacher_start_from_the_given_weights(unlabeled, tmp_path):
+    from xchm.testing import write_meta_weights
+
+    rgb = write_meta_weights(tmp_path / "meta.pth", seed=7)  # a backbone unlike seed 0's
+    cfg = PretrainConfig(**{**SMALL, "epochs": 1, "max_steps_per_epoch": 1})
+    start = _Run(
+        unlabeled,
+        cfg,
+        tmp_path,
+        torch.device("cpu"),
+        0,
+        1,
+        None,
+        1,
+        "test-tiny",
+        tmp_path / "meta.pth",
+    )
+    start.build()
+    given = rgb.state_dict()
+    for net in (start.student, start.teacher):
+        own = net.backbone.state_dict()
+        for key, value in given.items():
+            if key != "patch_embed.proj.weight":  # adapted to the cube's bands
+                torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+    # Continuing from an earlier run's backbone: its teacher is the new start.
+    run = pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "a", progress=False)
+    again = _Run(
+        unlabeled, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", run.backbone
+    )
+    again.build()
+    before = xchm.load_model(run.backbone).backbone.state_dict()
+    for key, value in again.teacher.backbone.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)

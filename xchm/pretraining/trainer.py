@@ -391,7 +391,11 @@ class _Run:
                 "config": self.cfg.to_dict(),
                 "model": str(self.model_name),
                 "weights": None if self.weights is None else str(self.weights),
-                "decoder": "untrained: fine-tune with xchm.train(..., weights=this directory)",
+                "decoder": (
+                    f"from {self.model_name} (not pretrained)"
+                    if Path(str(self.model_name)).is_dir()
+                    else "untrained: fine-tune with xchm.train(..., weights=this directory)"
+                ),
             }
         )
         tmp, old, final = (self.output / n for n in (".backbone.tmp", ".backbone.old", "backbone"))
