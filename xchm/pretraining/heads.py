@@ -70,7 +70,32 @@ class DINOHead(nn.Module):
         return F.linear(z, F.normalize(self.prototypes, dim=-1, eps=1e-6))
 
 
-class DINOLoss(nn.Module):
+class _CenteredLoss(nn.Module):
+    """A loss with an EMA centre of the teacher logits (subtracted before sharpening)."""
+
+    def __init__(
+        self, out_dim: int, *, student_temp: float = 0.1, center_momentum: float = 0.9
+    ) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        """Move the centre towards the mean teacher logits of the batch (all processes)."""
+        import torch.distributed as dist
+
+        rows = teacher.float().reshape(-1, teacher.shape[-1])
+        center: torch.Tensor = self.center  # type: ignore[assignment]
+        total = torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+        batch = (total[:-1] / total[-1]).view_as(center)
+        center.mul_(self.center_momentum).add_(batch, alpha=1 - self.center_momentum)
+
+
+class DINOLoss(_CenteredLoss):
     """Cross-entropy between centred, sharpened teacher and student distributions.
 
     Every student view is matched with every teacher (global) view of the same
@@ -84,14 +109,6 @@ class DINOLoss(nn.Module):
     >>> float(loss(s, t, n_views=3, teacher_temp=0.04)) > 0
     True
     """
-
-    def __init__(
-        self, out_dim: int, *, student_temp: float = 0.1, center_momentum: float = 0.9
-    ) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor, *, n_views: int, teacher_temp: float
@@ -112,13 +129,8 @@ class DINOLoss(nn.Module):
                 pairs += 1
         return total / pairs
 
-    @torch.no_grad()
-    def update_center(self, teacher: torch.Tensor) -> None:
-        """Move the centre towards the mean teacher logits of the batch (all processes)."""
-        _update_center(self, teacher.float().reshape(-1, teacher.shape[-1]))
 
-
-class IBOTLoss(nn.Module):
+class IBOTLoss(_CenteredLoss):
     """iBOT masked-patch loss: the student's masked patches predict the teacher's.
 
     Cross-entropy between the centred, sharpened teacher distribution of each
@@ -134,14 +146,6 @@ class IBOTLoss(nn.Module):
     >>> float(loss(s, t, mask, teacher_temp=0.04)) > 0
     True
     """
-
-    def __init__(
-        self, out_dim: int, *, student_temp: float = 0.1, center_momentum: float = 0.9
-    ) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(
         self,
@@ -162,22 +166,6 @@ class IBOTLoss(nn.Module):
         masked_views = (counts > 0).float()
         # Zero (with a graph) when no view is masked, so every parameter gets a gradient.
         return (per_view * masked_views).sum() / masked_views.sum().clamp(min=1)
-
-    @torch.no_grad()
-    def update_center(self, teacher: torch.Tensor) -> None:
-        """Move the centre towards the mean teacher patch logits (all patches, processes)."""
-        _update_center(self, teacher.float().reshape(-1, teacher.shape[-1]))
-
-
-def _update_center(loss: DINOLoss | IBOTLoss, rows: torch.Tensor) -> None:
-    import torch.distributed as dist
-
-    center: torch.Tensor = loss.center  # type: ignore[assignment]
-    total = torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(total)
-    batch = (total[:-1] / total[-1]).view_as(center)
-    center.mul_(loss.center_momentum).add_(batch, alpha=1 - loss.center_momentum)
 
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

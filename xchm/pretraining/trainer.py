@@ -29,7 +29,7 @@ import numpy as np
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
 from xchm.pretraining.config import PretrainConfig
-from xchm.training.state import capture_rng, load_state, restore_rng, save_state
+from xchm.training.state import capture_rng, open_run, restore_rng, save_state
 
 __all__ = ["pretrain", "PretrainResult"]
 
@@ -106,7 +106,15 @@ def pretrain(
     rank, world, local = process_group()
     dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
     out = Path(output)
-    state = _start(out, cfg, resume, rank)
+    state = open_run(
+        out,
+        out / _STATE,
+        cfg.to_dict(),
+        resume=resume,
+        rank=rank,
+        expected_format=_FORMAT,
+        kind="pretraining",
+    )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     batches = ImageBatches(
@@ -127,27 +135,6 @@ def pretrain(
     if state is not None:
         run.restore(state)
     return run.loop(state or {}, progress and rank == 0)
-
-
-def _start(out: Path, cfg: PretrainConfig, resume: bool, rank: int) -> dict[str, Any] | None:
-    path = out / _STATE
-    if resume:
-        if not path.exists():
-            raise FileNotFoundError(f"nothing to resume: {path} does not exist")
-        state = load_state(path, expected_format=_FORMAT)
-        if state["config"] != cfg.to_dict():
-            changed = sorted(k for k, v in cfg.to_dict().items() if state["config"].get(k) != v)
-            raise InputError(f"resume needs the run's own config; these differ: {changed}")
-        return state
-    if path.exists():
-        raise FileExistsError(
-            f"{out} holds a pretraining run; pass resume=True to continue it or choose "
-            "another output directory"
-        )
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    return None
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from xchm.errors import WeightsError
 
-__all__ = ["capture_rng", "restore_rng", "save_state", "load_state"]
+__all__ = ["capture_rng", "restore_rng", "save_state", "load_state", "open_run"]
 
 
 def capture_rng() -> dict[str, Any]:
@@ -77,6 +77,45 @@ def load_state(path: Path, *, expected_format: str = "xchm-train-state") -> dict
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise WeightsError(f"{path} is not an {expected_format} checkpoint (found {found!r})")
     return state
+
+
+def open_run(
+    output: Path,
+    state_path: Path,
+    config: dict[str, Any],
+    *,
+    resume: bool,
+    rank: int,
+    expected_format: str,
+    kind: str = "training",
+) -> dict[str, Any] | None:
+    """Check a run directory; return the state to resume (None for a new run).
+
+    A new run refuses a directory that already holds one; a resumed run needs its
+    state and the very same config (the changed fields are named). Rank 0 creates
+    the directory and writes ``config.json``.
+    """
+    import json
+
+    from xchm.errors import InputError
+
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+        state = load_state(state_path, expected_format=expected_format)
+        if state["config"] != config:
+            changed = sorted(k for k, v in config.items() if state["config"].get(k) != v)
+            raise InputError(f"resume needs the run's own config; these differ: {changed}")
+        return state
+    if state_path.exists():
+        raise FileExistsError(
+            f"{output} holds a {kind} run; pass resume=True to continue it or choose "
+            "another output directory"
+        )
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return None
 
 
 def _to_lists(value: Any) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
 from xchm.training.config import TrainConfig
-from xchm.training.state import capture_rng, load_state, restore_rng, save_state
+from xchm.training.state import capture_rng, open_run, restore_rng, save_state
 
 __all__ = ["train", "TrainResult"]
 
@@ -163,23 +163,14 @@ class _Run:
         rank, world, local = process_group()
         if device is None:
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        state_path = output / _STATE
-        state = None
-        if resume:
-            if not state_path.exists():
-                raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
-            state = load_state(state_path)
-            if state["config"] != cfg.to_dict():
-                changed = sorted(k for k, v in cfg.to_dict().items() if state["config"][k] != v)
-                raise InputError(f"resume needs the run's own config; these differ: {changed}")
-        elif state_path.exists():
-            raise FileExistsError(
-                f"{output} holds a training run; pass resume=True to continue it or choose "
-                "another output directory"
-            )
-        if rank == 0:
-            output.mkdir(parents=True, exist_ok=True)
-            (output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        state = open_run(
+            output,
+            output / _STATE,
+            cfg.to_dict(),
+            resume=resume,
+            rank=rank,
+            expected_format="xchm-train-state",
+        )
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         return cls(cube, cfg, output, torch.device(device), rank, world, state)
