@@ -15,4 +15,9 @@ echo "gpu tests: exit $?" | tee -a "$out/summary.txt"
 timeout 420 .venv/bin/python benchmarks/throughput.py --json "$out/throughput.json" \
     > "$out/throughput.txt" 2>&1
 echo "throughput: exit $?" | tee -a "$out/summary.txt"
+# DINO pretraining speed (chips/s), bf16, default multi-crop.
+timeout 240 .venv/bin/python benchmarks/pretrain_speed.py --presets dinov3-vits16 \
+    dinov3-vitl16-sat --batch-size 64 --json "$out/pretrain_speed.json" \
+    > "$out/pretrain_speed.txt" 2>&1
+echo "pretrain speed: exit $?" | tee -a "$out/summary.txt"
 tail -40 "$out/throughput.txt"

@@ -117,3 +117,12 @@ def test_pretrain_neon__runs_both_arms_and_reports(tmp_path, neon_dir):
     for arm in ("pretrained", "random"):
         assert set(res[arm]["best"]) == {"mae", "rmse", "bias", "r2", "pearson_r2"}
     assert res["pretrained"]["baseline"] == res["random"]["baseline"]  # same val plots
+
+
+def test_pretrain_speed__reports_chips_per_second(tmp_path):
+    out = tmp_path / "speed.json"
+    args = [sys.executable, str(ROOT / "benchmarks" / "pretrain_speed.py"), "--presets"]
+    args += ["test-tiny", "--batch-size", "8", "--steps", "1", "--epochs", "2", "--out-dim", "64"]
+    subprocess.run([*args, "--json", str(out)], check=True, capture_output=True, text=True)
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["preset"] == "test-tiny" and row["chips_per_s"] > 0 and row["epochs_timed"] == 1
