@@ -222,8 +222,10 @@ class _Run:
             row = self.epoch_row(epoch, self.run_epoch(student, epoch, batch, partial, progress))
             self.history.append(row)
             epoch, batch, partial = epoch + 1, 0, {}
-            self.save(epoch, 0, {})
+            # Backbone before state: a run killed in between redoes the epoch (exactly)
+            # rather than finishing with the previous epoch's backbone.
             self.save_backbone(row)
+            self.save(epoch, 0, {})
             self.log(row)
         return PretrainResult(backbone=self.output / "backbone", history=self.history)
 
