@@ -19,7 +19,6 @@ import copy
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ import numpy as np
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
 from xchm.pretraining.config import PretrainConfig
-from xchm.training.state import capture_rng, open_run, restore_rng, save_state
+from xchm.training.epoch import autocast
+from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
 __all__ = ["pretrain", "PretrainResult"]
 
@@ -283,9 +283,9 @@ class _Run:
         grid = tuple(self.model.backbone.patch_embed.grid_size)
         mask = block_masks(len(glob), grid, cfg, generator=gen).to(self.device)
         use_mask = mask if cfg.ibot_weight else None
-        with _autocast(self.device, cfg), torch.no_grad():
+        with autocast(self.device, cfg.mixed_precision), torch.no_grad():
             t_out = self.teacher(glob)
-        with _autocast(self.device, cfg):
+        with autocast(self.device, cfg.mixed_precision):
             s_out = student(glob, use_mask, loc)
         views = 2 + (0 if loc is None else cfg.local_crops)
         dino = self.dino_loss(
@@ -361,8 +361,6 @@ class _Run:
 
     def save_backbone(self, row: dict[str, Any]) -> None:
         """Save the teacher backbone with the base model's new decoder (atomic swap)."""
-        import shutil
-
         if self.rank != 0:
             return
         net = self.model
@@ -387,17 +385,10 @@ class _Run:
                 ),
             }
         )
-        tmp, old, final = (self.output / n for n in (".backbone.tmp", ".backbone.old", "backbone"))
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            net.save(tmp)
+            save_model_dir(net, self.output / "backbone")
         finally:
             net.backbone, net.card = trained, card
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
 
     def log(self, row: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -480,11 +471,3 @@ def _entropies(teacher_logits: Any, sched: dict[str, float]) -> dict[str, float]
         mean = p.mean(0)
         batch = -(mean * torch.log(mean.clamp(min=1e-12))).sum()
     return {"teacher_entropy": float(per), "teacher_batch_entropy": float(batch)}
-
-
-def _autocast(device: Any, cfg: PretrainConfig) -> Any:
-    import torch
-
-    if device.type == "cuda" and cfg.mixed_precision:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()

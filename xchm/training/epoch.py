@@ -10,13 +10,14 @@ from xchm.training.distributed import all_reduce_sum, wrap
 from xchm.training.losses import height_loss
 from xchm.training.normalize import prepare_inputs
 
-__all__ = ["run_epoch", "validate"]
+__all__ = ["autocast", "run_epoch", "validate"]
 
 
-def _autocast(run: Any) -> Any:
+def autocast(device: Any, mixed_precision: bool) -> Any:
+    """bf16 autocast on a CUDA device when asked for, else a no-op context."""
     import torch
 
-    if run.device.type == "cuda" and run.cfg.mixed_precision:
+    if device.type == "cuda" and mixed_precision:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -81,7 +82,7 @@ def run_epoch(
                 break
             x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
             y = heights.to(run.device, non_blocking=True)
-            with _autocast(run):
+            with autocast(run.device, run.cfg.mixed_precision):
                 pred = model(x, validate=False)
             loss = height_loss(pred[:, 0], y, cfg)
             opt.zero_grad(set_to_none=True)
@@ -116,7 +117,7 @@ def validate(run: Any, net: Any) -> dict[str, float]:
         for raw, heights in batches:
             x = prepare_inputs(raw, run.cube.nodata, net.card.statistics, run.device)
             y = heights.to(run.device)
-            with _autocast(run):
+            with autocast(run.device, run.cfg.mixed_precision):
                 pred = net(x, validate=False)[:, 0].float()
             valid = torch.isfinite(y)
             count = int(valid.sum())

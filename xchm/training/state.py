@@ -61,6 +61,24 @@ def save_state(state: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def save_model_dir(net: Any, dest: Path) -> None:
+    """Save ``net`` (``net.save(dir)``) to ``dest``, replacing it only once complete.
+
+    A crash mid-save leaves the previous ``dest`` (or, between the two renames, its
+    copy ``.<name>.old``), never a half-written directory.
+    """
+    import shutil
+
+    tmp, old = dest.with_name(f".{dest.name}.tmp"), dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_state(path: Path, *, expected_format: str = "xchm-train-state") -> dict[str, Any]:
     """Read a training state written by :func:`save_state` (no arbitrary unpickling).
 

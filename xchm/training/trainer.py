@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
 from xchm.training.config import TrainConfig
-from xchm.training.state import capture_rng, open_run, restore_rng, save_state
+from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
 __all__ = ["train", "TrainResult"]
 
@@ -278,17 +277,10 @@ class _Run:
                 **self.source,
             },
         )
-        tmp = self.output / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        net.save(tmp)
-        net.card = card
-        old = self.output / ".best.old"
-        shutil.rmtree(old, ignore_errors=True)
-        best = self.output / "best"
-        if best.exists():
-            best.rename(old)
-        tmp.rename(best)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            save_model_dir(net, self.output / "best")
+        finally:
+            net.card = card
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.rank != 0:
