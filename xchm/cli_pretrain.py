@@ -21,6 +21,7 @@ _OPTIONS: dict[str, Any] = {
     "batch_size": int,
     "lr": float,
     "backbone_lr_scale": float,
+    "layer_decay": float,
     "local_crops": int,
     "out_dim": int,
     "ibot_weight": float,

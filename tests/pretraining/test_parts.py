@@ -91,3 +91,32 @@ def test_image_batches__ranks_split_the_epoch_and_resume_repeats_it(tmp_path):
     for i in range(len(ranks[0])):
         np.testing.assert_array_equal(ranks[0][i], batches[2 * i])
         np.testing.assert_array_equal(ranks[1][i], batches[2 * i + 1])
+
+
+def test_param_groups__layer_decay_scales_the_backbone_by_depth():
+    import xchm
+    from xchm.pretraining.trainer import _param_groups
+
+    net = xchm.load_model("test-tiny")  # 4 blocks; its decoder stands in for the heads
+    cfg = PretrainConfig(layer_decay=0.5, backbone_lr_scale=0.1, weight_decay=0.04)
+    scale = {}
+    for group in _param_groups(net, cfg):
+        for p in group["params"]:
+            scale[id(p)] = (group["lr_scale"], group["weight_decay"])
+    named = dict(net.named_parameters())
+    assert scale[id(named["backbone.patch_embed.proj.weight"])] == (0.1 * 0.5**5, 0.04)
+    assert scale[id(named["backbone.cls_token"])] == (0.1 * 0.5**5, 0.0)
+    assert scale[id(named["backbone.blocks.0.attn.qkv.weight"])] == (0.1 * 0.5**4, 0.04)
+    assert scale[id(named["backbone.blocks.3.norm1.bias"])] == (0.1 * 0.5, 0.0)
+    assert scale[id(named["backbone.norm.weight"])] == (0.1, 0.0)
+    assert scale[id(named["decoder.output.weight"])] == (1.0, 0.04)
+    assert len(scale) == len(named)  # every parameter in exactly one group
+    off = _param_groups(net, PretrainConfig())
+    assert sorted(g["lr_scale"] for g in off) == [1.0] * 4  # no decay: 4 groups, one rate
+
+
+def test_pretrainconfig__layer_decay_must_be_in_0_1():
+    with pytest.raises(InputError, match="layer_decay"):
+        PretrainConfig(layer_decay=0.0)
+    with pytest.raises(InputError, match="layer_decay"):
+        PretrainConfig(layer_decay=1.5)

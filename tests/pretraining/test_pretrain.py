@@ -360,3 +360,30 @@ def test_pretrain__student_and_teacher_start_from_the_given_weights(unlabeled, t
     before = xchm.load_model(run.backbone).backbone.state_dict()
     for key, value in again.teacher.backbone.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_pretrain__layer_decay_holds_the_bottom_of_the_backbone(unlabeled, tmp_path):
+    def moved(layer_decay):
+        cfg = PretrainConfig(
+            **{**SMALL, "epochs": 1, "max_steps_per_epoch": 3, "warmup_epochs": 0},
+            layer_decay=layer_decay,
+        )
+        start = _Run(
+            unlabeled, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", None
+        )
+        start.build()
+        before = _tensors(start.student.state_dict())
+        out = tmp_path / f"ld{layer_decay}"
+        pretrain(unlabeled, model="test-tiny", config=cfg, output=out, progress=False)
+        after = load_state(out / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state")
+        return {
+            part: float((after["student"][key] - before[key]).abs().max())
+            for part, key in (
+                ("embed", "backbone.patch_embed.proj.weight"),
+                ("top", "backbone.blocks.3.attn.qkv.weight"),
+            )
+        }
+
+    plain, held = moved(1.0), moved(1e-3)
+    assert plain["embed"] > 1e-4 and plain["top"] > 1e-4
+    assert held["embed"] < 1e-9 < held["top"]  # 1e-3**5 vs 1e-3 of the rate

@@ -74,6 +74,11 @@ class PretrainConfig:
     backbone_lr_scale: float = 1.0
     """Backbone learning rate / head learning rate (e.g. 0.1 to move pretrained
     DINOv3 weights gently while the new heads learn)."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay in the backbone, in (0, 1]: block ``i`` of ``L``
+    trains at ``layer_decay ** (L - i)`` times the backbone rate, the patch embedding
+    and tokens at ``layer_decay ** (L + 1)``, the final norm at 1 (1: off; DINOv2 used
+    0.9). Keeps the pretrained low-level features while the top adapts."""
     global_scale_min: float = 0.4
     """Smallest area fraction of the chip covered by a global crop (max 1)."""
     local_crops: int = 4
@@ -128,6 +133,8 @@ class PretrainConfig:
         for name in nonneg:
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.layer_decay <= 1:
+            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay!r}")
         for name in ("momentum_start", "momentum_end", "center_momentum", "mask_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)!r}")

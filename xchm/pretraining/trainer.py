@@ -419,19 +419,34 @@ def _base_model(cube: ChipCube, model: str | Path, weights: str | Path | None, s
 
 
 def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only; backbone at ``backbone_lr_scale``."""
-    groups: dict[tuple[bool, bool], list[Any]] = {}
+    """AdamW groups: decay on matrices only; backbone at its layer's rate scale."""
+    depth = len(net.backbone.blocks)
+    groups: dict[tuple[bool, float, bool], list[Any]] = {}
     for name, p in net.named_parameters():
         decay = p.ndim > 1 and not name.endswith(("token", "prototypes"))
-        groups.setdefault((name.startswith("backbone."), decay), []).append(p)
+        in_backbone = name.startswith("backbone.")
+        scale = 1.0
+        if in_backbone:
+            layer = _backbone_layer(name.removeprefix("backbone."), depth)
+            scale = cfg.backbone_lr_scale * cfg.layer_decay ** (depth + 1 - layer)
+        groups.setdefault((in_backbone, scale, decay), []).append(p)
     return [
         {
             "params": params,
             "weight_decay": cfg.weight_decay if decay else 0.0,
-            "lr_scale": cfg.backbone_lr_scale if in_backbone else 1.0,
+            "lr_scale": scale,
         }
-        for (in_backbone, decay), params in sorted(groups.items())
+        for (_, scale, decay), params in sorted(groups.items())
     ]
+
+
+def _backbone_layer(name: str, depth: int) -> int:
+    """0 for the embeddings and tokens, ``i + 1`` for block ``i``, ``depth + 1`` above."""
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    if name.startswith(("norm", "head", "fc_norm")):
+        return depth + 1
+    return 0
 
 
 def ema_update(teacher: Any, student: Any, momentum: float) -> None:
