@@ -387,3 +387,44 @@ def test_pretrain__layer_decay_holds_the_bottom_of_the_backbone(unlabeled, tmp_p
     plain, held = moved(1.0), moved(1e-3)
     assert plain["embed"] > 1e-4 and plain["top"] > 1e-4
     assert held["embed"] < 1e-9 < held["top"]  # 1e-3**5 vs 1e-3 of the rate
+
+
+def test_pretrain__weight_decay_follows_its_cosine_schedule(unlabeled, tmp_path):
+    from xchm.pretraining.heads import cosine_schedule
+
+    cfg = PretrainConfig(
+        **{**SMALL, "epochs": 2, "max_steps_per_epoch": 2}, weight_decay=0.04, weight_decay_end=0.4
+    )
+    out = tmp_path / "wd"
+    result = pretrain(unlabeled, model="test-tiny", config=cfg, output=out, progress=False)
+    wd = [row["weight_decay"] for row in result.history]
+    # rows carry the value at each epoch's last step (1 and 3 of 4): rising to 0.4
+    assert wd == pytest.approx([cosine_schedule(0.04, 0.4, s, 4) for s in (1, 3)])
+    assert 0.04 < wd[0] < wd[1] < 0.4
+    state = load_state(out / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state")
+    used = {g["wd_scale"]: g["weight_decay"] for g in state["optimizer"]["param_groups"]}
+    assert used == pytest.approx({1.0: cosine_schedule(0.04, 0.4, 3, 4), 0.0: 0.0})
+
+
+def test_pretrain__frozen_prototypes_wait_for_their_epochs(unlabeled, tmp_path):
+    def prototype_and_top_change(freeze):
+        cfg = PretrainConfig(
+            **{**SMALL, "epochs": 1, "max_steps_per_epoch": 2, "warmup_epochs": 0},
+            freeze_prototypes_epochs=freeze,
+        )
+        start = _Run(
+            unlabeled, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", None
+        )
+        start.build()
+        before = _tensors(start.student.state_dict())
+        out = tmp_path / f"fp{freeze}"
+        pretrain(unlabeled, model="test-tiny", config=cfg, output=out, progress=False)
+        after = load_state(out / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state")
+        diff = {k: float((after["student"][k] - before[k]).abs().max()) for k in before}
+        protos = [v for k, v in diff.items() if k.endswith("prototypes")]
+        return max(protos), diff["backbone.blocks.3.attn.qkv.weight"], len(protos)
+
+    frozen, top, n = prototype_and_top_change(1.0)
+    assert n == 2  # the DINO and the iBOT head
+    assert frozen == 0 and top > 1e-4
+    assert prototype_and_top_change(0.0)[0] > 1e-4

@@ -37,6 +37,12 @@ class PretrainConfig:
     """Linear learning-rate warm-up, in epochs (may be fractional)."""
     weight_decay: float = 0.04
     """AdamW weight decay (not applied to biases, norms and tokens)."""
+    weight_decay_end: float | None = None
+    """Weight decay at the last step, reached by a cosine from ``weight_decay`` (DINO:
+    0.04 -> 0.4); None keeps it constant."""
+    freeze_prototypes_epochs: float = 0.0
+    """Epochs at the start in which the heads' prototypes do not train (DINO froze
+    them for the first epoch to steady the start; 0: they always train)."""
     grad_clip: float = 3.0
     """Gradient norm clip of the student (0 disables)."""
     momentum_start: float = 0.996
@@ -128,8 +134,11 @@ class PretrainConfig:
         nonneg = (
             *("min_lr", "warmup_epochs", "weight_decay", "grad_clip", "koleo_weight"),
             *("ibot_weight", "backbone_lr_scale", "teacher_temp_warmup_epochs"),
+            "freeze_prototypes_epochs",
             *("gain_std", "offset_std", "noise_std"),
         )
+        if self.weight_decay_end is not None and not self.weight_decay_end >= 0:
+            problems.append(f"weight_decay_end must be >= 0, got {self.weight_decay_end!r}")
         for name in nonneg:
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -178,6 +178,8 @@ class _Run:
         self.dino_loss = DINOLoss(cfg.out_dim, **opts).to(self.device)
         self.ibot_loss = IBOTLoss(cfg.out_dim, **opts).to(self.device)
         self.opt = torch.optim.AdamW(_param_groups(self.student, cfg), lr=cfg.lr)
+        named = self.student.named_parameters()
+        self.prototypes = [p for name, p in named if name.endswith("prototypes")]
 
     def restore(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
@@ -189,7 +191,7 @@ class _Run:
 
     # -- schedules --------------------------------------------------------------------
     def schedules(self, step: int) -> dict[str, float]:
-        """Learning rate, teacher momentum and temperature at global ``step``."""
+        """Learning rate, weight decay, teacher momentum and temperature at ``step``."""
         from xchm.pretraining.heads import cosine_schedule, teacher_temperature
 
         cfg = self.cfg
@@ -199,8 +201,10 @@ class _Run:
             lr = cfg.lr * (step + 1) / warm
         else:
             lr = cosine_schedule(cfg.lr, cfg.min_lr, step - warm, max(total - warm, 1))
+        wd_end = cfg.weight_decay if cfg.weight_decay_end is None else cfg.weight_decay_end
         return {
             "lr": lr,
+            "weight_decay": cosine_schedule(cfg.weight_decay, wd_end, step, total),
             "momentum": cosine_schedule(cfg.momentum_start, cfg.momentum_end, step, total),
             "teacher_temp": teacher_temperature(
                 cfg.teacher_temp_warmup,
@@ -273,9 +277,11 @@ class _Run:
         from xchm.training.normalize import prepare_inputs
 
         cfg = self.cfg
-        sched = self.schedules(epoch * self.steps + index)
+        step = epoch * self.steps + index
+        sched = self.schedules(step)
         for group in self.opt.param_groups:
             group["lr"] = sched["lr"] * group["lr_scale"]
+            group["weight_decay"] = sched["weight_decay"] * group["wd_scale"]
         seed = np.random.SeedSequence([cfg.seed, epoch, index, self.rank]).generate_state(1)
         gen = torch.Generator().manual_seed(int(seed[0]))
         x = prepare_inputs(raw, self.cube.nodata, self.model.card.statistics, self.device)
@@ -310,6 +316,9 @@ class _Run:
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if step < round(cfg.freeze_prototypes_epochs * self.steps):
+            for p in self.prototypes:
+                p.grad = None  # AdamW skips them: no update, no decay, no moments
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
         self.opt.step()
@@ -332,6 +341,7 @@ class _Run:
             {
                 "steps": int(n) // self.world,
                 "lr": sched["lr"],
+                "weight_decay": sched["weight_decay"],
                 "momentum": sched["momentum"],
                 "teacher_temp": sched["teacher_temp"],
                 "seconds": seconds,
@@ -434,6 +444,7 @@ def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:
         {
             "params": params,
             "weight_decay": cfg.weight_decay if decay else 0.0,
+            "wd_scale": 1.0 if decay else 0.0,
             "lr_scale": scale,
         }
         for (_, scale, decay), params in sorted(groups.items())
