@@ -347,3 +347,26 @@ def test_build__band_mapping_selects_and_reorders(pair_files, build):
     src, _, _ = _source_chip(image, chm, x, y)
     assert cube.bands == ("green", "nir")
     np.testing.assert_array_equal(chip, src[[2, 0]])
+
+
+def test_build__warns_when_a_declared_nodata_255_removes_bright_chips(tmp_path):
+    import warnings
+
+    image, chm = make_pair()
+    bright = np.random.default_rng(0).integers(50, 200, image.shape).astype("uint8")
+    bright[:, ::40, ::40] = 255  # a saturated pixel in every chip, as in 8-bit aerial RGB
+    image = image.copy(data=bright).rio.write_nodata(255)
+    rgb = {"bands": ("red", "green", "blue"), "progress": False}
+    paths = write_pair(tmp_path, image, chm)
+    with pytest.raises(InputError, match="no chip passed.*check nodata"):
+        xchm.chips.build([paths], tmp_path / "a.zarr", **rgb)
+    bright[:, :128] = 255  # rows 0-127 saturated: chip rows 0-1 removed, rows 2-4 kept
+    bright[:, 128:, ::40] = 120  # no more saturated pixels below
+    paths = write_pair(tmp_path, image.copy(data=bright), chm, name="half")
+    with pytest.warns(UserWarning, match=r"12 of 30 chips .*nodata 255.*--nodata none"):
+        assert len(xchm.chips.build([paths], tmp_path / "b.zarr", **rgb)) == 18
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*declared nodata")
+        # nodata given explicitly: the user chose, so no warning
+        assert len(xchm.chips.build([paths], tmp_path / "c.zarr", nodata=255, **rgb)) == 18
+        assert len(xchm.chips.build([paths], tmp_path / "d.zarr", nodata=None, **rgb)) == 30

@@ -189,7 +189,33 @@ def build(
     log.info(
         "chip cube %s: %d of %d chips kept (%s)", path, f["kept"], f["candidates"], f["removed"]
     )
-    return open_cube(path)
+    cube = open_cube(path)
+    if nodata == "auto":
+        _warn_if_nodata_looks_saturated(cube, f)
+    return cube
+
+
+def _warn_if_nodata_looks_saturated(cube: ChipCube, filters: Mapping[str, Any]) -> None:
+    """Warn when a file's nodata is its dtype's maximum and it removed many chips.
+
+    8-bit aerial RGB (NEON's, for one) often declares 255 nodata although 255 is
+    real saturated white (roofs, bright soil, sunlit crowns).
+    """
+    dtype = np.dtype(cube.image.dtype)
+    value = cube.nodata
+    if value is None or not np.issubdtype(dtype, np.integer) or value != np.iinfo(dtype).max:
+        return
+    removed, candidates = filters["removed"]["missing"], filters["candidates"]
+    if removed > 0.25 * candidates:
+        import warnings
+
+        warnings.warn(
+            f"{removed} of {candidates} chips were removed as missing, by the images' "
+            f"declared nodata {value:g}, the largest {dtype} value: if that is saturated "
+            "white rather than missing data, build again with nodata=None (CLI: --nodata none)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _drop_no_positive(value: bool | None, labeled: bool) -> bool:
