@@ -5,8 +5,8 @@ The experiment of issue 9 on the real NEON data in ``--data``:
 1. an **unlabeled** cube of every RGB image there (the 14 lidar plots and the
    larger BART crop, whose CHM is left out anyway), 0.5 m, stride ``--ssl-stride``:
    ``xchm.chips.build(images, ..., bands=("red", "green", "blue"))``;
-2. ``xchm.pretrain`` of ``test-tiny`` (the DINOv3 architecture, 64-d, 4 blocks) from
-   its random weights on those chips;
+2. ``xchm.pretrain`` of ``--model`` (``test-tiny``: the DINOv3 architecture, 64-d,
+   4 blocks; or ``dinov3-vits16``) from its random weights on those chips;
 3. the labeled cube of ``train_neon.py`` (scene split: 10 train plots, 4 val plots);
 4. two decoders trained with ``xchm.train`` and ``policy="frozen"`` (the backbone
    never changes) and the same settings: one on the **pretrained** backbone
@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ssl-stride", type=int, default=8, help="unlabeled chip stride, px (8)")
     p.add_argument("--stride", type=int, default=8, help="labeled chip stride, px (8)")
     # pretraining
+    p.add_argument("--model", default="test-tiny", help="preset (test-tiny)")
     p.add_argument("--ssl-epochs", type=int, default=30, help="pretraining epochs (30)")
     p.add_argument("--ssl-batch", type=int, default=32, help="pretraining chips per step (32)")
     p.add_argument("--ssl-lr", type=float, default=5e-4, help="pretraining peak lr (5e-4)")
@@ -130,7 +131,7 @@ def train_decoder(cube: Any, out: Path, args: argparse.Namespace, weights: Any) 
     )
     t0 = time.perf_counter()
     result = xchm.train(
-        cube, model="test-tiny", weights=weights, config=cfg, output=out, progress=False
+        cube, model=args.model, weights=weights, config=cfg, output=out, progress=False
     )
     seconds = time.perf_counter() - t0
     best = xchm.evaluate(result.best_checkpoint, cube, split="val", per_scene=True, progress=False)
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
     ssl = xchm.pretrain(
-        unlabeled, model="test-tiny", config=ssl_cfg, output=args.out / "ssl", progress=False
+        unlabeled, model=args.model, config=ssl_cfg, output=args.out / "ssl", progress=False
     )
     t_ssl = time.perf_counter() - t0
     pretrained = train_decoder(labeled, args.out / "ft_pretrained", args, ssl.backbone)
@@ -185,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python", *sys.argv]),
+        "model": args.model,
         "device": {
             "cpu": cpu_model(),
             "cores": available_cores(),
@@ -210,7 +212,8 @@ def report(res: dict[str, Any]) -> str:
     lines = [
         f"{res['date']}  {res['device']['cpu']}, {res['device']['cores']} cores, "
         f"load {res['device']['load_average']}",
-        f"unlabeled chips: {res['unlabeled_chips']} from {len(res['unlabeled_scenes'])} images; "
+        f"model {res['model']}; unlabeled chips: {res['unlabeled_chips']} from "
+        f"{len(res['unlabeled_scenes'])} images; "
         f"labeled: {res['labeled']['splits']}",
         f"pretraining: {len(h)} epochs in {res['seconds']['pretrain']:.0f} s, loss "
         f"{h[0]['loss']:.3f} -> {h[-1]['loss']:.3f} (dino {h[0]['dino_loss']:.3f} -> "
