@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -129,6 +131,7 @@ def test_pretrain__lowers_the_loss_on_an_unlabeled_cube(unlabeled, tmp_path):
     for row in result.history:
         assert {"dino_loss", "ibot_loss", "teacher_entropy", "teacher_batch_entropy"} <= set(row)
         assert row["teacher_batch_entropy"] > 0.5  # not collapsed onto one prototype
+        assert row["teacher_information"] > 0.1  # outputs depend on the chip
     assert (tmp_path / "a" / "backbone" / "card.json").is_file()
     assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6
 
@@ -428,3 +431,26 @@ def test_pretrain__frozen_prototypes_wait_for_their_epochs(unlabeled, tmp_path):
     assert n == 2  # the DINO and the iBOT head
     assert frozen == 0 and top > 1e-4
     assert prototype_and_top_change(0.0)[0] > 1e-4
+
+
+def test_entropies__information_is_zero_when_every_chip_looks_alike():
+    from xchm.pretraining.trainer import _entropies
+
+    sched = {"teacher_temp": 1.0}
+    alike = _entropies(torch.randn(1, 16).repeat(8, 1), sched)
+    assert alike["teacher_information"] == pytest.approx(0.0, abs=1e-5)
+    assert alike["teacher_batch_entropy"] > 0.5  # the batch-entropy check alone misses it
+    distinct = _entropies(30 * torch.eye(8, 16), sched)  # each chip its own prototype
+    assert distinct["teacher_information"] == pytest.approx(math.log(8), abs=1e-3)
+
+
+def test_pretrain__warns_when_the_teacher_ignores_its_input(tmp_path, caplog):
+    import logging
+
+    run = _Run(None, PretrainConfig(), tmp_path, torch.device("cpu"), 0, 1, None, 1, "x", None)
+    row = {"epoch": 3, "loss": 1.0, "teacher_information": 1e-4}
+    with caplog.at_level(logging.WARNING, logger="xchm.pretraining.trainer"):
+        run.log(row)
+        run.log({**row, "epoch": 4, "teacher_information": 0.5})
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "epoch 3" in warned[0] and "collapsed" in warned[0]

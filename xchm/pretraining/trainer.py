@@ -33,6 +33,9 @@ from xchm.training.state import capture_rng, open_run, restore_rng, save_model_d
 
 __all__ = ["pretrain", "PretrainResult"]
 
+#: Below this teacher_information (nats, epoch mean) pretraining warns of collapse.
+COLLAPSED_NATS = 0.01
+
 log = logging.getLogger(__name__)
 _STATE = Path("checkpoints") / "last.pt"
 _FORMAT = "xchm-pretrain-state"
@@ -406,6 +409,16 @@ class _Run:
         with open(self.output / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         log.info("pretraining epoch %d: %s", row["epoch"], row)
+        if row["teacher_information"] < COLLAPSED_NATS:
+            log.warning(
+                "pretraining epoch %d: the teacher's outputs hardly depend on the chip "
+                "(teacher_information %.2g nats < %g): collapsed. Lower lr, lengthen "
+                "warmup_epochs / teacher_temp_warmup_epochs, train longer, or start from "
+                "pretrained weights (a random deep ViT starts like this)",
+                row["epoch"],
+                row["teacher_information"],
+                COLLAPSED_NATS,
+            )
 
 
 def _base_model(cube: ChipCube, model: str | Path, weights: str | Path | None, seed: int) -> Any:
@@ -487,7 +500,10 @@ def _entropies(teacher_logits: Any, sched: dict[str, float]) -> dict[str, float]
 
     ``teacher_entropy`` (mean per-chip entropy) near ``log(out_dim)`` means uniform
     outputs; ``teacher_batch_entropy`` (entropy of the batch mean) near 0 means every
-    chip maps to the same prototype. Both are collapse.
+    chip maps to the same prototype. Both are collapse, and so is any state where
+    the two are equal: ``teacher_information`` (their difference, the mutual
+    information between chip and prototype) near 0 means the teacher's output does
+    not depend on the chip.
     """
     import torch
 
@@ -496,4 +512,8 @@ def _entropies(teacher_logits: Any, sched: dict[str, float]) -> dict[str, float]
         per = -(p * torch.log(p.clamp(min=1e-12))).sum(-1).mean()
         mean = p.mean(0)
         batch = -(mean * torch.log(mean.clamp(min=1e-12))).sum()
-    return {"teacher_entropy": float(per), "teacher_batch_entropy": float(batch)}
+    return {
+        "teacher_entropy": float(per),
+        "teacher_batch_entropy": float(batch),
+        "teacher_information": float(batch - per),
+    }
