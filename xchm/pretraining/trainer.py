@@ -412,9 +412,10 @@ class _Run:
         if row["teacher_information"] < COLLAPSED_NATS:
             log.warning(
                 "pretraining epoch %d: the teacher's outputs hardly depend on the chip "
-                "(teacher_information %.2g nats < %g): collapsed. Lower lr, lengthen "
-                "warmup_epochs / teacher_temp_warmup_epochs, train longer, or start from "
-                "pretrained weights (a random deep ViT starts like this)",
+                "(teacher_information %.2g nats < %g): collapsed. From random weights a "
+                "deep ViT starts like this and needs far more steps: start from pretrained "
+                "weights. If it collapsed after a good start, lower lr or lengthen "
+                "warmup_epochs / teacher_temp_warmup_epochs",
                 row["epoch"],
                 row["teacher_information"],
                 COLLAPSED_NATS,
