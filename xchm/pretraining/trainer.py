@@ -469,7 +469,7 @@ def _backbone_layer(name: str, depth: int) -> int:
     """0 for the embeddings and tokens, ``i + 1`` for block ``i``, ``depth + 1`` above."""
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
-    if name.startswith(("norm", "head", "fc_norm")):
+    if name.split(".")[0] in ("norm", "fc_norm", "head"):  # not norm_pre: below the blocks
         return depth + 1
     return 0
 
