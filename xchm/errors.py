@@ -17,6 +17,11 @@ __all__ = [
     "MissingDependencyError",
     "DeviceError",
     "StacSearchError",
+    "ResumeError",
+    "OutputError",
+    "OutputExistsError",
+    "PathNotFoundError",
+    "NonFiniteLossError",
     "XCHMWarning",
     "RandomWeightsWarning",
 ]
@@ -52,6 +57,29 @@ class DeviceError(XCHMError, RuntimeError):
 
 class StacSearchError(XCHMError, RuntimeError):
     """A STAC API request failed (the message carries the URL and status)."""
+
+
+class ResumeError(InputError):
+    """A resume was refused: the store or run belongs to another job.
+
+    The message names what differs (input, model, grid, settings, cube, split...).
+    """
+
+
+class OutputError(XCHMError, OSError):
+    """An output path cannot be written (read-only, missing parent, not xchm's)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output path exists and xchm may not replace it (see ``xchm.outputs``)."""
+
+
+class PathNotFoundError(XCHMError, FileNotFoundError):
+    """An input path (image, chip cube, checkpoint, run to resume) does not exist."""
+
+
+class NonFiniteLossError(XCHMError, FloatingPointError):
+    """Training produced a NaN or infinite loss (the message says what to try)."""
 
 
 class XCHMWarning(UserWarning):

@@ -1,0 +1,80 @@
+"""The output rule: new, empty or xchm's own folder; nothing of the user's touched."""
+
+from __future__ import annotations
+
+import pytest
+
+from xchm.errors import OutputError, OutputExistsError
+from xchm.outputs import MARKER, output_kind, prepare_output_dir, prepare_output_file
+
+
+def test_prepare_output_dir__new_folder_is_created_and_marked(tmp_path):
+    out = tmp_path / "a" / "run"
+    assert prepare_output_dir(out, "training run") is False
+    assert output_kind(out) == "training run"
+
+
+def test_prepare_output_dir__empty_folder_is_taken(tmp_path):
+    assert prepare_output_dir(tmp_path, "chip cube") is False
+    assert (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_prepare_output_dir__foreign_folder_is_never_touched(tmp_path, overwrite):
+    (tmp_path / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(OutputExistsError, match="not written by xchm"):
+        prepare_output_dir(tmp_path, "training run", overwrite=overwrite, exist_ok=True)
+    assert (tmp_path / "config.json").read_text() == '{"mine": 1}'
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_prepare_output_dir__other_kind_is_refused_even_with_overwrite(tmp_path):
+    prepare_output_dir(tmp_path, "chip cube")
+    (tmp_path / "zarr.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="holds an xchm chip cube, not a training run"):
+        prepare_output_dir(tmp_path, "training run", overwrite=True)
+    assert (tmp_path / "zarr.json").exists()
+
+
+def test_prepare_output_dir__same_kind_needs_overwrite_or_exist_ok(tmp_path):
+    prepare_output_dir(tmp_path, "demo")
+    (tmp_path / "chm.tif").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="holds an xchm demo"):
+        prepare_output_dir(tmp_path, "demo")
+    assert prepare_output_dir(tmp_path, "demo", exist_ok=True) is True
+    assert (tmp_path / "chm.tif").exists()
+    assert prepare_output_dir(tmp_path, "demo", overwrite=True) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER]
+
+
+def test_prepare_output_dir__legacy_output_is_recognised_and_marked(tmp_path):
+    (tmp_path / "zarr.json").write_text("{}")
+    legacy = lambda p: (p / "zarr.json").exists()  # noqa: E731
+    assert prepare_output_dir(tmp_path, "chip cube", exist_ok=True, legacy=legacy) is True
+    assert output_kind(tmp_path) == "chip cube"
+
+
+def test_prepare_output_dir__a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        prepare_output_dir(tmp_path / "f", "chip cube", overwrite=True)
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_prepare_output_dir__uncreatable_folder_is_an_output_error(tmp_path):
+    (tmp_path / "f").write_text("mine")  # a file where a parent folder should be
+    with pytest.raises(OutputError, match="cannot create"):
+        prepare_output_dir(tmp_path / "f" / "run", "training run")
+
+
+def test_prepare_output_file__rules(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        prepare_output_file(tmp_path / "no" / "o.tif")
+    (tmp_path / "o.tif").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="exists"):
+        prepare_output_file(tmp_path / "o.tif")
+    assert prepare_output_file(tmp_path / "o.tif", overwrite=True) == tmp_path / "o.tif"
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        prepare_output_file(tmp_path, overwrite=True)
+    with pytest.raises(OutputError, match="must end in"):
+        prepare_output_file(tmp_path / "o.png", suffixes=(".tif", ".tiff"))
