@@ -78,3 +78,10 @@ def test_prepare_output_file__rules(tmp_path):
         prepare_output_file(tmp_path, overwrite=True)
     with pytest.raises(OutputError, match="must end in"):
         prepare_output_file(tmp_path / "o.png", suffixes=(".tif", ".tiff"))
+
+
+def test_prepare_output_dir__marker_only_counts_as_empty(tmp_path):
+    prepare_output_dir(tmp_path, "report")
+    assert prepare_output_dir(tmp_path, "report") is False
+    with pytest.raises(OutputExistsError, match="not a chip cube"):
+        prepare_output_dir(tmp_path, "chip cube")

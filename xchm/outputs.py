@@ -3,7 +3,8 @@
 An output *folder* (training or pretraining run, chip cube, prediction store, demo,
 report) must be new, empty, or one xchm made. xchm recognises its own folders by a
 small marker file, :data:`MARKER`, written before anything else goes in; the marker
-names the kind of output (``"training run"``, ``"chip cube"`` ...). A folder that
+names the kind of output (``"training run"``, ``"chip cube"`` ...); a folder that holds
+only its marker counts as empty. A folder that
 holds anything else is refused, with or without ``overwrite``: xchm never deletes
 or overwrites what it did not write. ``overwrite=True`` replaces only a folder of
 the same kind; a folder of another kind is refused too (a chip cube is never
@@ -102,6 +103,8 @@ def prepare_output_dir(
     if folder.exists() and not folder.is_dir():
         raise OutputExistsError(f"{folder} is a file, not a folder; choose another output path")
     existing = _existing_kind(folder, legacy, kind)
+    if existing == kind and _only_marker(folder):
+        existing = None  # marked but still empty (e.g. creation cut off): as good as new
     if existing is not None:
         if existing != kind:
             raise OutputExistsError(
@@ -113,7 +116,7 @@ def prepare_output_dir(
         if not overwrite:
             raise OutputExistsError(f"{folder} holds an xchm {kind}; {hint}")
         _clear(folder)
-    elif folder.is_dir() and any(folder.iterdir()):
+    elif folder.is_dir() and not _only_marker(folder):
         raise OutputExistsError(
             f"{folder} is not empty and was not written by xchm; nothing in it is touched. "
             "Choose a new or empty folder"
@@ -169,6 +172,10 @@ def _existing_kind(folder: Path, legacy: Callable[[Path], bool] | None, kind: st
     if found is None and legacy is not None and legacy(folder):
         return kind
     return found
+
+
+def _only_marker(folder: Path) -> bool:
+    return all(child.name == MARKER for child in folder.iterdir())
 
 
 def _clear(folder: Path) -> None:
