@@ -14,7 +14,8 @@ import xarray as xr
 import xchm
 import xchm.chips
 from xchm.cli import main
-from xchm.errors import BandError, InputError, XCHMWarning
+from xchm.errors import BandError, InputError, OutputExistsError, XCHMWarning
+from xchm.outputs import MARKER
 from xchm.training import evaluate, evaluate_raster
 from xchm.training.metrics import height_metrics
 from xchm.training.normalize import normalize_batch
@@ -221,7 +222,7 @@ def test_evaluate__unknown_split(small, model):
 
 
 def test_evaluate__report_folder(result, report_dir):
-    assert {p.name for p in report_dir.iterdir()} == REPORT_FILES
+    assert {p.name for p in report_dir.iterdir()} == REPORT_FILES | {MARKER}
     saved = json.loads((report_dir / "metrics.json").read_text())  # strict JSON: NaN is null
     assert saved["mae"] == pytest.approx(result["mae"])
     assert saved["classes"][-1]["hi"] is None and saved["report"] == str(report_dir)
@@ -233,10 +234,21 @@ def test_evaluate__refuses_non_empty_report_dir(small, model, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    (out / "metrics.json").write_text('{"mine": 1}')
+    for overwrite in (False, True):  # not a report: never touched, even with overwrite
+        with pytest.raises(OutputExistsError, match="not written by xchm"):
+            evaluate(model, small, report=out, overwrite=overwrite, progress=False)
+    assert (out / "metrics.json").read_text() == '{"mine": 1}'
+    assert {p.name for p in out.iterdir()} == {"notes.txt", "metrics.json"}
+
+
+def test_evaluate__replaces_an_earlier_report_only_with_overwrite(small, model, tmp_path):
+    out = tmp_path / "report"
+    evaluate(model, small, report=out, progress=False)
+    with pytest.raises(OutputExistsError, match="overwrite"):
         evaluate(model, small, report=out, progress=False)
     evaluate(model, small, report=out, overwrite=True, progress=False)
-    assert {p.name for p in out.iterdir()} == REPORT_FILES | {"notes.txt"}
+    assert {p.name for p in out.iterdir()} == REPORT_FILES | {MARKER}
 
 
 # -- evaluate_raster -------------------------------------------------------------------------
@@ -283,7 +295,9 @@ def test_evaluate_raster__geotiffs_with_nodata_and_report(rasters, tmp_path):
     pred.rio.to_raster(tmp_path / "pred.tif")
     result = evaluate_raster(tmp_path / "pred.tif", tmp_path / "ref.tif", report=tmp_path / "r")
     assert_close(result, height_metrics(pred.values, ref.values), rtol=1e-10)
-    assert {p.name for p in (tmp_path / "r").iterdir()} == REPORT_FILES - {"examples.png"}
+    assert {p.name for p in (tmp_path / "r").iterdir()} == REPORT_FILES - {"examples.png"} | {
+        MARKER
+    }
 
 
 # -- CLI -----------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def evaluate(
         Directory for ``metrics.json``, ``density.png``, ``error_by_class.png`` and
         ``examples.png``; it must be absent or empty unless ``overwrite``.
     overwrite
-        Replace the report files in a non-empty ``report`` directory.
+        Replace an earlier report in ``report`` (a folder holding anything else is
+        refused, with or without it).
     classes
         Reference height classes ``(lo, hi)`` in metres (``lo <= ref < hi``).
     progress
@@ -111,8 +112,9 @@ def evaluate(
         If the cube's bands are not the model card's bands (in order).
     InputError
         If the split is not in the cube, windows differ, or the card has no statistics.
-    FileExistsError
-        If ``report`` is a non-empty directory and ``overwrite`` is False.
+    OutputExistsError
+        If ``report`` holds an earlier report and ``overwrite`` is False, or holds
+        anything that is not a report.
 
     Warns
     -----

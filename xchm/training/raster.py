@@ -144,7 +144,8 @@ def evaluate_raster(
         Directory for ``metrics.json``, ``density.png`` and ``error_by_class.png``;
         absent or empty unless ``overwrite``.
     overwrite
-        Replace the report files in a non-empty ``report`` directory.
+        Replace an earlier report in ``report`` (a folder holding anything else is
+        refused, with or without it).
     max_height, bin_size
         Range and bin width of the density plot's histogram, metres.
 

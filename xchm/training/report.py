@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from xchm.errors import InputError, MissingDependencyError
+from xchm.errors import MissingDependencyError
+from xchm.outputs import prepare_output_dir
 from xchm.training.metrics import HistogramAccumulator
 
 __all__ = ["format_metrics", "jsonable", "prepare_report_dir", "write_report"]
@@ -53,24 +54,27 @@ def jsonable(value: Any) -> Any:
 
 
 def prepare_report_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Check that ``path`` can take a report: absent, empty, or ``overwrite`` (not created here).
+    """Create the report folder ``path``: new, empty, or an earlier report.
+
+    The rule of :mod:`xchm.outputs`: an earlier report is replaced only with
+    ``overwrite``; a folder holding anything else is refused and never touched.
 
     Raises
     ------
-    InputError
-        If ``path`` is a file.
-    FileExistsError
-        If ``path`` is a non-empty directory and ``overwrite`` is False.
+    OutputExistsError
+        If ``path`` is a file, holds files that are not a report, or holds a report
+        and ``overwrite`` is False.
     """
     out = Path(path).expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"report path {str(out)!r} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"report directory {out} is not empty; pass overwrite=True (CLI: --overwrite) to "
-            "replace its report files, or choose a new directory"
-        )
+    prepare_output_dir(out, "report", overwrite=overwrite, legacy=_is_old_report)
     return out
+
+
+def _is_old_report(folder: Path) -> bool:
+    """Recognise a report written before output markers: only report files."""
+    names = {p.name for p in folder.iterdir()}
+    ours = {METRICS_JSON, DENSITY_PNG, CLASSES_PNG, EXAMPLES_PNG}
+    return METRICS_JSON in names and names <= ours
 
 
 def _replace_into(directory: Path, name: str, write: Any) -> Path:
@@ -233,7 +237,8 @@ def write_report(
     Parameters
     ----------
     directory
-        Report directory: created if absent; must be empty unless ``overwrite``.
+        Report directory: created if absent; must be empty or, with ``overwrite``,
+        an earlier report (see :func:`prepare_report_dir`).
     result
         What :func:`~xchm.training.evaluate` returns (metrics dict).
     hist
@@ -243,7 +248,7 @@ def write_report(
     bands, nodata
         The image's band names and nodata value (for the quicklook).
     overwrite
-        Replace report files in a non-empty directory (other files are kept).
+        Replace an earlier report in ``directory``.
 
     Returns
     -------
@@ -256,7 +261,6 @@ def write_report(
     [PosixPath('report/metrics.json'), PosixPath('report/density.png'), ...]
     """
     out = prepare_report_dir(directory, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n"
     written = [_replace_into(out, METRICS_JSON, lambda tmp: tmp.write_text(text))]
     written.append(plot_density(hist, result, out))
