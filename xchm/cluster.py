@@ -11,6 +11,10 @@ nearly all its time in the model, which runs under a per-process lock
 so a worker gets two threads (one reads the next block while the other runs the
 model) and torch gets all of the worker's cores. Each worker process holds its
 own copy of the model (1.2 GB for ViT-L), hence few processes.
+
+Everything :func:`start` starts (scheduler, workers, nannies, dashboard) listens on
+127.0.0.1 only, unless ``host=`` says otherwise: distributed alone would serve a
+dashboard given as a bare port (``":8787"``) on every interface.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from xchm._optional import require
 from xchm.errors import InputError, XCHMWarning
 
-__all__ = ["start", "active_client", "gpu_count", "TORCH_THREADS_ENV"]
+__all__ = ["start", "active_client", "gpu_count", "TORCH_THREADS_ENV", "LOOPBACK"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ logger = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "XCHM_TORCH_THREADS"
 #: CPU cores per worker process that :func:`start` aims for.
 CORES_PER_CPU_WORKER = 8
+#: Interface :func:`start` listens on unless told otherwise: this machine only.
+LOOPBACK = "127.0.0.1"
 
 
 def active_client() -> Any:
@@ -101,12 +107,29 @@ def _owning_client(cluster: Any) -> Any:
     return OwningClient(cluster, set_as_default=True)
 
 
+def _on_host(address: str | int, host: str) -> str:
+    """Give a port-only address (``":8787"``, ``8787``) the interface ``host``.
+
+    distributed binds a dashboard given as ``":PORT"`` to every interface
+    (0.0.0.0), whatever the cluster's ``host``; an address with a host is kept.
+    """
+    text = str(address).strip()
+    if text.isdigit():
+        text = ":" + text
+    if not text.startswith(":"):
+        return text
+    if ":" in host and not host.startswith("["):  # an IPv6 address
+        host = f"[{host}]"
+    return host + text
+
+
 def start(
     gpus: int | str | None = "auto",
     threads_per_worker: int | None = None,
     *,
     n_workers: int | None = None,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | int | None = ":8787",
+    host: str = LOOPBACK,
     quiet: bool = False,
     **kwargs: Any,
 ) -> Any:
@@ -126,7 +149,16 @@ def start(
         CPU workers only: worker processes (default one per 8 cores, at least one).
         Torch uses the worker's share of the cores.
     dashboard_address
-        Where the dashboard listens (``None``: no dashboard).
+        Where the dashboard listens (``None``: no dashboard). A port alone
+        (``":8787"``, ``":0"``: any free port) listens on ``host``; give a host to
+        listen elsewhere (``"0.0.0.0:8787"``: every interface).
+    host
+        Interface the scheduler, the workers, their nannies and the dashboard listen
+        on. The default, ``127.0.0.1``, keeps them on this machine: the dashboard
+        shows the computation to anyone who can reach it and has no login. Pass
+        ``"0.0.0.0"`` (every interface) or this machine's address only to watch the
+        dashboard from another machine on a network you trust (or forward the port:
+        ``ssh -L 8787:127.0.0.1:8787 host``).
     quiet
         Do not print the dashboard link (it is logged either way).
     **kwargs
@@ -143,7 +175,7 @@ def start(
     Raises
     ------
     InputError
-        Bad ``gpus``, ``threads_per_worker`` or ``n_workers``.
+        Bad ``gpus``, ``threads_per_worker``, ``n_workers`` or ``host``.
     MissingDependencyError
         GPUs requested but ``dask-cuda`` is missing (``pip install 'xchm[gpu]'``).
 
@@ -167,6 +199,10 @@ def start(
         n_gpus = gpus
     else:
         raise InputError(f"gpus must be 'auto', None or a non-negative integer, got {gpus!r}")
+    if not isinstance(host, str) or not host.strip() or "://" in host:
+        raise InputError(
+            f"host must be an interface address such as '127.0.0.1' or '0.0.0.0', got {host!r}"
+        )
 
     if n_gpus > 0 and gpus != "auto":
         require("dask_cuda")  # asked for GPUs explicitly: say what is missing first
@@ -183,9 +219,11 @@ def start(
     threads = threads_per_worker or 2
     if dashboard_address is None:  # no dashboard; its HTTP server (/health) on a free port
         kwargs["scheduler_kwargs"] = {
-            "dashboard_address": "127.0.0.1:0",
+            "dashboard_address": _on_host(":0", host),
             **kwargs.get("scheduler_kwargs", {}),
         }
+    else:
+        dashboard_address = _on_host(dashboard_address, host)
     if n_gpus > 0:
         if n_workers is not None:
             raise InputError("n_workers is for CPU clusters; with GPUs there is one worker per GPU")
@@ -203,6 +241,7 @@ def start(
                     None,
                     threads_per_worker,
                     dashboard_address=dashboard_address,
+                    host=host,
                     quiet=quiet,
                     **kwargs,
                 )
@@ -210,6 +249,7 @@ def start(
         cluster = dask_cuda.LocalCUDACluster(
             CUDA_VISIBLE_DEVICES=kwargs.pop("CUDA_VISIBLE_DEVICES", list(range(n_gpus))),
             threads_per_worker=threads,
+            host=host,
             dashboard_address=dashboard_address,
             **kwargs,
         )
@@ -225,6 +265,7 @@ def start(
             n_workers=workers,
             threads_per_worker=threads,
             processes=True,
+            host=host,
             dashboard_address=dashboard_address,
             env=env,
             **kwargs,
