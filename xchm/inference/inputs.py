@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -19,7 +19,14 @@ from xchm.errors import BandError, InputError, XCHMWarning
 from xchm.models.bands import normalize_band_name
 from xchm.models.card import ModelCard
 
-__all__ = ["BandsArg", "as_band_array", "spatial_dims", "check_georeferencing"]
+__all__ = [
+    "BandsArg",
+    "GridSteps",
+    "as_band_array",
+    "spatial_dims",
+    "check_grid",
+    "check_georeferencing",
+]
 
 BandsArg = Mapping[str, Hashable] | Sequence[str] | None
 
@@ -160,8 +167,142 @@ def check_dtype(da: xr.DataArray) -> None:
         )
 
 
-def check_georeferencing(da: xr.DataArray, card: ModelCard) -> None:
-    """Warn when the CRS is missing or the pixel size is far from the card's."""
+class GridSteps(NamedTuple):
+    """Signed coordinate step between neighbouring pixels along y and x (None: unknown)."""
+
+    y: float | None
+    x: float | None
+
+    @property
+    def north_up(self) -> bool:
+        """Whether rows run north to south and columns west to east (or are unknown)."""
+        return (self.y is None or self.y < 0) and (self.x is None or self.x > 0)
+
+
+#: Largest deviation of one coordinate step from the mean step, as a fraction of a pixel.
+GRID_TOLERANCE = 0.01
+
+
+def _axis_step(da: xr.DataArray, dim: Hashable, what: str) -> float | None:
+    """Return the regular step of ``da[dim]``; None without a coordinate or with one pixel."""
+    if dim not in da.coords or da.sizes[dim] < 2:
+        return None
+    values = da[dim].values
+    if values.ndim != 1 or not np.issubdtype(values.dtype, np.number):
+        raise InputError(
+            f"{what}: the {dim!r} coordinate must be 1-D numbers (pixel centres), got dtype "
+            f"{values.dtype} with dims {da[dim].dims}"
+        )
+    coords = values.astype(np.float64)
+    if not np.isfinite(coords).all():
+        raise InputError(f"{what}: the {dim!r} coordinate has NaN or infinite values")
+    diffs = np.diff(coords)
+    step = (coords[-1] - coords[0]) / (len(coords) - 1)
+    # 1% of a pixel, plus the rounding of the stored values (float32 coordinates).
+    rounding = 2 * float(np.spacing(np.abs(values).max()))
+    tol = GRID_TOLERANCE * abs(step) + rounding
+    bad = np.flatnonzero((diffs * np.sign(step) <= 0) | (np.abs(diffs - step) > tol))
+    if step == 0 or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        if step == 0 or diffs[i] == 0:
+            kind, fix = "repeats a value", f"drop the repeats: da.drop_duplicates({dim!r})"
+        elif diffs[i] * np.sign(step) < 0:
+            kind, fix = "is not monotonic", f"sort it: da.sortby({dim!r})"
+        else:
+            kind = "is not evenly spaced (a gap or an irregular step)"
+            fix = (
+                f"put it on a regular grid: da.reindex({dim}=<evenly spaced centres>, "
+                "method='nearest', tolerance=<half a pixel>) (the gaps become NaN, i.e. "
+                "nodata), or resample the source onto a regular grid"
+            )
+        raise InputError(
+            f"{what}: the {dim!r} coordinate {kind}: {coords[i]:.10g} -> {coords[i + 1]:.10g} "
+            f"at index {i}, while its mean step is {step:.6g}; xchm needs a regular pixel "
+            f"grid (windows and chips are cut by pixel position). Fix: {fix}"
+        )
+    return float(step)
+
+
+def check_grid(da: xr.DataArray, what: str = "the input") -> GridSteps:
+    """Raise :class:`InputError` unless y and x are regular grids; return their steps.
+
+    Each spatial coordinate must be strictly monotonic with a constant step (to
+    ``GRID_TOLERANCE`` of a pixel, plus the rounding of float32 values): shuffled,
+    repeated or gapped coordinates mean the pixels are not where windows assume.
+    Either direction is accepted; :attr:`GridSteps.north_up` tells which one it is.
+    Only coordinates are read, never the data.
+    """
+    ydim, xdim = spatial_dims(da)
+    return GridSteps(_axis_step(da, ydim, what), _axis_step(da, xdim, what))
+
+
+def to_north_up(da: xr.DataArray, steps: GridSteps) -> xr.DataArray:
+    """Reverse the y and/or x axes (lazily) so that rows run north to south, columns west to east.
+
+    The transform is recomputed from the coordinates: a cached ``GeoTransform``
+    (rioxarray's ``spatial_ref``) would describe the old order.
+    """
+    flips = {}
+    ydim, xdim = spatial_dims(da)
+    if steps.y is not None and steps.y > 0:
+        flips[ydim] = slice(None, None, -1)
+    if steps.x is not None and steps.x < 0:
+        flips[xdim] = slice(None, None, -1)
+    if not flips:
+        return da
+    out = da.isel(flips)
+    return out.rio.write_transform(out.rio.transform(recalc=True))
+
+
+def metres_per_unit(crs: Any, latitude: float | None) -> tuple[float, float] | None:
+    """Metres per CRS unit along (y, x) at ``latitude``; None when unknown.
+
+    Projected CRSs: their linear unit (metre, foot...). Geographic CRSs: metres per
+    degree of latitude and of longitude on the WGS84 ellipsoid at ``latitude``.
+    """
+    if crs.is_projected:
+        try:
+            factor = float(crs.linear_units_factor[1])
+        except Exception:  # rasterio cannot tell the unit
+            return None
+        return factor, factor
+    if crs.is_geographic and latitude is not None and abs(latitude) <= 90:
+        phi = np.radians(latitude)
+        per_lat = 111_132.954 - 559.822 * np.cos(2 * phi) + 1.175 * np.cos(4 * phi)
+        per_lon = 111_412.84 * np.cos(phi) - 93.5 * np.cos(3 * phi) + 0.118 * np.cos(5 * phi)
+        return float(per_lat), float(abs(per_lon))
+    return None
+
+
+def pixel_size_m(da: xr.DataArray, steps: GridSteps | None = None) -> tuple[float, float] | None:
+    """Return the pixel's (height, width) in metres from coordinates and CRS; None if unknown."""
+    crs = da.rio.crs
+    if crs is None:
+        return None
+    steps = steps if steps is not None else check_grid(da)
+    sy, sx = steps
+    if sy is None or sx is None:
+        try:
+            rx, ry = da.rio.resolution()
+        except Exception:  # rioxarray cannot infer a resolution from 1-pixel axes
+            return None
+        sy = sy if sy is not None else ry
+        sx = sx if sx is not None else rx
+    ydim, _ = spatial_dims(da)
+    latitude = float(np.mean(da[ydim].values[[0, -1]])) if ydim in da.coords else None
+    factors = metres_per_unit(crs, latitude)
+    if factors is None:
+        return None
+    return abs(sy) * factors[0], abs(sx) * factors[1]
+
+
+def check_georeferencing(da: xr.DataArray, card: ModelCard, steps: GridSteps | None = None) -> None:
+    """Warn when the CRS is missing or the pixel size (in metres) is far from the card's.
+
+    Geographic CRSs get the same check, with degrees turned into metres at the
+    scene's latitude (a degree of longitude shrinks towards the poles, so square
+    degree pixels are not square on the ground).
+    """
     crs = da.rio.crs
     if crs is None:
         warnings.warn(
@@ -171,17 +312,31 @@ def check_georeferencing(da: xr.DataArray, card: ModelCard) -> None:
             stacklevel=4,
         )
         return
-    if not crs.is_projected:
+    size = pixel_size_m(da, steps)
+    if size is None:
         return
-    try:
-        res = abs(da.rio.resolution()[0])
-    except Exception:  # rioxarray cannot infer a resolution from 1-pixel axes
+    want = card.pixel_size
+    if all(abs(s - want) <= 0.25 * want for s in size):
         return
-    if abs(res - card.pixel_size) > 0.25 * card.pixel_size:
-        warnings.warn(
-            f"the input's pixels are {res:g} m but the model was trained at {card.pixel_size:g} m; "
-            "heights will be off. Resample first: da.rio.reproject(da.rio.crs, "
-            f"resolution={card.pixel_size:g}, resampling=rasterio.enums.Resampling.average)",
-            XCHMWarning,
-            stacklevel=4,
-        )
+    height, width = size
+    shown = (
+        f"{width:.3g} m"
+        if np.isclose(width, height, rtol=0.01)
+        else f"{width:.3g} m wide x {height:.3g} m tall"
+    )
+    crs_to = "da.rio.crs"
+    if crs.is_geographic:
+        steps = steps if steps is not None else check_grid(da)
+        deg = " x ".join(f"{abs(s):.3g}" for s in (steps.x, steps.y) if s is not None)
+        shown = f"{deg} degrees in the geographic CRS {crs.to_string()}, about {shown} here"
+        crs_to = "da.rio.estimate_utm_crs()"
+    elif crs.linear_units_factor[1] != 1:
+        shown = f"{shown} (the CRS counts in {crs.linear_units_factor[0]})"
+        crs_to = "da.rio.estimate_utm_crs()"
+    warnings.warn(
+        f"the input's pixels are {shown} but the model was trained at {want:g} m pixels; "
+        f"heights will be off. Resample first: da.rio.reproject({crs_to}, resolution={want:g}, "
+        "resampling=rasterio.enums.Resampling.average)",
+        XCHMWarning,
+        stacklevel=4,
+    )

@@ -19,7 +19,13 @@ import xarray as xr
 
 from xchm._version import __version__
 from xchm.errors import InputError, XCHMWarning
-from xchm.inference.inputs import BandsArg, as_band_array, check_dtype, check_georeferencing
+from xchm.inference.inputs import (
+    BandsArg,
+    as_band_array,
+    check_dtype,
+    check_georeferencing,
+    check_grid,
+)
 from xchm.inference.kernel import KernelConfig, predict_block
 from xchm.inference.progress import PREDICT_PREFIX
 from xchm.inference.runtime import spec_for
@@ -44,12 +50,13 @@ def _nodata(da: xr.DataArray, nodata: float | None) -> float | None:
 def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[tuple[int, ...], ...]:
     """Chunks for the kernel (each >= ``depth``, as the halo needs) and for the output.
 
-    Chunks smaller than the halo are replaced by ``target``-pixel chunks (with a
-    warning). A thin last chunk is merged into its neighbour for the computation,
-    and the output is cut back to the regular chunks Zarr and COG writers expect.
+    Inner chunks smaller than the halo make the whole axis ``target``-pixel chunks
+    (with a warning). A thin first or last chunk is merged into its neighbour for
+    the computation, and the output is cut back to the chunks given, which Zarr
+    and COG writers expect.
     """
     total = sum(sizes)
-    if any(c < depth for c in sizes[:-1]):
+    if any(c < depth for c in sizes[1:-1]):
         warnings.warn(
             f"chunks {sizes[:4]}... are smaller than the {depth}-pixel halo (one window) that "
             f"each chunk reads from its neighbours; rechunking to {target} px",
@@ -58,8 +65,10 @@ def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[tu
         )
         sizes = tuple(min(target, total - i) for i in range(0, total, target))
     compute = sizes
-    if len(sizes) > 1 and sizes[-1] < depth:
-        compute = sizes[:-2] + (sizes[-2] + sizes[-1],)
+    if len(compute) > 1 and compute[-1] < depth:
+        compute = compute[:-2] + (compute[-2] + compute[-1],)
+    if len(compute) > 1 and compute[0] < depth:
+        compute = (compute[0] + compute[1],) + compute[2:]
     return compute, sizes
 
 
@@ -117,7 +126,14 @@ def predict(
     BandError
         Missing, ambiguous or unnamed bands (all problems listed).
     InputError
-        Wrong dimensions or dtype, a scene smaller than one window, a bad overlap.
+        Wrong dimensions or dtype, a scene smaller than one window, a bad overlap,
+        x/y coordinates that are not a regular grid (shuffled, repeated, gapped).
+
+    Notes
+    -----
+    Windows are laid out north-up: an image stored south-up (y increasing) or
+    east-to-west (x decreasing) is read in reverse and the map is returned in the
+    input's order, so the storage order does not change the heights.
 
     Examples
     --------
@@ -140,13 +156,14 @@ def predict(
     card.require_statistics()
     image = as_band_array(obj, card, bands)
     check_dtype(image)
+    steps = check_grid(image)
     _, height, width = image.shape
     if height < window or width < window:
         raise InputError(
             f"the image is {height}x{width} pixels, smaller than one {window}x{window} window; "
             "use a larger area (xchm does not pad scenes smaller than a window)"
         )
-    check_georeferencing(image, card)
+    check_georeferencing(image, card, steps)
     config = KernelConfig(
         window=window,
         stride=window - overlap,
@@ -164,6 +181,16 @@ def predict(
     (y_compute, y_out), (x_compute, x_out) = (
         _spatial_chunks(c, depth, DEFAULT_CHUNK) for c in data.chunks[1:]
     )
+    # Windows run north-up: chunks are planned in the input's order, then reversed with it.
+    flip = (
+        slice(None),
+        slice(None, None, -1 if steps.y is not None and steps.y > 0 else 1),
+        slice(None, None, -1 if steps.x is not None and steps.x < 0 else 1),
+    )
+    if not steps.north_up:
+        data = data[flip]
+        y_compute, y_out = y_compute[flip[1]], y_out[flip[1]]
+        x_compute, x_out = x_compute[flip[2]], x_out[flip[2]]
     chunks = ((data.shape[0],), y_compute, x_compute)
     if chunks != data.chunks:
         data = data.rechunk(chunks)
@@ -187,12 +214,22 @@ def predict(
         )
     if (y_out, x_out) != (y_compute, x_compute):
         result = result.rechunk(((config.outputs,), y_out, x_out))
+    if not steps.north_up:  # back to the input's order (and chunks)
+        result = result[flip]
     if eager:
         result = result.compute(scheduler="threads")
-    return _wrap(image, result, card, config, overlap)
+    return _wrap(image, result, card, config, overlap, north_up=steps.north_up)
 
 
-def _wrap(image: xr.DataArray, result: Any, card: Any, config: KernelConfig, overlap: int) -> Any:
+def _wrap(
+    image: xr.DataArray,
+    result: Any,
+    card: Any,
+    config: KernelConfig,
+    overlap: int,
+    *,
+    north_up: bool = True,
+) -> Any:
     template = image.isel(band=0, drop=True)
     attrs = {
         "units": "m",
@@ -210,6 +247,8 @@ def _wrap(image: xr.DataArray, result: Any, card: Any, config: KernelConfig, ove
         out.attrs = {**attrs, "long_name": long_name}
         if crs is not None:
             out = out.rio.write_crs(crs)
+        if not north_up:  # a cached GeoTransform may describe another axis order
+            out = out.rio.write_transform(out.rio.transform(recalc=True))
         return out.rio.write_nodata(np.nan, encoded=False)
 
     chm = layer(0, "chm", "canopy height above ground")
