@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.errors import InputError
+from xchm.errors import InputError, NonFiniteLossError, ResumeError
 from xchm.pretraining.config import PretrainConfig
 from xchm.training.epoch import autocast
 from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
@@ -100,22 +100,26 @@ def pretrain(
     import torch
 
     from xchm.pretraining.data import ImageBatches
-    from xchm.training.distributed import process_group
+    from xchm.training.distributed import process_group, resolve_device
+    from xchm.training.job import fingerprint
 
     cfg = config or PretrainConfig()
     cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
     if cfg.split is not None:
         cube = cube.sel(split=cfg.split)
     rank, world, local = process_group()
-    dev = torch.device(device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device, local)  # before the run directory is created
     out = Path(output)
+    job = fingerprint(cube, model, weights, world)
     state = open_run(
         out,
         out / _STATE,
         cfg.to_dict(),
+        job=job,
         resume=resume,
         rank=rank,
         expected_format=_FORMAT,
+        config_type=PretrainConfig,
         kind="pretraining",
     )
     torch.manual_seed(cfg.seed)
@@ -133,7 +137,7 @@ def pretrain(
         if cfg.max_steps_per_epoch is None
         else min(len(batches), cfg.max_steps_per_epoch)
     )
-    run = _Run(cube, cfg, out, dev, rank, world, batches, steps, model, weights)
+    run = _Run(cube, cfg, out, dev, rank, world, batches, steps, model, weights, job)
     run.build()
     if state is not None:
         run.restore(state)
@@ -154,6 +158,8 @@ class _Run:
     steps: int
     model_name: str | Path
     weights: str | Path | None
+    job: dict[str, Any] = field(default_factory=dict)
+    """The run's fingerprint (:mod:`xchm.training.job`), saved with its state."""
 
     # -- set-up -----------------------------------------------------------------------
     def build(self) -> None:
@@ -185,11 +191,19 @@ class _Run:
         self.prototypes = [p for name, p in named if name.endswith("prototypes")]
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.dino_loss.load_state_dict(state["dino_loss"])
-        self.ibot_loss.load_state_dict(state["ibot_loss"])
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.dino_loss.load_state_dict(state["dino_loss"])
+            self.ibot_loss.load_state_dict(state["ibot_loss"])
+            self.opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ResumeError(
+                f"the state in {self.output / _STATE} does not fit the model "
+                f"{str(self.model_name)!r}: it was saved by another model or heads. Pass the "
+                "run's own model, or start a new run in another output directory "
+                f"({str(err).splitlines()[0]})"
+            ) from err
         restore_rng(state["rng"])
 
     # -- schedules --------------------------------------------------------------------
@@ -313,9 +327,10 @@ class _Run:
             loss = loss + cfg.koleo_weight * koleo
             terms["koleo_loss"] = float(koleo.detach())
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"pretraining loss is {float(loss)} at epoch {epoch} step {index}; lower lr or "
-                "resume from the last checkpoint"
+            raise NonFiniteLossError(
+                f"pretraining loss is {float(loss)} at epoch {epoch} step {index}: training "
+                "diverged. Lower lr or lengthen warmup_epochs and start a new run in another "
+                "output directory (a resume repeats the same steps exactly)"
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -369,6 +384,7 @@ class _Run:
             "partial": partial,
             "history": self.history,
             "config": self.cfg.to_dict(),
+            "job": self.job,
         }
         save_state(state, self.output / _STATE)
 
@@ -385,6 +401,7 @@ class _Run:
                 **dict(card.provenance),
                 "pretraining": "dino",
                 "pretrained_on": str(self.cube.path),
+                "cube_content_sha256": self.job.get("cube", {}).get("content"),
                 "pretraining_chips": len(self.cube),
                 "epoch": row["epoch"],
                 "loss": row["loss"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["process_group", "all_reduce_sum", "wrap"]
+__all__ = ["process_group", "resolve_device", "all_reduce_sum", "wrap"]
 
 
 def process_group() -> tuple[int, int, int]:
@@ -28,6 +28,31 @@ def process_group() -> tuple[int, int, int]:
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def resolve_device(device: str | None, local_rank: int) -> Any:
+    """Return the torch device a run uses: ``device``, else this process's GPU, else the CPU.
+
+    Raises
+    ------
+    DeviceError
+        ``device`` is not a torch device name, or names CUDA where there is none.
+    """
+    import torch
+
+    from xchm.errors import DeviceError
+    from xchm.inference.runtime import choose_device
+
+    if device is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        return choose_device(device)
+    except DeviceError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DeviceError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
 
 
 def all_reduce_sum(values: list[float], device: Any) -> list[float]:

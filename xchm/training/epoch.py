@@ -6,6 +6,7 @@ import math
 from contextlib import nullcontext
 from typing import Any
 
+from xchm.errors import NonFiniteLossError
 from xchm.training.distributed import all_reduce_sum, wrap
 from xchm.training.losses import height_loss
 from xchm.training.normalize import prepare_inputs
@@ -90,7 +91,14 @@ def run_epoch(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            loss_sum, done = loss_sum + loss.detach().item(), done + 1
+            value = loss.detach().item()
+            if not math.isfinite(value):  # stop before a checkpoint keeps broken weights
+                raise NonFiniteLossError(
+                    f"training loss is {value} at epoch {epoch} batch {i}: training diverged. "
+                    "Lower lr, keep grad_clip on or use loss='huber', and start a new run in "
+                    "another output directory (a resume repeats the same steps exactly)"
+                )
+            loss_sum, done = loss_sum + value, done + 1
             bar.set_postfix(loss=f"{loss_sum / done:.3f}")
             bar.update()
             if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:

@@ -9,8 +9,10 @@ arbitrary pickled objects.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,38 +104,141 @@ def open_run(
     state_path: Path,
     config: dict[str, Any],
     *,
+    job: dict[str, Any],
     resume: bool,
     rank: int,
     expected_format: str,
+    config_type: type,
     kind: str = "training",
 ) -> dict[str, Any] | None:
-    """Check a run directory; return the state to resume (None for a new run).
+    """Check and prepare a run directory; return the state to resume (None for a new run).
 
-    A new run refuses a directory that already holds one; a resumed run needs its
-    state and the very same config (the changed fields are named). Rank 0 creates
-    the directory and writes ``config.json``.
+    The directory must be new, empty or a run of this ``kind`` (see
+    :mod:`xchm.outputs`): nothing else in it is ever touched. A new run refuses a
+    run that made progress (a checkpoint, metrics or a saved model) and replaces one
+    killed before its first checkpoint. A resumed run needs its state, the very same
+    config and the same job (:mod:`xchm.training.job`: cube, model, weights, number
+    of processes); whatever differs is named, before any work. Rank 0 creates and
+    marks the directory and writes ``config.json``; the other ranks only read.
+
+    Parameters
+    ----------
+    output
+        The run directory.
+    state_path
+        Its training state (``checkpoints/last.pt``).
+    config
+        The run's config as a dict (``config.json``, compared on resume).
+    job
+        The fingerprint of this call's inputs (:func:`xchm.training.job.fingerprint`).
+    resume
+        Continue the run in ``output``.
+    rank
+        This process's DDP rank.
+    expected_format
+        The state's ``format`` entry.
+    config_type
+        The config class (recognises runs written before output markers existed).
+    kind
+        ``"training"`` or ``"pretraining"``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``output`` holds something other than a run of this kind, or (without
+        ``resume``) a run with progress.
+    PathNotFoundError
+        ``resume`` without a state to resume.
+    ResumeError
+        The state belongs to another job (inputs or config differ).
+    OutputError
+        ``output`` cannot be created or written.
     """
-    import json
+    from xchm.errors import OutputExistsError, PathNotFoundError
+    from xchm.outputs import output_kind, prepare_output_dir
 
-    from xchm.errors import InputError
+    label = f"{kind} run"
 
-    if resume:
-        if not state_path.exists():
-            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+    def legacy(folder: Path) -> bool:
+        return _legacy_run(folder, state_path, config_type)
+
+    found = output_kind(output) if output.is_dir() else None
+    if found is None and output.is_dir() and legacy(output):
+        found = label
+    progress = _progress(output, state_path)
+    if resume and state_path.is_file():
+        if rank == 0:
+            prepare_output_dir(output, label, exist_ok=True, legacy=legacy)
+        elif found != label:
+            raise OutputExistsError(f"{output} is not an xchm {label}; nothing to resume")
         state = load_state(state_path, expected_format=expected_format)
-        if state["config"] != config:
-            changed = sorted(k for k, v in config.items() if state["config"].get(k) != v)
-            raise InputError(f"resume needs the run's own config; these differ: {changed}")
+        check_resume(state, config, job, output)
         return state
-    if state_path.exists():
-        raise FileExistsError(
-            f"{output} holds a {kind} run; pass resume=True to continue it or choose "
-            "another output directory"
+    if resume and (found != label or progress):
+        raise PathNotFoundError(
+            f"nothing to resume: {state_path} does not exist; start a new run without "
+            "resume=True (CLI: without --resume), in a new or empty output directory"
         )
+    # A new run (or resume=True on a run killed before its first checkpoint).
     if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
+        hint = (
+            "pass resume=True (CLI: --resume) to continue it, or choose another output directory"
+            if state_path.is_file()
+            else f"it has no checkpoint to resume ({state_path} is missing) but holds "
+            f"{', '.join(progress)}; choose another output directory"
+        )
+        prepare_output_dir(
+            output, label, overwrite=found == label and not progress, legacy=legacy, hint=hint
+        )
         (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return None
+
+
+def check_resume(
+    state: dict[str, Any], config: dict[str, Any], job: dict[str, Any], output: Path
+) -> None:
+    """Refuse (:class:`~xchm.errors.ResumeError`) a state of another job, naming what differs."""
+    from xchm.errors import ResumeError, XCHMWarning
+    from xchm.training.job import differences
+
+    found = []
+    if state.get("job") is None:
+        warnings.warn(
+            f"{output} was written by an xchm that did not record its cube, model and weights: "
+            "resuming without checking that this call gives the same ones",
+            XCHMWarning,
+            stacklevel=2,
+        )
+    else:
+        found += differences(state["job"], job)
+    saved = state.get("config", {})
+    changed = sorted(k for k in set(config) | set(saved) if saved.get(k) != config.get(k))
+    if changed:
+        found.append(f"config: these differ: {changed}")
+    if found:
+        raise ResumeError(
+            f"{output} is the run of another job; resume needs the run's own inputs and "
+            f"config. {'; '.join(found)}. Pass what the run used, or start a new run in "
+            "another output directory"
+        )
+
+
+def _progress(output: Path, state_path: Path) -> list[str]:
+    """List what a run directory holds that a new run must not replace."""
+    names = [state_path, output / "metrics.jsonl", output / "best", output / "backbone"]
+    return [str(p.relative_to(output)) for p in names if p.exists()]
+
+
+def _legacy_run(folder: Path, state_path: Path, config_type: type) -> bool:
+    """Recognise a run written before output markers: its config.json and state or metrics."""
+    if not (state_path.is_file() or (folder / "metrics.jsonl").is_file()):
+        return False
+    try:
+        data = json.loads((folder / "config.json").read_text())
+        config_type.from_dict(data)
+    except Exception:  # noqa: BLE001  (anything unreadable is simply not a run)
+        return False
+    return isinstance(data, dict) and {"epochs", "batch_size", "seed"} <= set(data)
 
 
 def _to_lists(value: Any) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.errors import InputError
+from xchm.errors import InputError, ResumeError
 from xchm.training.config import TrainConfig
 from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
@@ -100,13 +100,20 @@ def train(
                 f"chip cube {cube.path} has no {needed!r} chips (splits: {cube.splits}); "
                 "build it with a val fraction > 0"
             )
-    run = _Run.start(cube, cfg, Path(output), resume, device)
+    run = _Run.start(cube, cfg, Path(output), resume, device, model, weights)
     net = run.build_model(model, weights)
     opt = torch.optim.AdamW(_groups(net, cfg), weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
     if run.state is not None:
-        net.load_state_dict(run.state["model"])
-        opt.load_state_dict(run.state["optimizer"])
+        try:
+            net.load_state_dict(run.state["model"])
+            opt.load_state_dict(run.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ResumeError(
+                f"the state in {run.output / _STATE} does not fit the model {model!r}: it was "
+                "saved by another model. Pass the run's own model, or start a new run in "
+                f"another output directory ({str(err).splitlines()[0]})"
+            ) from err
         sched.load_state_dict(run.state["scheduler"])
         restore_rng(run.state["rng"])
     return run.loop(net, opt, sched, progress)
@@ -150,29 +157,40 @@ class _Run:
     rank: int
     world: int
     state: dict[str, Any] | None
+    job: dict[str, Any]
 
     @classmethod
     def start(
-        cls, cube: ChipCube, cfg: TrainConfig, output: Path, resume: bool, device: str | None
+        cls,
+        cube: ChipCube,
+        cfg: TrainConfig,
+        output: Path,
+        resume: bool,
+        device: str | None,
+        model: str | Path,
+        weights: str | Path | None,
     ) -> _Run:
         import torch
 
-        from xchm.training.distributed import process_group
+        from xchm.training.distributed import process_group, resolve_device
+        from xchm.training.job import fingerprint
 
         rank, world, local = process_group()
-        if device is None:
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        dev = resolve_device(device, local)  # before the run directory is created
+        job = fingerprint(cube, model, weights, world)
         state = open_run(
             output,
             output / _STATE,
             cfg.to_dict(),
+            job=job,
             resume=resume,
             rank=rank,
             expected_format="xchm-train-state",
+            config_type=TrainConfig,
         )
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        return cls(cube, cfg, output, torch.device(device), rank, world, state)
+        return cls(cube, cfg, output, dev, rank, world, state, job)
 
     # -- model ------------------------------------------------------------------------
     def build_model(self, model: str | Path, weights: str | Path | None) -> Any:
@@ -268,6 +286,7 @@ class _Run:
             provenance={
                 **dict(card.provenance),
                 "trained_on": str(self.cube.path),
+                "cube_content_sha256": self.job["cube"]["content"],
                 "cube_chips": self.cube.splits,
                 "epoch": row["epoch"],
                 "val_loss": row["val_loss"],
@@ -332,6 +351,7 @@ class _Checkpointer:
             "history": self.history,
             "best": self.best,
             "config": self.run.cfg.to_dict(),
+            "job": self.run.job,
         }
         save_state(state, self.run.output / _STATE)
 
