@@ -300,13 +300,7 @@ def test_build__interrupted_build_never_looks_complete(tmp_path, monkeypatch, pa
     assert len(build([pair_files], store=store, overwrite=True)) == 30
 
 
-def test_build__refuses_to_delete_a_directory_that_is_not_a_store(tmp_path, pair_files, build):
-    store = tmp_path / "mine"
-    store.mkdir()
-    (store / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a Zarr store"):
-        build([pair_files], store=store, overwrite=True)
-    assert (store / "notes.txt").read_text() == "keep me"
+# A store that is not a chip cube is refused: tests/chips/test_outputs.py
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from PIL import Image
 import xchm.chips
 from xchm.chips.cube import ChipCube
 from xchm.chips.preview import LEGEND_HEIGHT, MARGIN, NODATA_GREY, preview
-from xchm.errors import InputError
+from xchm.errors import InputError, OutputError
 
 WIN = 64
 # Build options shared with the CLI tests: one-chip split blocks give train and val
@@ -161,7 +161,7 @@ def test_preview__overwrite_replaces_and_leaves_no_other_file(cube, tmp_path):
 
 
 def test_preview__missing_directory_creates_nothing(cube, tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(OutputError, match="does not exist"):
         preview(cube, tmp_path / "sub" / "p.png")
     assert list(tmp_path.iterdir()) == []
 

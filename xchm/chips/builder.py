@@ -107,7 +107,9 @@ def build(
         rasterio resampling name for aligning the CHM (``average``, ``bilinear``,
         ``max``, ...).
     overwrite
-        Replace an existing store.
+        Replace an existing chip cube at ``store`` (complete or not). A folder that
+        is not a chip cube (a user's own Zarr store, any other files) is refused
+        with or without it, and nothing in it is touched.
     progress
         Show a progress bar (chips).
 
@@ -121,6 +123,9 @@ def build(
     InputError
         For invalid settings or inputs, among them scenes that mix images with and
         without a CHM, or ``drop_no_positive=True`` for images alone.
+    OutputExistsError
+        If ``store`` holds a chip cube and ``overwrite`` is False, or holds anything
+        else (see :mod:`xchm.outputs`).
 
     Examples
     --------

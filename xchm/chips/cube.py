@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, store_path
-from xchm.errors import InputError
+from xchm.chips.writer import KIND
+from xchm.errors import InputError, PathNotFoundError
 from xchm.models.card import BandStats, ModelCard
+from xchm.outputs import output_kind
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -311,8 +313,8 @@ def open_cube(store: str | Path) -> ChipCube:
 
     Raises
     ------
-    FileNotFoundError
-        If there is no store at ``store``.
+    PathNotFoundError
+        If there is no Zarr store at ``store``.
     InputError
         If it is not a chip cube, is of an unknown version, or its build did not finish.
 
@@ -323,13 +325,23 @@ def open_cube(store: str | Path) -> ChipCube:
     import zarr
 
     path = store_path(store)
+    incomplete = InputError(
+        f"chip cube {path} is incomplete: its build was interrupted or failed; build it "
+        "again with overwrite=True"
+    )
     if not (path / "zarr.json").is_file():
-        raise FileNotFoundError(f"no Zarr store at {path}")
+        if output_kind(path) == KIND:  # cut off before the build wrote its first file
+            raise InputError(
+                f"chip cube {path} is incomplete: its build was cut off before it wrote "
+                "anything; build it again"
+            )
+        what = "the folder does not exist" if not path.exists() else "it has no zarr.json"
+        raise PathNotFoundError(
+            f"no Zarr store at {path}: {what}; pass the chip cube folder that "
+            "xchm.chips.build wrote"
+        )
     group = zarr.open_group(str(path), mode="r")
     meta = cube_attrs(group)
     if not meta.get("complete"):
-        raise InputError(
-            f"chip cube {path} is incomplete: its build was interrupted or failed; build it "
-            "again with overwrite=True"
-        )
+        raise incomplete
     return ChipCube(path, group, dict(group.attrs), None)

@@ -29,7 +29,7 @@ from xchm.chips.importers import (
 from xchm.chips.sources import resolve_bands
 from xchm.chips.splits import SplitRule
 from xchm.chips.writer import CubeSettings
-from xchm.errors import InputError
+from xchm.errors import InputError, PathNotFoundError
 
 __all__ = ["from_hf_dataset"]
 
@@ -99,6 +99,10 @@ def from_hf_dataset(
         If a column is missing (the message lists those that exist), chips have the
         wrong shape, or ``split="source"`` has no split to keep. A shape error found
         after writing began leaves an incomplete store (rerun with overwrite=True).
+    PathNotFoundError
+        If ``path`` is not a folder.
+    OutputExistsError
+        As for :func:`xchm.chips.from_directories`.
 
     Examples
     --------
@@ -113,6 +117,10 @@ def from_hf_dataset(
     datasets = require("datasets")
     rule = _rule(split, fractions, block_size, seed, allow_source=True)
     _check_store(store, overwrite)
+    if not Path(path).expanduser().is_dir():
+        raise PathNotFoundError(
+            f"no dataset folder at {path}; pass the folder written by datasets' save_to_disk"
+        )
     loaded = datasets.load_from_disk(str(Path(path).expanduser()))
     named = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
     parts = [(name, ds) for name, ds in named if len(ds)]

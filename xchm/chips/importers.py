@@ -42,8 +42,8 @@ from xchm.chips.cube import ChipCube, open_cube
 from xchm.chips.layout import store_path
 from xchm.chips.sources import _scene_date, resolve_bands
 from xchm.chips.splits import SplitRule
-from xchm.chips.writer import ChipWriter, CubeSettings
-from xchm.errors import InputError, XCHMWarning
+from xchm.chips.writer import ChipWriter, CubeSettings, check_store
+from xchm.errors import InputError, PathNotFoundError, XCHMWarning
 
 __all__ = ["from_directories"]
 
@@ -135,6 +135,11 @@ def from_directories(
         counts that differ from the others, labels with more than one band.
     BandError
         If the bands have no names and ``bands=`` is not given.
+    PathNotFoundError
+        If ``images`` or ``labels`` is not a directory.
+    OutputExistsError
+        If ``store`` exists and is not a chip cube (with or without ``overwrite``)
+        or is one and ``overwrite`` is False; checked before any chip is read.
 
     Examples
     --------
@@ -300,16 +305,17 @@ def _problems(lines: list[str], what: str) -> InputError:
 # -- directories -----------------------------------------------------------------------
 def _check_store(store: str | Path, overwrite: bool) -> None:
     """Fail before the long work if the writer will refuse the store."""
-    path = store_path(store)
-    if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    check_store(store_path(store), overwrite)
 
 
 def _list_chips(directory: str | Path, problems: list[str]) -> dict[str, Path]:
     """Chip files by name (stem); two files of one name are a problem."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
-        raise FileNotFoundError(f"no such directory: {directory}")
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise PathNotFoundError(
+            f"chip directory {directory} {what}; pass a folder of GeoTIFF chips"
+        )
     found: dict[str, Path] = {}
     for p in sorted(directory.iterdir()):
         if p.is_file() and p.suffix.lower() in _SUFFIXES:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xchm.errors import InputError, MissingDependencyError
+from xchm.outputs import prepare_output_file
 
 if TYPE_CHECKING:
     from xchm.chips.cube import ChipCube
@@ -109,10 +110,10 @@ def preview(
 
     Raises
     ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
-    FileNotFoundError
-        If the directory of ``path`` does not exist.
+    OutputExistsError
+        If ``path`` exists and ``overwrite`` is False, or is a folder.
+    OutputError
+        If the directory of ``path`` does not exist or is not writable.
     InputError
         If ``n``, ``columns`` or ``scale`` is not a positive integer, ``path`` does
         not end in ``.png``, ``split`` is not in the cube, or there are no chips.
@@ -140,10 +141,7 @@ def preview(
     out = Path(path).expanduser()
     if out.suffix.lower() != ".png":
         raise InputError(f"preview path must end in .png, got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"directory {out.parent} does not exist; create it first")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    prepare_output_file(out, overwrite=overwrite)
 
     chosen = cube.sel(split=split) if split is not None else cube
     if len(chosen) == 0:

@@ -20,12 +20,23 @@ batch size. The writer
 The group's attrs say ``complete: false`` until the very end: an interrupted
 build never looks like a finished cube (``xchm.chips.open`` refuses it). An
 unlabeled cube has no ``height`` array at all (neither staged nor final).
+
+Where the cube goes follows :mod:`xchm.outputs`: the store must be new, empty or
+an xchm chip cube, and ``overwrite`` replaces only a chip cube, never a folder
+xchm did not write (a user's own Zarr store included). The writer marks the
+folder with :data:`xchm.outputs.MARKER` before anything else, then creates the
+group with its ``xchm`` attrs in one write of ``zarr.json``; a kill at any moment
+leaves a folder recognised as an (incomplete) chip cube, which ``overwrite``
+replaces. The marker file is removed once the cube is complete, because Zarr
+warns about a file it does not know on every listing of the group
+(``xr.open_zarr`` included); from then on the ``xchm`` attrs identify the cube
+(:func:`is_chip_cube`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,8 +58,20 @@ from xchm.chips.layout import (
 from xchm.chips.splits import SplitRule
 from xchm.errors import InputError
 from xchm.models.card import statistics_from_pixels
+from xchm.outputs import MARKER, mark, output_kind, prepare_output_dir
 
-__all__ = ["ChipWriter", "CubeSettings", "FILTER_RULES", "UNLABELED_FILTER_RULES"]
+__all__ = [
+    "ChipWriter",
+    "CubeSettings",
+    "FILTER_RULES",
+    "UNLABELED_FILTER_RULES",
+    "KIND",
+    "check_store",
+    "is_chip_cube",
+]
+
+#: The output kind of a chip cube in :mod:`xchm.outputs` markers.
+KIND = "chip cube"
 
 #: Filter rules, in the order they are applied; each chip is counted by the first.
 FILTER_RULES = {
@@ -125,7 +148,15 @@ class ChipWriter:
     inputs
         Descriptions of the inputs, kept in the provenance.
     overwrite
-        Replace an existing store at ``path``.
+        Replace an existing chip cube at ``path`` (never anything else).
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` holds a chip cube and ``overwrite`` is False, or holds anything
+        that is not a chip cube (with or without ``overwrite``).
+    OutputError
+        ``path`` cannot be created or written.
     """
 
     def __init__(
@@ -144,13 +175,15 @@ class ChipWriter:
         self.settings = settings
         self.inputs = list(inputs)
         self.created_by = created_by
-        _prepare_directory(self.path, overwrite)
-        self.group: Any = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-        self.group.attrs["xchm"] = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "complete": False,
-        }
+        _prepare_store(self.path, overwrite)
+        # zarr.json and the attrs that make the folder a (still incomplete) cube: one write.
+        self.group: Any = zarr.create_group(
+            str(self.path),
+            zarr_format=3,
+            attributes={
+                "xchm": {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False}
+            },
+        )
         s = settings
         chip_bytes = (len(s.bands) * np.dtype(s.dtype).itemsize + 4 * s.labeled) * s.window**2
         n_buckets = max(1, math.ceil(expected_chips * chip_bytes / _BUCKET_BYTES))
@@ -414,6 +447,8 @@ class ChipWriter:
         attrs = self._attrs(n, stats, sampler.total_valid, sampler.picked)
         del self.group[_STAGING]
         self.group.attrs.update(attrs)
+        # Complete: the attrs identify the cube from now on (see the module docstring).
+        (self.path / MARKER).unlink(missing_ok=True)
         return attrs
 
     def _final_arrays(self, n: int) -> tuple[Any, Any | None]:
@@ -564,18 +599,59 @@ def _given_labels(split: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-def _prepare_directory(path: Path, overwrite: bool) -> None:
-    if path.is_dir() and not any(path.iterdir()):
+def is_chip_cube(path: Path) -> bool:
+    """Tell whether ``path`` is a Zarr group with xchm chip cube attrs (complete or not).
+
+    Reads ``zarr.json`` directly: cheap, and a foreign or broken store is simply
+    not a chip cube.
+    """
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+        xchm = meta["attributes"]["xchm"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(xchm, dict) and xchm.get("format") == FORMAT_NAME
+
+
+def _holds_cube(path: Path) -> bool:
+    kind = output_kind(path)
+    return kind == KIND or (kind is None and is_chip_cube(path))
+
+
+def _hint(path: Path) -> str:
+    """Return what the refusal of an existing cube at ``path`` tells the user to do."""
+    try:
+        complete = json.loads((path / "zarr.json").read_text())["attributes"]["xchm"]["complete"]
+    except (OSError, ValueError, KeyError, TypeError):
+        complete = False
+    if complete is True:
+        return "pass overwrite=True (CLI: --overwrite) to replace it"
+    return (
+        "its build did not finish (interrupted or failed); pass overwrite=True "
+        "(CLI: --overwrite) to build it again"
+    )
+
+
+def check_store(path: Path, overwrite: bool) -> None:
+    """Raise now, changing nothing, what :class:`ChipWriter` would raise for ``path``.
+
+    For importers, which read many files before the writer starts.
+    """
+    path = Path(path)
+    if not path.exists():
         return
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
-            )
-        if path.is_dir() and (path / "zarr.json").exists():
-            shutil.rmtree(path)
-        else:
-            raise FileExistsError(
-                f"{path} exists and is not a Zarr store; refusing to delete it, choose another path"
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and (not any(path.iterdir()) or (overwrite and _holds_cube(path))):
+        return
+    # Anything else is refused before prepare_output_dir changes anything (one rule,
+    # one wording), except a folder holding only a chip cube's marker, which it takes
+    # as new (it only rewrites the marker).
+    prepare_output_dir(path, KIND, overwrite=overwrite, legacy=is_chip_cube, hint=_hint(path))
+
+
+def _prepare_store(path: Path, overwrite: bool) -> None:
+    """Make ``path`` new, empty, or a chip cube replaced (``overwrite``); see xchm.outputs."""
+    if overwrite and path.is_dir() and output_kind(path) is None and is_chip_cube(path):
+        # A finished cube has no marker file; mark it first so that a kill while it
+        # is being cleared leaves a folder still recognised as ours.
+        mark(path, KIND)
+    prepare_output_dir(path, KIND, overwrite=overwrite, legacy=is_chip_cube, hint=_hint(path))
