@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+from xchm.errors import InputError, WeightsError
 from xchm.models.presets import Preset
 
 #: timm's ``Eva``; its submodules (patch_embed, rope, blocks) are dynamic to type checkers.
@@ -69,7 +70,15 @@ def adapt_patch_embed(backbone: Backbone, band_map: Sequence[int]) -> None:
     """
     old = backbone.patch_embed.proj
     if old.in_channels != 3:
-        raise ValueError(f"expected an RGB patch embedding, found {old.in_channels} channels")
+        raise InputError(
+            f"adapt_patch_embed needs the pretrained RGB patch embedding (3 channels); this "
+            f"backbone's takes {old.in_channels} (already adapted?): adapt a fresh backbone once"
+        )
+    if not band_map or any(isinstance(i, bool) or i not in (0, 1, 2) for i in band_map):
+        raise InputError(
+            f"band_map must give one RGB filter index (0 red, 1 green, 2 blue) per band, "
+            f"got {tuple(band_map)}"
+        )
     new = nn.Conv2d(
         len(band_map),
         old.out_channels,
@@ -99,9 +108,10 @@ def set_rope_periods(backbone: Backbone, periods: torch.Tensor) -> None:
     """
     rope = backbone.rope
     if tuple(periods.shape) != tuple(rope.periods.shape):
-        raise ValueError(
+        # The periods come from a weights file or checkpoint: a mismatch means foreign weights.
+        raise WeightsError(
             f"RoPE periods of shape {tuple(periods.shape)} do not fit the backbone's "
-            f"{tuple(rope.periods.shape)}"
+            f"{tuple(rope.periods.shape)}: the weights come from another architecture"
         )
     with torch.no_grad():
         rope.periods.copy_(periods.to(rope.periods.dtype))

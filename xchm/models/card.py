@@ -301,14 +301,18 @@ class ModelCard:
                 f"known fields: {sorted(known)}"
             )
         values = dict(data)
-        for key in ("bands", "band_map", "feature_indices"):
-            if key in values:
-                values[key] = tuple(values[key])
-        if values.get("statistics") is not None:
-            values["statistics"] = tuple(BandStats(**s) for s in values["statistics"])
         try:
+            for key in ("bands", "band_map", "feature_indices"):
+                if key in values:
+                    if isinstance(values[key], str | bytes) or not isinstance(
+                        values[key], list | tuple
+                    ):
+                        raise TypeError(f"{key} must be a list, got {values[key]!r}")
+                    values[key] = tuple(values[key])
+            if values.get("statistics") is not None:
+                values["statistics"] = tuple(BandStats(**s) for s in values["statistics"])
             return cls(**values)
-        except (TypeError, InputError) as err:
+        except (TypeError, ValueError) as err:  # InputError and BandError are ValueErrors
             raise WeightsError(f"invalid model card: {err}") from err
 
     def digest(self) -> str:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xchm.errors import ModelNotFoundError, WeightsError
+from xchm.errors import InputError, ModelNotFoundError, WeightsError
 from xchm.models.backbone import adapt_patch_embed, build_backbone, set_rope_periods
 from xchm.models.card import ModelCard
 from xchm.models.decoder import CHMDecoder
@@ -81,7 +81,19 @@ def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
 
 
 def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
-    """Read and validate ``card.json``; return the card and the whole JSON object."""
+    """Read and validate ``card.json``; return the card and the whole JSON object.
+
+    The returned object has a valid ``decoder`` and ``weights.sha256`` too, so callers
+    may index them.
+
+    Raises
+    ------
+    ModelNotFoundError
+        If ``directory`` does not exist.
+    WeightsError
+        If ``card.json`` is missing, not JSON, or not a valid xchm card; the message
+        names the file and the field.
+    """
     directory = Path(directory).expanduser()
     card_path = directory / CARD_FILE
     if not directory.is_dir():
@@ -91,59 +103,91 @@ def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
             f"{str(directory)!r} is not an xchm checkpoint: {CARD_FILE} is missing. If it holds "
             "backbone weights (Meta, Hugging Face, timm), pass it as weights= with a preset name"
         )
+    expected = f"expected the JSON object that model.save() writes (format {_FORMAT!r})"
     try:
-        meta = json.loads(card_path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WeightsError(f"{str(card_path)!r} is not valid JSON: {err}") from err
+        meta = json.loads(card_path.read_bytes())
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise WeightsError(f"{str(card_path)!r} is not valid JSON ({err}); {expected}") from err
+    except OSError as err:
+        raise WeightsError(f"cannot read {str(card_path)!r}: {err}") from err
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise WeightsError(f"{str(card_path)!r} is not an xchm card (format != {_FORMAT!r})")
+        raise WeightsError(f"{str(card_path)!r} is not an xchm card; {expected}")
     if meta.get("format_version") != _FORMAT_VERSION:
         raise WeightsError(
             f"{str(card_path)!r} has format version {meta.get('format_version')!r}; this xchm "
             f"reads version {_FORMAT_VERSION}: upgrade xchm"
         )
-    return ModelCard.from_dict(meta.get("card", {})), meta
+    try:
+        card = ModelCard.from_dict(meta.get("card", {}))
+    except WeightsError as err:
+        raise WeightsError(f"{str(card_path)!r}: {err}") from err
+    try:
+        get_preset(card.preset)
+        DecoderSpec.from_dict(meta["decoder"])
+        sha = meta["weights"]["sha256"]
+    except (ModelNotFoundError, KeyError, TypeError, ValueError) as err:
+        what = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+        raise WeightsError(f"invalid {str(card_path)!r}: {what}; {expected}") from err
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise WeightsError(
+            f"invalid {str(card_path)!r}: weights.sha256 is {sha!r}, not a SHA-256 hex digest"
+        )
+    return card, meta
 
 
 def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
-    """Load a model saved by :func:`save_checkpoint` (outputs are bit-identical)."""
-    from safetensors import SafetensorError
+    """Load a model saved by :func:`save_checkpoint` (outputs are bit-identical).
+
+    Raises
+    ------
+    ModelNotFoundError
+        If ``directory`` does not exist.
+    WeightsError
+        If the card or the weights are missing, corrupt, from different checkpoints
+        or do not fit together.
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory).expanduser()
     card, meta = read_card(directory)
-    try:
-        preset = get_preset(card.preset)
-        spec = DecoderSpec.from_dict(meta["decoder"])
-        expected_sha = meta["weights"]["sha256"]
-    except (ModelNotFoundError, KeyError, TypeError, ValueError) as err:
-        raise WeightsError(f"invalid {CARD_FILE} in {str(directory)!r}: {err}") from err
+    preset = get_preset(card.preset)
+    spec = DecoderSpec.from_dict(meta["decoder"])
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise WeightsError(f"{str(directory)!r} has a card but no {WEIGHTS_FILE}")
-    if _sha256(weights) != expected_sha:
+    if _sha256(weights) != meta["weights"]["sha256"]:
         raise WeightsError(
             f"{WEIGHTS_FILE} in {str(directory)!r} does not match its {CARD_FILE} (SHA-256 "
             "differs): the file is corrupt or comes from another checkpoint"
         )
     try:
         tensors = load_file(str(weights), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise WeightsError(f"cannot read {str(weights)!r}: {err}") from err
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # SafetensorError, OSError...
+        raise WeightsError(
+            f"cannot read {str(weights)!r} ({type(err).__name__}: {err}); expected the "
+            "safetensors file that model.save() writes"
+        ) from err
     periods = tensors.pop(_PERIODS_KEY, None)
 
-    backbone = build_backbone(preset, card.window, empty=True)
-    adapt_patch_embed(backbone, card.band_map)
-    levels = max(len(card.feature_indices), 1)
-    decoder = CHMDecoder(preset.embed_dim, levels, spec, output_bias=0.0)
+    try:
+        backbone = build_backbone(preset, card.window, empty=True)
+        adapt_patch_embed(backbone, card.band_map)
+        levels = max(len(card.feature_indices), 1)
+        decoder = CHMDecoder(preset.embed_dim, levels, spec, output_bias=0.0)
+    except (InputError, RuntimeError, TypeError, ValueError) as err:
+        raise WeightsError(
+            f"the {CARD_FILE} in {str(directory)!r} describes a model that cannot be built: {err}"
+        ) from err
     model = CanopyHeightModel(backbone, decoder, card, spec)
     try:
         model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
+        if periods is not None:
+            set_rope_periods(backbone, periods)
+    except (RuntimeError, WeightsError) as err:
         raise WeightsError(
             f"{WEIGHTS_FILE} in {str(directory)!r} does not fit the architecture its card "
             f"describes: {str(err)[:400]}"
         ) from err
-    if periods is not None:
-        set_rope_periods(backbone, periods)
     return model.eval()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from xchm.errors import InputError
 from xchm.models.presets import DecoderSpec
 
 __all__ = ["CHMDecoder"]
@@ -104,8 +105,12 @@ class CHMDecoder(nn.Module):
         self, in_channels: int, num_levels: int, spec: DecoderSpec, output_bias: float
     ) -> None:
         super().__init__()
-        if len(spec.widths) != 4:
-            raise ValueError(f"the decoder has four x2 stages (16x upsampling), got {spec.widths}")
+        if len(spec.widths) != 4 or len(spec.head_widths) != 3:
+            raise InputError(
+                f"the decoder has four x2 stages (16x upsampling) and a 3-layer head: "
+                f"DecoderSpec needs 4 widths and 3 head_widths, got {spec.widths} and "
+                f"{spec.head_widths}"
+            )
         if num_levels > 1:
             self.fuse: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels * num_levels, in_channels, 1, bias=False),

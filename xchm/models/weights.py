@@ -16,6 +16,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,31 +32,75 @@ _WRAPPERS = ("model_ema", "teacher", "model", "state_dict", "module")
 _PREFIXES = ("module.", "backbone.", "model.", "encoder.")
 
 
+_EXPECTED = (
+    "expected a PyTorch state dict (.pth/.pt/.bin/.ckpt, read with torch.load(weights_only=True)) "
+    "or a .safetensors file"
+)
+
+
+def _describe_bytes(path: Path) -> str:
+    """Say what a file that failed to load looks like (its first bytes), for the message."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+        size = path.stat().st_size
+    except OSError as err:
+        return f"it cannot be opened ({err.strerror or err})"
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        return f"it is a zip archive of {size} bytes but not a complete PyTorch file"
+    if head[:1] == b"\x80":
+        return f"it is a pickle of {size} bytes but not a complete PyTorch file (torch.save)"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return f"it starts like a safetensors file ({size} bytes) but is truncated or corrupt"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""  # (a multi-byte character cut at 64 bytes reads as binary: good enough)
+    if text and all(c.isprintable() or c in "\t\n\r" for c in text):
+        return f"it is a text file ({size} bytes, starts with {text[:24]!r})"
+    return f"it is {size} bytes of an unknown format (starts with {head[:16]!r})"
+
+
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a flat ``{name: tensor}`` dict from a weights file, safely.
 
     Raises
     ------
     WeightsError
-        If the file is missing, unreadable, or holds something other than tensors.
+        If the file is missing, unreadable, or holds something other than tensors;
+        the message names the file, what it looks like and what was expected.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights file {str(path)!r} is a directory; {_EXPECTED}")
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
+        if path.stat().st_size == 0:
+            raise WeightsError(f"cannot read {str(path)!r}: it is empty (0 bytes); {_EXPECTED}")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path), device="cpu")
-        with warnings.catch_warnings():
-            # Legacy (non-zip) pickles warn before the safe unpickler rejects or reads them.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            obj: object = load_file(str(path), device="cpu")
+        else:
+            with warnings.catch_warnings():
+                # Legacy (non-zip) pickles warn before the safe unpickler rejects or reads them.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (WeightsError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        # Foreign bytes make these readers raise almost anything (KeyError: 101 for a
+        # text file, SafetensorError, UnpicklingError, zip and struct errors...).
+        what = _describe_bytes(path)
+        refused = isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err)
+        if refused and what.startswith(("it is a pickle", "it is a zip")):
+            what = "it holds objects other than tensors, which are not unpickled (weights_only)"
         raise WeightsError(
-            f"cannot read {str(path)!r} as a weights file ({type(err).__name__}: "
-            f"{str(err)[:200]}); expected a PyTorch state dict (.pth, loaded with "
-            "weights_only=True) or a .safetensors file"
+            f"cannot read {str(path)!r} as a weights file: {what} ({type(err).__name__}: "
+            f"{str(err)[:200]}); {_EXPECTED}"
         ) from err
     return _flatten(obj, path)
 
@@ -67,10 +112,22 @@ def _flatten(obj: object, path: Path) -> dict[str, torch.Tensor]:
             break
         obj = obj[wrapped[0]]
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"{str(path)!r} does not hold a state dict (got {type(obj).__name__})")
+        what = "an empty dict" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise WeightsError(
+            f"{str(path)!r} holds {what}, not a state dict; expected a mapping of parameter "
+            "names to tensors"
+        )
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise WeightsError(f"{str(path)!r} holds no tensors; expected a model state dict")
+        raise WeightsError(
+            f"{str(path)!r} holds no tensors (keys {list(obj)[:5]}); expected a model state dict"
+        )
+    odd = [k for k in tensors if not isinstance(k, str)]
+    if odd:
+        raise WeightsError(
+            f"{str(path)!r} holds tensors under keys that are not parameter names (e.g. "
+            f"{odd[0]!r}); expected a state dict keyed by names such as 'blocks.0.norm1.weight'"
+        )
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
@@ -139,9 +196,19 @@ def hf_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         else:
             raise WeightsError(f"unexpected key {key!r} in a Hugging Face DINOv3 state dict")
     for idx, parts in qkv.items():
-        out[f"blocks.{idx}.attn.qkv.weight"] = torch.cat(
-            [parts["qweight"], parts["kweight"], parts["vweight"]]
-        )
+        absent = [f"{n}_proj.weight" for n in "qkv" if n + "weight" not in parts]
+        if absent:
+            raise WeightsError(
+                f"layer {idx} of the Hugging Face DINOv3 state dict lacks attention.{absent[0]}: "
+                "the file is incomplete (every layer has q_proj, k_proj and v_proj weights)"
+            )
+        q, k, v = parts["qweight"], parts["kweight"], parts["vweight"]
+        if not q.shape == k.shape == v.shape or q.ndim != 2:
+            raise WeightsError(
+                f"layer {idx} has attention projections of shapes {tuple(q.shape)}, "
+                f"{tuple(k.shape)}, {tuple(v.shape)}; expected three equal (width, width) matrices"
+            )
+        out[f"blocks.{idx}.attn.qkv.weight"] = torch.cat([q, k, v])
         if "kbias" in parts and torch.any(parts["kbias"] != 0):
             raise WeightsError(
                 f"layer {idx} has a non-zero key bias; DINOv3 keeps the key bias at zero"
@@ -152,6 +219,31 @@ def hf_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _read_index(index: Path) -> list[str]:
+    """Shard file names of a Hugging Face ``model.safetensors.index.json``."""
+    expected = (
+        'expected a JSON object with a "weight_map" from tensor names to shard file names '
+        "in the same folder (as Hugging Face writes it)"
+    )
+    try:
+        data = json.loads(index.read_bytes())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WeightsError(
+            f"cannot read the shard index {str(index)!r}: {err}; {expected}"
+        ) from err
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsError(f"the shard index {str(index)!r} has no weight_map; {expected}")
+    shards = set(weight_map.values())
+    bad = sorted(repr(s) for s in shards if not isinstance(s, str) or Path(s).name != s or not s)
+    if bad:
+        raise WeightsError(
+            f"the shard index {str(index)!r} names shards that are not file names in its folder "
+            f"({', '.join(bad[:3])}); {expected}"
+        )
+    return sorted(shards)
+
+
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "card.json").is_file():
         raise WeightsError(
@@ -160,12 +252,13 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
         )
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as err:
-            raise WeightsError(f"cannot read the shard index {str(index)!r}: {err}") from err
         tensors: dict[str, torch.Tensor] = {}
-        for shard in shards:
+        for shard in _read_index(index):
+            if not (folder / shard).is_file():
+                raise WeightsError(
+                    f"the shard index {str(index)!r} lists {shard!r}, which is not in the folder: "
+                    "the snapshot is incomplete; download the missing shard"
+                )
             tensors.update(read_tensors(folder / shard))
         return tensors
     for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
@@ -182,6 +275,21 @@ def _describe(state_dict: Mapping[str, torch.Tensor]) -> str:
     patch = state_dict.get("patch_embed.proj.weight")
     width = patch.shape[0] if patch is not None else "?"
     return f"a {width}-wide, {len(blocks)}-block ViT"
+
+
+def _meta_to_timm(tensors: Mapping[str, torch.Tensor], backbone: Backbone) -> dict[str, Any]:
+    """Meta's key names to timm's, with timm's own DINOv3 filter."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    try:
+        return checkpoint_filter_fn(dict(tensors), backbone)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # tensors of odd shapes fail inside timm's resampling and splits
+        raise WeightsError(
+            f"Meta-layout tensors that timm's DINOv3 converter cannot map "
+            f"({type(err).__name__}: {str(err)[:200]})"
+        ) from err
 
 
 def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> str:
@@ -204,29 +312,42 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> s
     if not path.exists():
         raise WeightsError(f"weights path {str(path)!r} does not exist")
     tensors = _read_folder(path) if path.is_dir() else read_tensors(path)
-    layout = detect_layout(tensors)
-    periods = None
-    if layout == "meta":
-        from timm.models.eva import checkpoint_filter_fn
-
-        periods = tensors.get("rope_embed.periods")
-        state = checkpoint_filter_fn(dict(tensors), backbone)
-    elif layout == "hf":
-        state = hf_to_timm(tensors)
-    else:
-        state = {k: v for k, v in tensors.items() if not k.startswith("rope.")}
+    try:
+        layout = detect_layout(tensors)
+        periods = None
+        if layout == "meta":
+            periods = tensors.get("rope_embed.periods")
+            state = _meta_to_timm(tensors, backbone)
+        elif layout == "hf":
+            state = hf_to_timm(tensors)
+        else:
+            state = {k: v for k, v in tensors.items() if not k.startswith("rope.")}
+    except WeightsError as err:
+        raise WeightsError(f"weights in {str(path)!r}: {err}") from err
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    wrong = [
+        (k, tuple(state[k].shape), tuple(own[k].shape))
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if periods is not None and periods.shape != backbone.rope.periods.shape:
+        wrong.append(
+            ("rope_embed.periods", tuple(periods.shape), tuple(backbone.rope.periods.shape))
+        )
+    not_float = sorted(k for k in state if not state[k].is_floating_point())
+    if not_float:
+        k = not_float[0]
+        raise WeightsError(
+            f"weights in {str(path)!r} hold {len(not_float)} non-float tensors (e.g. {k}: "
+            f"{state[k].dtype}); expected the floating-point parameters of a DINOv3 backbone"
+        )
     if missing or unexpected or wrong:
         details = []
         if wrong:
-            k = wrong[0]
-            details.append(
-                f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)}, "
-                f"model {tuple(own[k].shape)})"
-            )
+            k, theirs, ours = wrong[0]
+            details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {theirs}, model {ours})")
         if missing:
             details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
         if unexpected:
