@@ -14,8 +14,9 @@ import xarray as xr
 import zarr
 
 import xchm
-from xchm.errors import InputError
+from xchm.errors import InputError, OutputError, OutputExistsError, ResumeError
 from xchm.inference.to_zarr import PROGRESS_GROUP
+from xchm.outputs import MARKER, prepare_output_dir
 
 from .conftest import make_image
 
@@ -121,8 +122,9 @@ def test_predict_to_zarr__killed_run_resumes_to_an_identical_store(tmp_path, che
     assert 2 <= interrupted.sum() < interrupted.size  # really cut off mid-run
     assert xr.open_zarr(store, consolidated=False).attrs["xchm_status"] == "incomplete"
 
+    # Opened exactly as the child did (the same path string): the same input token.
     image = rioxarray.open_rasterio(
-        tmp_path / "scene.tif", chunks={"band": -1, "y": 64, "x": 64}, lock=False
+        str(tmp_path / "scene.tif"), chunks={"band": -1, "y": 64, "x": 64}, lock=False
     )
     resumed = xchm.predict_to_zarr(image, checkpoint, store, region_size=64)
     clean = xchm.predict_to_zarr(image, checkpoint, tmp_path / "clean.zarr", region_size=64)
@@ -147,14 +149,14 @@ def test_predict_to_zarr__refuses_another_jobs_store(tmp_path, checkpoint, model
     image = make_image(200, 150).chunk({"y": 64, "x": 64})
     store = tmp_path / "chm.zarr"
     xchm.predict_to_zarr(image, checkpoint, store, region_size=128)
-    with pytest.raises(InputError, match="different job.*overlap"):
+    with pytest.raises(ResumeError, match="different job: overlap: 16 -> 8"):
         xchm.predict_to_zarr(image, checkpoint, store, region_size=128, overlap=8)
-    with pytest.raises(InputError, match="different job.*region"):
+    with pytest.raises(ResumeError, match="different job: region size: 128x128 -> 64x64"):
         xchm.predict_to_zarr(image, checkpoint, store, region_size=64)
     other = image.assign_coords(x=image.x + 2.0)  # one pixel east
-    with pytest.raises(InputError, match="different job.*coords"):
+    with pytest.raises(ResumeError, match="different job: the x/y coordinates differ"):
         xchm.predict_to_zarr(other, checkpoint, store, region_size=128)
-    with pytest.raises(InputError, match="resume=True"):
+    with pytest.raises(OutputExistsError, match="resume=True"):
         xchm.predict_to_zarr(image, checkpoint, store, region_size=128, resume=False)
     replaced = xchm.predict_to_zarr(image, checkpoint, store, overwrite=True, overlap=8)
     assert replaced["chm"].attrs["xchm_overlap"] == 8
@@ -169,7 +171,7 @@ def test_predict_to_zarr__model_object_weights_are_part_of_the_job(tmp_path):
     xchm.predict_to_zarr(image, model, store)
     with torch.no_grad():
         model.decoder.output.bias.add_(1.0)
-    with pytest.raises(InputError, match="model_digest"):
+    with pytest.raises(ResumeError, match="the model or its weights differ"):
         xchm.predict_to_zarr(image, model, store)
 
 
@@ -178,13 +180,201 @@ def test_predict_to_zarr__does_not_touch_other_folders(tmp_path, checkpoint):
     folder = tmp_path / "data.zarr"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not an xchm prediction store"):
+    with pytest.raises(OutputExistsError, match="not written by xchm; nothing in it is touched"):
         xchm.predict_to_zarr(image, checkpoint, folder)
-    with pytest.raises(InputError, match="not a Zarr store"):
+    with pytest.raises(OutputExistsError, match="not written by xchm; nothing in it is touched"):
         xchm.predict_to_zarr(image, checkpoint, folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
     assert (folder / "keep.txt").read_text() == "mine"
     with pytest.raises(InputError, match="ending in .zarr"):
         xchm.predict_to_zarr(image, checkpoint, tmp_path / "chm.tif")
     with pytest.raises(InputError, match="region_size"):
         xchm.predict_to_zarr(image, checkpoint, tmp_path / "a.zarr", region_size=0)
     assert not (tmp_path / "a.zarr").exists()
+
+
+def _forget_bottom_half(store: Path) -> None:
+    """Mark the bottom row of regions not done, as if the run was killed halfway."""
+    zarr.open_array(store, mode="r+", path=f"{PROGRESS_GROUP}/done")[1, :] = 0
+
+
+def _state(store: Path) -> dict[str, bytes]:
+    """Every file of a store (chunks, metadata, progress), to show nothing was touched."""
+    return {
+        str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()
+    }
+
+
+def test_predict_to_zarr__resume_with_other_data_is_refused(tmp_path, checkpoint):
+    # Issue 15, case 1: a store of scene a, cut off halfway, resumed with scene b.
+    a = make_image(256, 256, seed=0).chunk({"x": 64, "y": 64})
+    b = make_image(256, 256, seed=42).chunk({"x": 64, "y": 64})
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(a, checkpoint, store, region_size=128)
+    _forget_bottom_half(store)
+    before = _state(store)
+    with pytest.raises(ResumeError, match="different job: the input data differ"):
+        xchm.predict_to_zarr(b, checkpoint, store, region_size=128)
+    assert _state(store) == before  # refused before any work
+    # The same data rebuilt from scratch (another dask array object) is the same job.
+    again = make_image(256, 256, seed=0).chunk({"x": 64, "y": 64})
+    ds = xchm.predict_to_zarr(again, checkpoint, store, region_size=128)
+    assert "2/4 regions computed (2 already done)" in ds.attrs["xchm_run"]
+    np.testing.assert_array_equal(ds["chm"].values, xchm.predict(a, checkpoint).values)
+
+
+def test_predict_to_zarr__resume_with_other_in_memory_data_is_refused(tmp_path, checkpoint):
+    a = make_image(128, 128)
+    b = a.copy(data=a.values.copy())
+    b[0, 100, 100] += 1  # one pixel of one band
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(a, checkpoint, store, region_size=64)
+    with pytest.raises(ResumeError, match="the input data differ"):
+        xchm.predict_to_zarr(b, checkpoint, store, region_size=64)
+    xchm.predict_to_zarr(a.copy(deep=True), checkpoint, store, region_size=64)  # same content
+
+
+def test_predict_to_zarr__resume_with_other_nodata_is_refused(tmp_path, checkpoint):
+    image = make_image(256, 256).rio.write_nodata(0).chunk({"x": 64, "y": 64})
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=128)
+    _forget_bottom_half(store)
+    before = _state(store)
+    with pytest.raises(ResumeError, match=r"different job: nodata: 0 -> 255\."):
+        xchm.predict_to_zarr(image, checkpoint, store, region_size=128, nodata=255)
+    with pytest.raises(ResumeError, match=r"nodata: 0 -> None"):
+        xchm.predict_to_zarr(image.rio.write_nodata(None), checkpoint, store, region_size=128)
+    assert _state(store) == before
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=128, nodata=0)  # the same value
+
+
+def test_predict_to_zarr__resume_with_other_bands_is_refused(tmp_path, checkpoint):
+    image = make_image(256, 256).chunk({"x": 64, "y": 64})
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=128)
+    _forget_bottom_half(store)
+    before = _state(store)
+    swapped = {"nir": "red", "red": "nir", "green": "green"}
+    with pytest.raises(ResumeError, match=r"bands: nir=band 1 \('nir'\).* -> nir=band 2 \('red'\)"):
+        xchm.predict_to_zarr(image, checkpoint, store, region_size=128, bands=swapped)
+    # Relabelled bands: the same data, but another band now feeds nir.
+    relabelled = image.assign_coords(band=["red", "nir", "green"])
+    with pytest.raises(ResumeError, match=r"bands: .* -> nir=band 2 \('nir'\)"):
+        xchm.predict_to_zarr(relabelled, checkpoint, store, region_size=128)
+    assert _state(store) == before
+    same = {"nir": "nir", "red": "red", "green": "green"}  # spelled out, but the same choice
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=128, bands=same)
+
+
+def _write(image: xr.DataArray, path: Path) -> str:
+    """Write ``image`` as a GeoTIFF with its band names as band descriptions."""
+    named = image.assign_coords(band=[1, 2, 3])
+    named.attrs["long_name"] = tuple(image.band.values.tolist())
+    named.rio.to_raster(path)
+    return str(path)
+
+
+def _open(path: str | Path) -> xr.DataArray:
+    return rioxarray.open_rasterio(path, chunks={"band": -1, "y": 64, "x": 64})
+
+
+def test_predict_to_zarr__resume_with_other_files_is_refused(tmp_path, checkpoint):
+    a = _write(make_image(256, 256, seed=0), tmp_path / "a.tif")
+    b = _write(make_image(256, 256, seed=42), tmp_path / "b.tif")
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(_open(a), checkpoint, store, region_size=128)
+    _forget_bottom_half(store)
+    before = _state(store)
+    with pytest.raises(ResumeError, match=r"input file\(s\) .*a\.tif -> .*b\.tif"):
+        xchm.predict_to_zarr(_open(b), checkpoint, store, region_size=128)
+    # The same file through another spelling of its path: refused, with the fix.
+    with pytest.raises(ResumeError, match="same file.*another spelling of the path"):
+        xchm.predict_to_zarr(_open(Path(a)), checkpoint, store, region_size=128)
+    assert _state(store) == before
+    # a.tif replaced by other data under the same name, size and modification time.
+    stat = os.stat(a)
+    Path(a).write_bytes(Path(b).read_bytes())
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(a).st_size == stat.st_size
+    with pytest.raises(ResumeError, match=r"a\.tif changed since the store was started"):
+        xchm.predict_to_zarr(_open(a), checkpoint, store, region_size=128)
+    assert _state(store) == before
+
+
+def test_predict_to_zarr__reopened_file_resumes(tmp_path, checkpoint):
+    a = _write(make_image(256, 256), tmp_path / "a.tif")
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(_open(a), checkpoint, store, region_size=128)
+    _forget_bottom_half(store)
+    ds = xchm.predict_to_zarr(_open(a), checkpoint, store, region_size=128)
+    assert "2/4 regions computed (2 already done)" in ds.attrs["xchm_run"]
+    np.testing.assert_array_equal(ds["chm"].values, xchm.predict(_open(a), checkpoint).values)
+
+
+def test_predict_to_zarr__store_of_an_older_xchm_is_refused(tmp_path, checkpoint):
+    image = make_image(128, 128)
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=64)
+    progress = zarr.open_group(store, mode="r+", path=PROGRESS_GROUP)
+    old = dict(progress.attrs["fingerprint"])
+    for key in ("input", "bands", "nodata"):  # not recorded before issue 15
+        del old[key]
+    progress.attrs["fingerprint"] = old
+    with pytest.raises(ResumeError, match="older xchm that did not record its input"):
+        xchm.predict_to_zarr(image, checkpoint, store, region_size=64)
+    xchm.predict_to_zarr(image, checkpoint, store, region_size=64, overwrite=True)
+
+
+# Killed (SIGKILL) at an exact point of laying out a store.
+KILLED_AT = """
+import os, signal, sys
+import rioxarray, zarr, xchm, xchm.outputs
+if sys.argv[3] == "marker":  # right after the store folder is created and marked
+    mark = xchm.outputs.mark
+    def kill_after_mark(*args, **kwargs):
+        mark(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    xchm.outputs.mark = kill_after_mark
+else:  # metadata written, the progress record not yet
+    open_group = zarr.open_group
+    def kill_at_progress(*args, **kwargs):
+        if kwargs.get("path") == "xchm_progress" and kwargs.get("mode") == "a":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return open_group(*args, **kwargs)
+    zarr.open_group = kill_at_progress
+image = rioxarray.open_rasterio(sys.argv[1], chunks={"band": -1, "y": 64, "x": 64})
+xchm.predict_to_zarr(image, sys.argv[2], sys.argv[4], region_size=64)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["marker", "metadata"])
+def test_predict_to_zarr__killed_while_creating_the_store_reruns(tmp_path, checkpoint, point):
+    a, store = _write(make_image(128, 128), tmp_path / "a.tif"), tmp_path / "m.zarr"
+    args = [sys.executable, "-c", KILLED_AT, a, str(checkpoint), point, str(store)]
+    child = subprocess.run(args, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert (store / MARKER).exists()
+    assert (store / "chm" / "zarr.json").exists() == (point == "metadata")
+    ds = xchm.predict_to_zarr(_open(a), checkpoint, store, region_size=64)  # the same call
+    assert ds.attrs["xchm_status"] == "complete"
+    assert not (store / MARKER).exists()  # a laid-out store is known by its fingerprint
+    np.testing.assert_array_equal(ds["chm"].values, xchm.predict(_open(a), checkpoint).values)
+
+
+def test_predict_to_zarr__output_path_rules(tmp_path, checkpoint):
+    image = make_image(128, 128)
+    (tmp_path / "file.zarr").write_text("a file")
+    with pytest.raises(OutputExistsError, match="is a file, not a folder"):
+        xchm.predict_to_zarr(image, checkpoint, tmp_path / "file.zarr")
+    (tmp_path / "parent").write_text("a file where a folder should be")
+    with pytest.raises(OutputError, match="cannot create"):
+        xchm.predict_to_zarr(image, checkpoint, tmp_path / "parent" / "m.zarr")
+    prepare_output_dir(tmp_path / "cube.zarr", "chip cube")
+    (tmp_path / "cube.zarr" / "data").write_text("cube data")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="holds an xchm chip cube"):
+            xchm.predict_to_zarr(image, checkpoint, tmp_path / "cube.zarr", overwrite=overwrite)
+    assert (tmp_path / "cube.zarr" / "data").read_text() == "cube data"
+    (tmp_path / "empty.zarr").mkdir()  # an empty folder is fine
+    xchm.predict_to_zarr(image, checkpoint, tmp_path / "empty.zarr")

@@ -5,9 +5,17 @@ data), then filled one *region* (a block of whole Zarr chunks) at a time. A regi
 is marked done in the store's ``xchm_progress`` sub-group only after all its
 chunks are written, and Zarr writes each chunk file atomically, so a run killed at
 any moment leaves only whole chunks and an exact record of finished regions. A
-restart checks that it is the same job (model, grid, settings: the *fingerprint*)
-and computes only the regions not marked done; since every region is a pure
-function of the input, the store ends identical to an uninterrupted run.
+restart checks that it is the same job (the *fingerprint*: the input's identity,
+band selection, nodata, model, overlap, grid and layout) and computes only the
+regions not marked done; since every region is a pure function of the input, the
+store ends identical to an uninterrupted run. A restart with anything different is
+refused before any work (:class:`~xchm.errors.ResumeError`, naming what changed).
+
+The store folder follows :mod:`xchm.outputs`: it is marked before anything is
+written into it and the marker is removed once the fingerprint is in place (a laid
+out store is recognised by its fingerprint; Zarr warns about foreign files in a
+group). A store with a marker but no fingerprint was cut off while being laid out
+and is laid out again; a folder xchm did not write is never touched.
 
 With a ``distributed`` client active, a bounded number of regions is in flight on
 the cluster at once (the scheduler never holds the whole mosaic's graph) and tasks
@@ -18,12 +26,14 @@ computed one after the other with the current Dask scheduler.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +41,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xchm.errors import InputError
+from xchm.errors import InputError, ResumeError
 from xchm.inference.predict import DEFAULT_CHUNK, predict
 from xchm.inference.windows import window_span
+from xchm.outputs import MARKER, output_kind, prepare_output_dir
 
 __all__ = ["predict_to_zarr", "DEFAULT_REGION_SIZE", "PROGRESS_GROUP"]
 
@@ -43,6 +54,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_REGION_SIZE = 8192
 #: Sub-group of the store that records the job's fingerprint and finished regions.
 PROGRESS_GROUP = "xchm_progress"
+#: The kind of output a store is, for :mod:`xchm.outputs`.
+STORE_KIND = "prediction store"
 
 
 @dataclass(frozen=True)
@@ -93,16 +106,102 @@ def _weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-def _model_digest(model: Any, weights: Any) -> str:
+def _model_identity(model: Any, weights: Any) -> tuple[str, Any]:
+    """Return the model's digest (weights included) and its card."""
     from xchm.inference.runtime import spec_for
 
-    if hasattr(model, "state_dict"):
-        return _weights_digest(model)
-    return spec_for(model, weights=weights)[0].digest
+    if hasattr(model, "state_dict") and hasattr(model, "card"):
+        return _weights_digest(model), model.card
+    spec, card = spec_for(model, weights=weights)
+    return spec.digest, card
 
 
-def _fingerprint(ds: xr.Dataset, model_digest: str, step: tuple[int, int]) -> dict[str, Any]:
-    """Describe what makes two runs the same job: model, grid, settings, layout."""
+#: Bytes of an input file hashed into its identity (the header: size, layout, georeferencing).
+HEADER_BYTES = 65536
+
+
+def _file_identity(source: str) -> dict[str, Any]:
+    """Path, size, modification time and header digest of one input file (or folder)."""
+    path = Path(source).expanduser()
+    try:
+        path = path.resolve()
+        stat = path.stat()
+    except (OSError, RuntimeError):  # a URL or a path that is gone: the name is all we have
+        return {"path": str(source)}
+    identity: dict[str, Any] = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    header = path / "zarr.json" if path.is_dir() else path
+    try:
+        with open(header, "rb") as f:
+            identity["header_sha256"] = hashlib.sha256(f.read(HEADER_BYTES)).hexdigest()
+    except OSError:
+        pass
+    return identity
+
+
+def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
+    """Describe what the input *is*: its files (if read from files) and its graph token.
+
+    ``obj`` is dask-backed here. A Dask array's name is the token of its whole graph:
+    files opened by rioxarray or xarray are tokenized by the path as given,
+    modification time and chunks; in-memory arrays by their content (xarray's
+    ``.chunk`` hashes NumPy buffers); every operation on them adds its own token. So
+    the same file opened the same way, or the same array chunked the same way, gives
+    the same token in any process; other data, another file or another computation
+    give another one. The token is strict: the same file opened through another
+    spelling of its path (``"a.tif"``, ``Path("a.tif")``, ``"/data/a.tif"``) is
+    another token, and a resume is refused rather than risk mixing two inputs. The
+    files' own identity (resolved path, size, modification time, header digest)
+    catches a file replaced under the same name and modification time, which the
+    token misses, and names the files in a refusal.
+    """
+    arrays = {"": obj} if isinstance(obj, xr.DataArray) else dict(obj.data_vars)
+    tokens = {str(k): [str(v.data.name), str(v.dtype)] for k, v in arrays.items()}
+    sources = {str(s) for s in (obj.encoding.get("source"),) if s}
+    sources |= {str(v.encoding["source"]) for v in arrays.values() if v.encoding.get("source")}
+    return {
+        "files": [_file_identity(s) for s in sorted(sources)],
+        "data": hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest(),
+    }
+
+
+def _band_selection(obj: xr.DataArray | xr.Dataset, card: Any, bands: Any) -> list[str]:
+    """Which input band feeds each model band, in words (``"nir=band 1 ('nir')"``)."""
+    from xchm.inference.inputs import _labels, _match, spatial_dims
+    from xchm.models.bands import normalize_band_name
+
+    if isinstance(obj, xr.Dataset):  # as_band_array: a mapping, else variables by name
+        pairs = bands.items() if isinstance(bands, Mapping) else ((v, v) for v in obj.data_vars)
+        chosen = {normalize_band_name(str(k)): v for k, v in pairs}
+        return [f"{b}=variable {chosen[b]!r}" for b in card.bands]
+    ydim, xdim = spatial_dims(obj)
+    (band_dim,) = [d for d in obj.dims if d not in (ydim, xdim)]
+    labels = _labels(obj, band_dim)
+    indices = _match(card, labels, bands)
+    return [f"{b}=band {i + 1} ({labels[i]!r})" for b, i in zip(card.bands, indices, strict=True)]
+
+
+def _nodata_value(obj: xr.DataArray | xr.Dataset, card: Any, bands: Any, nodata: Any) -> Any:
+    """Return the nodata value predict will use (argument, else the input's), JSON-safe."""
+    from xchm.inference.inputs import as_band_array
+    from xchm.inference.predict import _nodata
+
+    value = _nodata(as_band_array(obj, card, bands), nodata)
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)  # NaN, inf: not JSON numbers
+
+
+def _fingerprint(
+    ds: xr.Dataset,
+    model_digest: str,
+    step: tuple[int, int],
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """Describe what makes two runs the same job: input, model, grid, settings, layout."""
     chm = ds["chm"]
     crs = chm.rio.crs
     ydim, xdim = chm.dims
@@ -111,7 +210,8 @@ def _fingerprint(ds: xr.Dataset, model_digest: str, step: tuple[int, int]) -> di
         + np.ascontiguousarray(ds[xdim].values).tobytes()
     ).hexdigest()
     keys = ("xchm_card_digest", "xchm_window", "xchm_overlap", "xchm_model")
-    return {
+    fingerprint = {
+        **source,
         "model_digest": model_digest,
         **{k.removeprefix("xchm_"): chm.attrs.get(k) for k in keys},
         "variables": sorted(str(v) for v in ds.data_vars),
@@ -122,6 +222,91 @@ def _fingerprint(ds: xr.Dataset, model_digest: str, step: tuple[int, int]) -> di
         "coords_sha256": coords,
         "crs": crs.to_wkt() if crs is not None else None,
     }
+    return json.loads(json.dumps(fingerprint))  # as stored (lists, plain numbers)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return "x".join(_show(v) for v in value) if value else "[]"
+    return str(value)
+
+
+def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Say in words how the input of a resume differs from the store's."""
+    old_paths = [f.get("path") for f in old.get("files", [])]
+    new_paths = [f.get("path") for f in new.get("files", [])]
+    if old_paths != new_paths:
+        return (
+            f"the input data differ: input file(s) {', '.join(old_paths) or '(none: an array)'}"
+            f" -> {', '.join(new_paths) or '(none: an array)'}"
+        )
+    if old.get("files") != new.get("files"):
+        return (
+            f"the input data differ: {', '.join(new_paths)} changed since the store was "
+            "started (size, modification time or header)"
+        )
+    if new_paths:
+        return (
+            "the input data differ: same file(s), but opened another way (other chunks, or "
+            "another spelling of the path: 'a.tif', Path('a.tif') and '/data/a.tif' count as "
+            "different) or computed differently; open it exactly as in the first run"
+        )
+    return "the input data differ (another array, or the same one chunked or computed differently)"
+
+
+#: How each fingerprint entry is named in a refusal.
+_NAMES = {
+    "bands": "bands",
+    "nodata": "nodata",
+    "model": "model preset",
+    "window": "window",
+    "overlap": "overlap",
+    "variables": "layers",
+    "dims": "dimensions",
+    "shape": "grid size",
+    "chunks": "chunks",
+    "region": "region size",
+}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """List what differs between a store's fingerprint and this call's, in plain words."""
+    if "input" not in old:
+        return [
+            "the store was started by an older xchm that did not record its input, so a "
+            "resume cannot be checked"
+        ]
+    found: list[str] = []
+    if old["input"] != new["input"]:
+        found.append(_input_change(old["input"], new["input"]))
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key == "input" or a == b:
+            continue
+        if key == "bands":
+            found.append(f"bands: {', '.join(a or [])} -> {', '.join(b or [])}")
+        elif key in _NAMES:
+            found.append(f"{_NAMES[key]}: {_show(a)} -> {_show(b)}")
+        elif key in ("model_digest", "card_digest"):
+            if "the model or its weights differ" not in found:
+                found.append("the model or its weights differ")
+        elif key == "coords_sha256":
+            found.append("the x/y coordinates differ (another area or pixel grid)")
+        elif key == "crs":
+            found.append("the CRS differs")
+        else:
+            found.append(f"{key} differs")
+    return found
+
+
+def _stored_fingerprint(store: Path) -> dict[str, Any] | None:
+    """Return the fingerprint of a laid-out store (None: not laid out, or not a store)."""
+    progress = _open_progress(store)
+    if progress is None or "fingerprint" not in progress.attrs:
+        return None
+    return dict(progress.attrs["fingerprint"])
 
 
 def _open_progress(store: Path) -> Any:
@@ -130,14 +315,29 @@ def _open_progress(store: Path) -> Any:
 
     try:
         return zarr.open_group(store, mode="r", path=PROGRESS_GROUP)
-    except (FileNotFoundError, NodeNotFoundError):
+    except (FileNotFoundError, NodeNotFoundError, NotADirectoryError):
         return None
+
+
+def _is_store(folder: Path) -> bool:
+    """Recognise a store written without a marker (by xchm before markers existed)."""
+    import zarr
+
+    try:
+        root = zarr.open_group(folder, mode="r")
+    except Exception:  # noqa: BLE001 - not a Zarr group at all: not a store
+        return False
+    return root.attrs.get("xchm_status") in ("incomplete", "complete")
 
 
 def _initialise(
     store: Path, ds: xr.Dataset, fingerprint: dict[str, Any], grid: tuple[int, int]
 ) -> None:
-    """Write the store's metadata and coordinates (no data) and an empty progress record."""
+    """Write the store's metadata and coordinates (no data) and an empty progress record.
+
+    ``store`` is an empty folder holding only the output marker. The fingerprint is
+    written last (its presence means "laid out"); then the marker goes.
+    """
     import zarr
 
     template = ds.copy()
@@ -150,24 +350,13 @@ def _initialise(
         }
         for name in ds.data_vars
     }
-    template.to_zarr(store, mode="w-", compute=False, consolidated=False, encoding=encoding)
+    with warnings.catch_warnings():  # Zarr lists the folder and finds the marker
+        warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
+        template.to_zarr(store, mode="a", compute=False, consolidated=False, encoding=encoding)
     progress = zarr.open_group(store, mode="a", path=PROGRESS_GROUP)
     progress.create_array("done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
     progress.attrs["fingerprint"] = fingerprint  # written last: its presence means "ready"
-
-
-def _interrupted_creation(store: Path) -> bool:
-    """Tell whether ``store`` is ours, cut off while being laid out (no fingerprint yet)."""
-    import zarr
-
-    try:
-        root = zarr.open_group(store, mode="r")
-    except Exception:  # noqa: BLE001 - not a Zarr group at all: not ours
-        return False
-    if root.attrs.get("xchm_status") != "incomplete":
-        return False
-    progress = _open_progress(store)
-    return progress is None or "fingerprint" not in progress.attrs
+    (store / MARKER).unlink(missing_ok=True)
 
 
 def _prepare(
@@ -177,36 +366,35 @@ def _prepare(
     grid: tuple[int, int],
     resume: bool,
     overwrite: bool,
-) -> Any:
-    """Create, reuse or replace ``store``; return its progress group."""
-    if store.exists() and overwrite:
-        if store.is_dir() and not (store / "zarr.json").exists() and any(store.iterdir()):
-            raise InputError(
-                f"{store} is a non-empty folder that is not a Zarr store; not replacing it"
-            )
-        shutil.rmtree(store) if store.is_dir() else store.unlink()
-    if store.exists() and _interrupted_creation(store):
-        shutil.rmtree(store)  # killed while laying out the store: nothing to keep
-    if store.exists():
-        progress = _open_progress(store)
-        if progress is None or "fingerprint" not in progress.attrs:
-            raise InputError(
-                f"{store} exists and is not an xchm prediction store (or its creation was "
-                "interrupted before any region); pass overwrite=True to replace it"
-            )
-        if not resume:
-            raise InputError(f"{store} exists; pass resume=True to continue it or overwrite=True")
-        old = dict(progress.attrs["fingerprint"])
-        differ = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+) -> None:
+    """Create, reuse or replace ``store`` (see :mod:`xchm.outputs`).
+
+    A resume is checked before anything in the store changes: a refused one leaves
+    it as it was.
+    """
+    kind = output_kind(store) if store.is_dir() else None
+    ours = store.is_dir() and (kind == STORE_KIND or (kind is None and _is_store(store)))
+    old = _stored_fingerprint(store) if ours else None
+    if old is not None and resume and not overwrite:
+        differ = _differences(old, fingerprint)
         if differ:
-            raise InputError(
-                f"{store} was written by a different job (differs: {', '.join(differ)}); "
-                "use the same model, input grid and settings to resume, or overwrite=True"
+            raise ResumeError(
+                f"{store} was written by a different job: {'; '.join(differ)}. Resume with "
+                "the same input, bands, nodata, model and settings, or pass overwrite=True "
+                "(CLI: --overwrite) to start over"
             )
-        return progress
-    store.parent.mkdir(parents=True, exist_ok=True)
+        (store / MARKER).unlink(missing_ok=True)  # laid out: known by its fingerprint
+        return
+    prepare_output_dir(
+        store,
+        STORE_KIND,
+        # Ours without a fingerprint: cut off while being laid out, no region written.
+        overwrite=overwrite or (ours and old is None),
+        legacy=_is_store,
+        hint="pass resume=True (CLI: drop --no-resume) to continue it or overwrite=True "
+        "(CLI: --overwrite) to replace it",
+    )
     _initialise(store, ds, fingerprint, grid)
-    return _open_progress(store)
 
 
 def _region_writer(ds: xr.Dataset, store: Path) -> Callable[[Region], Any]:
@@ -324,9 +512,13 @@ def predict_to_zarr(
         chunks. Smaller regions lose less work on a crash; larger ones reread fewer
         halo pixels at region borders.
     resume
-        Continue an existing store of the same job, skipping finished regions.
+        Continue an existing store of the same job, skipping finished regions. Same
+        job: the same input (same files, unchanged, opened the same way; or the same
+        in-memory data), bands, nodata, model and weights, overlap, grid, chunks and
+        region size. Anything else is refused (``ResumeError``).
     overwrite
-        Replace an existing store (``resume`` is then moot).
+        Replace an existing store (``resume`` is then moot). Only an xchm prediction
+        store is ever replaced; any other folder is refused, with or without it.
     progress
         Show a bar (windows/s, km2/h, ETA) and print a one-line summary at the end.
     in_flight
@@ -344,8 +536,17 @@ def predict_to_zarr(
 
     Raises
     ------
+    ResumeError
+        The store is another job's: its input (file, array, or how it was read or
+        computed), bands, nodata, model, overlap, grid or layout differ. The message
+        names each difference.
+    OutputExistsError
+        ``store`` exists and is a file, a folder xchm did not write, another kind of
+        xchm output, or a store while ``resume=False`` (and no ``overwrite``).
+    OutputError
+        ``store`` cannot be created or written.
     InputError
-        The store exists and is another job's or not an xchm store, or bad options.
+        Bad options.
 
     Notes
     -----
@@ -379,11 +580,11 @@ def predict_to_zarr(
     store = Path(store)
     if store.suffix != ".zarr":
         raise InputError(f"store must be a path ending in .zarr, got {str(store)!r}")
-    data = obj.to_array() if isinstance(obj, xr.Dataset) else obj
-    if not isinstance(data.data, dsa.Array):
+    variables = [obj] if isinstance(obj, xr.DataArray) else list(obj.data_vars.values())
+    if not all(isinstance(v.variable._data, dsa.Array) for v in variables):
         from xchm.inference.inputs import spatial_dims
 
-        ydim, xdim = spatial_dims(obj)
+        ydim, xdim = spatial_dims(obj)  # (.chunk tokenizes in-memory data by content)
         obj = obj.chunk({ydim: DEFAULT_CHUNK, xdim: DEFAULT_CHUNK})
     from distributed import span
 
@@ -394,7 +595,14 @@ def predict_to_zarr(
     step = _region_step(region_size, chunks)
     regions = _regions((chm.shape[0], chm.shape[1]), step)
     grid = (regions[-1].iy + 1, regions[-1].ix + 1)
-    fingerprint = _fingerprint(ds, _model_digest(model, predict_kwargs.get("weights")), step)
+    model_digest, card = _model_identity(model, predict_kwargs.get("weights"))
+    bands = predict_kwargs.get("bands")
+    source = {
+        "input": _input_identity(obj),
+        "bands": _band_selection(obj, card, bands),
+        "nodata": _nodata_value(obj, card, bands, predict_kwargs.get("nodata")),
+    }
+    fingerprint = _fingerprint(ds, model_digest, step, source)
     _prepare(store, ds, fingerprint, grid, resume, overwrite)
     done_flags = zarr.open_array(store, mode="r+", path=f"{PROGRESS_GROUP}/done")
     finished = np.asarray(done_flags[...], dtype=bool)
