@@ -18,7 +18,7 @@ from xchm.pretraining.trainer import _Run
 from xchm.training import TrainConfig
 from xchm.training.state import load_state
 
-from ..training.test_trainer import _learnable_scene
+from ..training.test_trainer import _count_steps, _learnable_scene
 
 #: Small heads and few views: seconds per run on a 2-core CPU.
 SMALL = {
@@ -185,7 +185,10 @@ def test_pretrain__resume_reaches_the_uninterrupted_state(unlabeled, tmp_path, m
     cut = load_state(
         tmp_path / "cut" / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state"
     )
-    assert (cut["epoch"], cut["batch"]) == (1, 2)
+    assert (cut["epoch"], cut["batch"]) == (1, 2)  # 4 steps per epoch: 6 steps saved
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    ran = _count_steps(monkeypatch)
     resumed = pretrain(
         unlabeled,
         model="test-tiny",
@@ -194,6 +197,9 @@ def test_pretrain__resume_reaches_the_uninterrupted_state(unlabeled, tmp_path, m
         resume=True,
         progress=False,
     )
+    # It started where the cut run stopped: 2 steps to go, the optimizer already at 6.
+    assert ran == {"steps": 2, "optimizer_step_before": 6}
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 2
     a = load_state(
         tmp_path / "full" / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state"
     )

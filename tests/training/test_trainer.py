@@ -17,6 +17,7 @@ from xchm.training import TrainConfig, train
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
 from xchm.training.policy import apply_policy, trainable_block_count
+from xchm.training.state import load_state
 
 FAST = {
     "epochs": 4,
@@ -196,15 +197,42 @@ def test_train__resume_reaches_the_uninterrupted_weights(cube, tmp_path, monkeyp
         m.setattr(torch.optim.AdamW, "step", flaky_step)
         with pytest.raises(KeyboardInterrupt):
             train(cube, model="test-tiny", config=cfg, output=tmp_path / "cut", progress=False)
+    cut = load_state(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (cut["epoch"], cut["batch"]) == (2, 4)  # 6 batches per epoch: 16 steps saved
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 2
+
+    ran = _count_steps(monkeypatch)
     resumed = train(
         cube, model="test-tiny", config=cfg, output=tmp_path / "cut", resume=True, progress=False
     )
+    # It started where the cut run stopped: 2 steps to go, the optimizer already at 16.
+    assert ran == {"steps": 2, "optimizer_step_before": 16}
+    rows = [
+        json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
     a = xchm.load_model(full.best_checkpoint).state_dict()
     b = xchm.load_model(resumed.best_checkpoint).state_dict()
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     assert [r["val_loss"] for r in full.history] == [r["val_loss"] for r in resumed.history]
+
+
+def _count_steps(monkeypatch):
+    """Count AdamW steps from now on; note the optimizer's own step count at the first."""
+    ran = {"steps": 0}
+    real_step = torch.optim.AdamW.step
+
+    def counting_step(self, *args, **kwargs):
+        if not ran["steps"]:
+            counts = [int(s["step"]) for s in self.state.values() if "step" in s]
+            ran["optimizer_step_before"] = max(counts, default=0)
+        ran["steps"] += 1
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting_step)
+    return ran
 
 
 def test_train__resume_refuses_a_changed_config(cube, tmp_path):
