@@ -6,30 +6,158 @@ then copies into a COG. GeoTIFF writes are not safe from several processes, so
 with a ``distributed`` client active the workers first compute the map into a
 temporary Zarr store next to the output (parallel writes of whole chunks), which
 this process then turns into the GeoTIFF with local threads. Everything goes to
-temporary names next to the output and is renamed into place at the end: a failed
-or killed run leaves no half-written file under the output's name.
+temporary names next to the output (``.NAME.partial-HOST-PID...``) and is renamed
+into place at the end: a failed or killed run leaves no half-written file under the
+output's name. The leftovers of a killed run are removed by the next write of the
+same file (see :func:`write_cog`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
-from xchm.errors import InputError
+from xchm.errors import InputError, XCHMWarning
+from xchm.outputs import prepare_output_file
 
-__all__ = ["write_cog"]
+__all__ = ["write_cog", "INT16_DM_RANGE_M", "INT16_DM_NODATA"]
+
+#: Nodata of int16 decimetre files (``int16_dm=True``).
+INT16_DM_NODATA = -9999
+#: Heights (metres) an int16 decimetre file holds; others are clipped to these bounds.
+#: The top is int16's largest value; the bottom stays clear of the nodata value.
+INT16_DM_RANGE_M = (-999.8, 3276.7)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _host() -> str:
+    """Return this machine's name as it may appear in a file name."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _running(pid: int) -> bool:
+    """Tell whether process ``pid`` runs on this machine (unsure counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _stale_partials(output: Path) -> list[Path]:
+    """Leftovers of killed writes of ``output`` on this machine (their process is gone).
+
+    Temporary files are named ``.NAME.partial-HOST-PID`` (plus ``.tiled.tif`` or
+    ``.zarr``); earlier versions wrote ``.NAME.partial-PID...``, taken as this
+    machine's. A leftover is stale when it names this machine and its process no
+    longer runs; a running write, or one on another machine sharing the folder, is
+    left alone.
+    """
+    pattern = re.compile(
+        rf"^\.{re.escape(output.name)}\.partial-(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)"
+        r"(?:\.tiled\.tif|\.zarr)?$"
+    )
+    host = _host()
+    stale = []
+    for candidate in output.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match is None or match["host"] not in (None, host):
+            continue
+        if not _running(int(match["pid"])):
+            stale.append(candidate)
+    return sorted(stale)
+
+
+def _layers(obj: Any) -> xr.DataArray:
+    """Return ``obj`` as a (band, y, x) array with one band per layer, named.
+
+    A (y, x) DataArray is one band; a Dataset (``xchm.predict(..., uncertainty=True)``
+    or an opened ``predict_to_zarr`` store) gives one band per 2-D variable, ``chm``
+    first. The band names go to ``long_name`` (GeoTIFF band descriptions).
+    """
+    if isinstance(obj, xr.Dataset):
+        names = [str(n) for n in obj.data_vars if obj[n].ndim == 2]
+        other = [str(n) for n in obj.data_vars if obj[n].ndim not in (0, 2)]
+        if other or not names:
+            raise InputError(
+                f"write_cog writes 2-D (y, x) layers; the Dataset has variables "
+                f"{[str(n) for n in obj.data_vars]} ({', '.join(other) or 'none'} not 2-D). "
+                "Pass a height map from xchm.predict or select its layers, e.g. ds[['chm']]"
+            )
+        names.sort(key=lambda n: n != "chm")  # chm first, then the others in order
+        arrays = [obj[n] for n in names]
+        if len({a.dims for a in arrays}) > 1:
+            raise InputError(
+                f"the layers {names} have different dimensions {[a.dims for a in arrays]}; "
+                "write_cog needs them on one (y, x) grid"
+            )
+        crs = obj.rio.crs
+    elif isinstance(obj, xr.DataArray):
+        if obj.ndim != 2:
+            raise InputError(
+                f"write_cog writes a (y, x) height map, got dims {tuple(obj.dims)}; select "
+                "one layer (e.g. da.isel(band=0)) or pass xchm.predict's result"
+            )
+        names = [str(obj.name) if obj.name is not None else "chm"]
+        arrays = [obj]
+        crs = obj.rio.crs
+    else:
+        raise InputError(
+            f"write_cog takes an xarray DataArray or Dataset (what xchm.predict returns), got "
+            f"{type(obj).__name__}"
+        )
+    plain = []
+    for a in arrays:
+        a = a.copy()
+        a.attrs = {k: v for k, v in a.attrs.items() if k not in ("_FillValue", "long_name")}
+        a.encoding = {}  # nodata and dtype are set below; a store's encoding would clash
+        plain.append(a)
+    stacked = xr.concat(plain, dim="band", coords="minimal", compat="override", join="exact")
+    ydim, xdim = arrays[0].dims
+    stacked = stacked.assign_coords(band=np.arange(1, len(names) + 1)).transpose("band", ydim, xdim)
+    stacked.attrs = {**plain[0].attrs, "long_name": tuple(names)}
+    return stacked.rio.write_crs(crs) if crs is not None else stacked
+
+
+def _stage(layers: xr.DataArray, staged: Path) -> xr.DataArray:
+    """Compute ``layers`` on the cluster into a Zarr store; return it opened lazily."""
+    names = list(layers.attrs["long_name"])
+    ds = xr.Dataset({n: layers.isel(band=i, drop=True) for i, n in enumerate(names)})
+    for n in names:
+        ds[n].attrs = {}
+    ds.to_zarr(staged, mode="w", consolidated=False)
+    back = xr.open_zarr(staged, decode_coords="all", consolidated=False)
+    restaged = _layers(back[names])
+    restaged.attrs = layers.attrs
+    return restaged
+
+
+def _to_int16_dm(layers: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Return int16 decimetres (clipped, nodata -9999) and the clipped pixels per band."""
+    low, high = INT16_DM_RANGE_M
+    outside = ((layers < low) | (layers > high)).sum(dim=layers.dims[1:])  # NaN: neither
+    dm = (layers.clip(low, high) * 10).round().fillna(INT16_DM_NODATA).astype("int16")
+    dm.attrs = {**layers.attrs, "units": "dm"}
+    return dm.rio.write_nodata(INT16_DM_NODATA, encoded=False), outside
 
 
 def write_cog(
@@ -39,17 +167,22 @@ def write_cog(
     int16_dm: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Write a canopy height map (metres, (y, x) DataArray) as a COG.
+    """Write a canopy height map (metres) as a COG.
 
     Parameters
     ----------
     chm
-        The map, typically lazy (``xchm.predict`` on dask-backed imagery).
+        What :func:`xchm.predict` returns, typically lazy: a (y, x) DataArray (one
+        band), or the Dataset of ``uncertainty=True`` (bands ``chm`` and ``chm_std``).
+        Any Dataset of (y, x) layers works, e.g. a :func:`xchm.predict_to_zarr` store;
+        ``chm`` is band 1. Band descriptions are the layer names.
     path
-        Output file (``.tif``/``.tiff``).
+        Output file (``.tif``/``.tiff``). Its folder must exist.
     int16_dm
         Write int16 decimetres with nodata -9999 (the reference's format) instead
-        of float32 metres with NaN.
+        of float32 metres with NaN. Heights outside :data:`INT16_DM_RANGE_M`
+        (-999.8 to 3276.7 m) do not fit: they are clipped to it, counted, and an
+        :class:`~xchm.errors.XCHMWarning` says how many.
     overwrite
         Replace an existing file.
 
@@ -60,14 +193,28 @@ def write_cog(
 
     Raises
     ------
+    OutputExistsError
+        The file exists (without ``overwrite``) or ``path`` is a folder.
+    OutputError
+        The folder does not exist or is not writable, or ``path`` does not end in
+        .tif/.tiff.
     InputError
-        The path exists (without ``overwrite``) or does not end in .tif/.tiff.
+        ``chm`` is not a height map (not (y, x) layers).
+
+    Warns
+    -----
+    XCHMWarning
+        ``int16_dm`` clipped heights (the message gives the count per layer).
 
     Notes
     -----
-    Computes the map (on the active ``distributed`` client if any). Memory: a few
-    chunks per thread; disk: the COG plus a temporary tiled GeoTIFF (and, on a
-    cluster, a temporary Zarr store) of similar size.
+    Checks the path before any work. Computes the map (on the active ``distributed``
+    client if any). Memory: a few chunks per thread; disk: the COG plus a temporary
+    tiled GeoTIFF (and, on a cluster, a temporary Zarr store) of similar size, named
+    ``.NAME.partial-HOST-PID...`` next to the output. A write that was killed leaves
+    these behind; the next write of the same file removes those of this machine
+    whose process no longer runs (a write still running, or one from another machine
+    sharing the folder, is left alone).
 
     Examples
     --------
@@ -84,38 +231,54 @@ def write_cog(
 
     from xchm.cluster import active_client
 
-    output = Path(path)
-    if output.suffix.lower() not in (".tif", ".tiff"):
-        raise InputError(f"a COG path must end in .tif or .tiff, got {str(output)!r}")
-    if output.exists() and not overwrite:
-        raise InputError(f"{str(output)!r} exists; pass overwrite=True (--overwrite) to replace it")
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    staged = output.with_name(f".{output.name}.partial-{os.getpid()}.zarr")
-    tiled = output.with_name(f".{output.name}.partial-{os.getpid()}.tiled.tif")
+    output = prepare_output_file(path, overwrite=overwrite, suffixes=(".tif", ".tiff"))
+    layers = _layers(chm)
+    for leftover in _stale_partials(output):
+        _remove(leftover)
+    stem = f".{output.name}.partial-{_host()}-{os.getpid()}"
+    tmp = output.with_name(stem)
+    staged = output.with_name(f"{stem}.zarr")
+    tiled = output.with_name(f"{stem}.tiled.tif")
     try:
-        if active_client() is not None and hasattr(chm.data, "dask"):
-            import xarray as xr
-
-            plain = chm.copy()
-            plain.attrs = {k: v for k, v in chm.attrs.items() if k != "_FillValue"}  # encoding
-            plain.to_dataset(name="chm").to_zarr(staged, mode="w", consolidated=False)
-            chm = xr.open_zarr(staged, decode_coords="all", consolidated=False)["chm"]
-        chm = chm.copy()
-        chm.encoding.pop("_FillValue", None)  # nodata is set below, as an attribute
+        if active_client() is not None and dask.is_dask_collection(layers):
+            layers = _stage(layers, staged)
+        outside = None
         if int16_dm:
-            dm = (chm * 10).round().fillna(-9999).astype("int16")
-            chm = dm.rio.write_nodata(-9999, encoded=False).assign_attrs(units="dm")
+            layers, outside = _to_int16_dm(layers)
         else:
-            chm = chm.rio.write_nodata(np.nan, encoded=False)
+            layers = layers.astype("float32").rio.write_nodata(np.nan, encoded=False)
         import rasterio.shutil
 
         with dask.config.set(scheduler="threads"):  # one process writes the GeoTIFF
-            chm.rio.to_raster(
-                tiled, driver="GTiff", tiled=True, compress="DEFLATE", lock=threading.Lock()
+            write = layers.rio.to_raster(
+                tiled,
+                driver="GTiff",
+                tiled=True,
+                compress="DEFLATE",
+                lock=threading.Lock(),
+                compute=False,
             )
+            # One pass: the clipped pixels are counted from the chunks being written.
+            if write is not None and outside is not None:
+                _, outside = dask.compute(write, outside)
+            elif write is not None:
+                dask.compute(write)
         rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
         os.replace(tmp, output)
     finally:
         for leftover in (tmp, staged, tiled):
             _remove(leftover)
+    if outside is not None and int(np.sum(outside)) > 0:
+        names = layers.attrs["long_name"]
+        counts = ", ".join(
+            f"{int(n)} in {name}" for name, n in zip(names, np.asarray(outside), strict=True)
+        )
+        low, high = INT16_DM_RANGE_M
+        warnings.warn(
+            f"{output}: {counts} pixels were outside the int16 decimetre range "
+            f"[{low}, {high}] m and were clipped to it; write float32 metres "
+            "(int16_dm=False, CLI: without --int16-dm) to keep them",
+            XCHMWarning,
+            stacklevel=2,
+        )
     return output
