@@ -10,7 +10,16 @@ import torch
 
 import xchm
 import xchm.chips
-from xchm.errors import BandError, InputError, WeightsError
+from xchm.errors import (
+    BandError,
+    DeviceError,
+    InputError,
+    NonFiniteLossError,
+    OutputExistsError,
+    PathNotFoundError,
+    ResumeError,
+    WeightsError,
+)
 from xchm.pretraining import PretrainConfig, pretrain
 from xchm.pretraining.heads import IBOTLoss
 from xchm.pretraining.network import SelfDistillationNet, block_masks
@@ -28,6 +37,7 @@ SMALL = {
     "head_bottleneck": 16,
     "local_crops": 1,
 }
+ONE_STEP = PretrainConfig(**{**SMALL, "epochs": 1, "max_steps_per_epoch": 1})
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +226,11 @@ def test_pretrain__resume_reaches_the_uninterrupted_state(unlabeled, tmp_path, m
 
 
 def test_pretrain__refuses_overwrite_changed_config_and_tiny_cubes(unlabeled, tmp_path):
-    cfg = PretrainConfig(**{**SMALL, "epochs": 1, "max_steps_per_epoch": 1})
+    cfg = ONE_STEP
     pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(OutputExistsError, match="resume=True"):
         pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
-    with pytest.raises(InputError, match="lr"):
+    with pytest.raises(ResumeError, match="config: these differ: \\['lr'\\]"):
         pretrain(
             unlabeled,
             model="test-tiny",
@@ -229,7 +239,7 @@ def test_pretrain__refuses_overwrite_changed_config_and_tiny_cubes(unlabeled, tm
             resume=True,
             progress=False,
         )
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(PathNotFoundError, match="nothing to resume"):
         pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "new", resume=True)
     with pytest.raises(InputError, match="smaller batch_size"):
         pretrain(
@@ -238,6 +248,65 @@ def test_pretrain__refuses_overwrite_changed_config_and_tiny_cubes(unlabeled, tm
             config=PretrainConfig(**{**cfg.to_dict(), "batch_size": 100_000}),
             output=tmp_path / "big",
         )
+    assert not (tmp_path / "new").exists() and not (tmp_path / "big").exists()
+
+
+def test_pretrain__refuses_a_folder_it_did_not_write(unlabeled, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(OutputExistsError, match="not written by xchm"):
+        xchm.pretrain(unlabeled, model="test-tiny", output=proj, config=ONE_STEP, progress=False)
+    assert [p.name for p in proj.iterdir()] == ["config.json"]
+    assert (proj / "config.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"cube": "labeled"},
+            "cube: the run trained on the cube .*u.zarr, this call gives .*l.zarr",
+        ),
+        ({"model": "dinov3-vits16"}, "model: the run used 'test-tiny', this call gives 'dinov3"),
+    ],
+)
+def test_pretrain__resume_refuses_another_cube_or_model(
+    unlabeled, labeled, tmp_path, change, message
+):
+    out = tmp_path / "run"
+    pretrain(unlabeled, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    state = (out / "checkpoints" / "last.pt").read_bytes()
+    given = {"cube": unlabeled, "model": "test-tiny"}
+    given.update({k: labeled if v == "labeled" else v for k, v in change.items()})
+    with pytest.raises(ResumeError, match=message):
+        pretrain(given["cube"], model=given["model"], config=ONE_STEP, output=out, resume=True)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == state
+
+
+def test_pretrain__a_diverging_loss_is_a_non_finite_loss_error(unlabeled, tmp_path):
+    cfg = PretrainConfig(
+        **{
+            **SMALL,
+            "epochs": 1,
+            "max_steps_per_epoch": 3,
+            "lr": 1e30,
+            "grad_clip": 0.0,
+            "warmup_epochs": 0.0,
+        }
+    )
+    with pytest.raises(NonFiniteLossError, match="pretraining loss is nan.*Lower lr"):
+        pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_pretrain__cuda_without_a_gpu_is_a_device_error(unlabeled, tmp_path):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        pretrain(
+            unlabeled, model="test-tiny", config=ONE_STEP, output=tmp_path / "r", device="cuda"
+        )
+    assert not (tmp_path / "r").exists()
 
 
 # -- hand-over to fine-tuning --------------------------------------------------------------

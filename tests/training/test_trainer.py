@@ -12,7 +12,15 @@ import xarray as xr
 
 import xchm
 import xchm.chips
-from xchm.errors import InputError
+from xchm.errors import (
+    DeviceError,
+    InputError,
+    NonFiniteLossError,
+    OutputExistsError,
+    PathNotFoundError,
+    ResumeError,
+)
+from xchm.outputs import prepare_output_dir
 from xchm.training import TrainConfig, train
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
@@ -27,6 +35,7 @@ FAST = {
     "augment": False,
     "patience": 10,
 }
+ONE_STEP = TrainConfig(**{**FAST, "epochs": 1, "max_steps_per_epoch": 1})
 
 
 def _learnable_scene(size=512, seed=0):
@@ -157,7 +166,7 @@ def test_train__writes_logs_and_the_best_checkpoint(cube, tmp_path):
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,val_loss")
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).epochs == 2
     assert (result.best_checkpoint / "model.safetensors").exists()
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(OutputExistsError, match="resume=True"):
         train(cube, model="test-tiny", config=TrainConfig(**FAST), output=out, progress=False)
 
 
@@ -236,17 +245,176 @@ def _count_steps(monkeypatch):
 
 
 def test_train__resume_refuses_a_changed_config(cube, tmp_path):
-    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_steps_per_epoch": 1})
-    train(cube, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
-    with pytest.raises(InputError, match="lr"):
+    train(cube, model="test-tiny", config=ONE_STEP, output=tmp_path / "r", progress=False)
+    with pytest.raises(ResumeError, match="config: these differ.*lr"):
         train(
             cube,
             model="test-tiny",
-            config=TrainConfig(**{**FAST, "lr": 1.0}),
+            config=TrainConfig(**{**ONE_STEP.to_dict(), "lr": 1.0}),
             output=tmp_path / "r",
             resume=True,
             progress=False,
         )
+
+
+# -- output folders and resume: nothing mixed, nothing overwritten ---------------------------
+@pytest.fixture(scope="module")
+def other_cube(tmp_path_factory):
+    """A second, smaller cube of another landscape (same bands)."""
+    img, chm = _learnable_scene(256, seed=1)
+    return _build(img, chm, tmp_path_factory.mktemp("other") / "b.zarr")
+
+
+def _build(img, chm, path, **kwargs):
+    return xchm.chips.build(
+        [xchm.chips.ScenePair(img, chm, scene="s")],
+        path,
+        bands=("nir", "red", "green"),
+        block_size=1,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_train__refuses_a_folder_it_did_not_write(cube, tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(OutputExistsError, match="not written by xchm"):
+        xchm.train(cube, model="test-tiny", output=proj, config=ONE_STEP, progress=False)
+    assert _files(proj) == {"config.json": b'{"mine": 1}'}  # nothing added or changed
+
+
+def test_train__resume_refuses_another_cube(cube, other_cube, tmp_path):
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    before = _files(out)
+    with pytest.raises(ResumeError, match=f"cube: the run trained on the cube {cube.path}"):
+        train(other_cube, model="test-tiny", config=ONE_STEP, output=out, resume=True)
+    assert _files(out) == before
+
+
+def test_train__resume_refuses_a_cube_built_again_at_the_same_path(tmp_path):
+    img, chm = _learnable_scene(256)
+    first = _build(img, chm, tmp_path / "c.zarr")
+    train(first, model="test-tiny", config=ONE_STEP, output=tmp_path / "run", progress=False)
+    img2, chm2 = _learnable_scene(256, seed=42)
+    _build(img2, chm2, tmp_path / "c.zarr", overwrite=True)
+    with pytest.raises(ResumeError, match="c.zarr changed since the run started"):
+        train(
+            tmp_path / "c.zarr",
+            model="test-tiny",
+            config=ONE_STEP,
+            output=tmp_path / "run",
+            resume=True,
+        )
+
+
+def test_train__resume_refuses_another_preset_before_building_it(cube, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    monkeypatch.setattr(xchm, "load_model", _not_called)
+    with pytest.raises(ResumeError, match="model: the run used 'test-tiny'.*'dinov3-vits16'"):
+        train(cube, model="dinov3-vits16", config=ONE_STEP, output=out, resume=True)
+
+
+def _not_called(*args, **kwargs):
+    raise AssertionError("a model was built before the resume was checked")
+
+
+def test_train__resume_refuses_other_weights(cube, tmp_path):
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    xchm.load_model("test-tiny", seed=5).save(tmp_path / "pretrained")
+    with pytest.raises(ResumeError, match="weights: the run used none, this call gives checkpoint"):
+        train(
+            cube,
+            model="test-tiny",
+            weights=tmp_path / "pretrained",
+            config=ONE_STEP,
+            output=out,
+            resume=True,
+        )
+
+
+def test_train__resume_accepts_a_moved_cube(cube, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    shutil.copytree(cube.path, tmp_path / "moved.zarr")
+    result = train(
+        tmp_path / "moved.zarr", model="test-tiny", config=ONE_STEP, output=out, resume=True
+    )
+    assert len(result.history) == 1  # the finished run, nothing redone
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_train__a_run_killed_before_its_first_checkpoint_starts_again(
+    cube, tmp_path, monkeypatch, resume
+):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.AdamW, "step", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    assert sorted(_files(out)) == [".xchm-output.json", "config.json"]
+    result = train(
+        cube, model="test-tiny", config=ONE_STEP, output=out, resume=resume, progress=False
+    )
+    assert len(result.history) == 1
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_train__resumes_a_run_written_before_output_markers(cube, tmp_path):
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    (out / ".xchm-output.json").unlink()  # as an earlier xchm left it
+    with pytest.raises(OutputExistsError, match="resume=True"):
+        train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    result = train(cube, model="test-tiny", config=ONE_STEP, output=out, resume=True)
+    assert len(result.history) == 1
+    assert (out / ".xchm-output.json").is_file()
+
+
+def test_train__refuses_an_output_of_another_kind(cube, tmp_path):
+    prepare_output_dir(tmp_path / "ssl", "pretraining run")
+    for resume in (False, True):
+        with pytest.raises(OutputExistsError, match="pretraining run, not a training run"):
+            train(cube, model="test-tiny", config=ONE_STEP, output=tmp_path / "ssl", resume=resume)
+
+
+def test_train__resume_of_nothing_is_refused(cube, tmp_path):
+    with pytest.raises(PathNotFoundError, match="nothing to resume"):
+        train(cube, model="test-tiny", config=ONE_STEP, output=tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train__cuda_without_a_gpu_is_a_device_error(cube, tmp_path):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        train(cube, model="test-tiny", config=ONE_STEP, output=tmp_path / "r", device="cuda")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train__an_invalid_device_is_a_device_error(cube, tmp_path):
+    with pytest.raises(DeviceError, match="'gpu0' is not a torch device"):
+        train(cube, model="test-tiny", config=ONE_STEP, output=tmp_path / "r", device="gpu0")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train__a_diverging_loss_stops_before_its_checkpoint(cube, tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "lr": 1e30, "grad_clip": 0.0})
+    with pytest.raises(NonFiniteLossError, match="training loss is nan.*Lower lr"):
+        train(cube, model="test-tiny", config=cfg, output=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 def test_train__needs_a_val_split(tmp_path):

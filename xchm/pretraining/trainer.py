@@ -109,6 +109,14 @@ def pretrain(
         cube = cube.sel(split=cfg.split)
     rank, world, local = process_group()
     dev = resolve_device(device, local)  # before the run directory is created
+    batches = ImageBatches(  # checks the batch size before the run directory is made
+        cube,
+        batch_size=cfg.batch_size,
+        buffer_chunks=cfg.buffer_chunks,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+    )
     out = Path(output)
     job = fingerprint(cube, model, weights, world)
     state = open_run(
@@ -124,14 +132,6 @@ def pretrain(
     )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    batches = ImageBatches(
-        cube,
-        batch_size=cfg.batch_size,
-        buffer_chunks=cfg.buffer_chunks,
-        seed=cfg.seed,
-        rank=rank,
-        world_size=world,
-    )
     steps = (
         len(batches)
         if cfg.max_steps_per_epoch is None
@@ -328,9 +328,9 @@ class _Run:
             terms["koleo_loss"] = float(koleo.detach())
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"pretraining loss is {float(loss)} at epoch {epoch} step {index}: training "
-                "diverged. Lower lr or lengthen warmup_epochs and start a new run in another "
-                "output directory (a resume repeats the same steps exactly)"
+                f"pretraining loss is {float(loss.detach())} at epoch {epoch} step {index}: "
+                "training diverged. Lower lr or lengthen warmup_epochs and start a new run in "
+                "another output directory (a resume repeats the same steps exactly)"
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

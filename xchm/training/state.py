@@ -165,6 +165,10 @@ def open_run(
     found = output_kind(output) if output.is_dir() else None
     if found is None and output.is_dir() and legacy(output):
         found = label
+    if found not in (None, label):
+        raise OutputExistsError(
+            f"{output} holds an xchm {found}, not a {label}; choose another output directory"
+        )
     progress = _progress(output, state_path)
     if resume and state_path.is_file():
         if rank == 0:
