@@ -311,6 +311,31 @@ def test_predict_to_zarr__reopened_file_resumes(tmp_path, checkpoint):
     np.testing.assert_array_equal(ds["chm"].values, xchm.predict(_open(a), checkpoint).values)
 
 
+def test_predict_to_zarr__merged_scenes_resume_until_a_scene_changes(tmp_path, checkpoint):
+    whole = make_image(256, 256)
+    west = _write(whole.isel(x=slice(0, 128)), tmp_path / "west.tif")
+    east = _write(whole.isel(x=slice(128, 256)), tmp_path / "east.tif")
+    store = tmp_path / "m.zarr"
+    xchm.predict_to_zarr(
+        xchm.merge_scenes([west, east], chunks=64), checkpoint, store, region_size=128
+    )
+    _forget_bottom_half(store)
+    ds = xchm.predict_to_zarr(
+        xchm.merge_scenes([west, east], chunks=64), checkpoint, store, region_size=128
+    )
+    assert "2/4 regions computed (2 already done)" in ds.attrs["xchm_run"]
+    _forget_bottom_half(store)
+    before = _state(store)
+    stat = os.stat(east)  # east replaced by other data, same name, size and mtime
+    _write(make_image(256, 256, seed=42).isel(x=slice(128, 256)), Path(east))
+    os.utime(east, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(ResumeError, match=r"east\.tif changed since the store was started"):
+        xchm.predict_to_zarr(
+            xchm.merge_scenes([west, east], chunks=64), checkpoint, store, region_size=128
+        )
+    assert _state(store) == before
+
+
 def test_predict_to_zarr__store_of_an_older_xchm_is_refused(tmp_path, checkpoint):
     image = make_image(128, 128)
     store = tmp_path / "m.zarr"

@@ -146,7 +146,8 @@ def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     """Describe what the input *is*: its files (if read from files) and its graph token.
 
     ``obj`` is dask-backed here. A Dask array's name is the token of its whole graph:
-    files opened by rioxarray or xarray are tokenized by the path as given,
+    files opened by rioxarray or xarray (or :func:`xchm.merge_scenes`, whose scenes
+    are named in ``attrs["xchm_scenes"]``) are tokenized by the path as given,
     modification time and chunks; in-memory arrays by their content (xarray's
     ``.chunk`` hashes NumPy buffers); every operation on them adds its own token. So
     the same file opened the same way, or the same array chunked the same way, gives
@@ -162,6 +163,8 @@ def _input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     tokens = {str(k): [str(v.data.name), str(v.dtype)] for k, v in arrays.items()}
     sources = {str(s) for s in (obj.encoding.get("source"),) if s}
     sources |= {str(v.encoding["source"]) for v in arrays.values() if v.encoding.get("source")}
+    scenes = obj.attrs.get("xchm_scenes", [])  # xchm.merge_scenes: the scenes' paths
+    sources |= {str(s) for s in scenes if isinstance(s, str | os.PathLike) and Path(s).is_file()}
     return {
         "files": [_file_identity(s) for s in sorted(sources)],
         "data": hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest(),
@@ -243,8 +246,10 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
             f" -> {', '.join(new_paths) or '(none: an array)'}"
         )
     if old.get("files") != new.get("files"):
+        pairs = zip(old.get("files", []), new.get("files", []), strict=True)
+        changed = [b.get("path") for a, b in pairs if a != b]
         return (
-            f"the input data differ: {', '.join(new_paths)} changed since the store was "
+            f"the input data differ: {', '.join(changed)} changed since the store was "
             "started (size, modification time or header)"
         )
     if new_paths:
