@@ -5,7 +5,9 @@ point back at the proxy) and can, for the next N matching requests, answer with 
 error status instead, or wait before forwarding (to trip a client timeout). It can also
 hide the filter extension from the conformance classes (a catalog without CQL2), and
 make every next link of a search lead back to the same page (a paging loop). It
-records every request: method, path, status and JSON body.
+records every request: method, path, status and JSON body once answered, and method,
+path and time as soon as it arrives (``arrivals``: a request the client gave up on is
+answered late, after the client has moved on).
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ class Record:
 
 
 @dataclass
+class Arrival:
+    """One request as it arrived, before any fault or forwarding."""
+
+    method: str
+    path: str
+    time: float
+    """``time.monotonic()`` at arrival."""
+
+
+@dataclass
 class Proxy:
     """The running proxy; ``url`` is its root."""
 
@@ -49,6 +61,7 @@ class Proxy:
     url: str = ""
     faults: list[Fault] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
     hide_filter: bool = False
     loop_pages: bool = False
     _server: ThreadingHTTPServer | None = None
@@ -67,6 +80,7 @@ class Proxy:
         with self._lock:
             self.faults.clear()
             self.records.clear()
+            self.arrivals.clear()
         self.hide_filter = False
         self.loop_pages = False
 
@@ -77,6 +91,11 @@ class Proxy:
             for r in self.records
             if (method is None or r.method == method) and (path is None or r.path.startswith(path))
         ]
+
+    def arrived(self, method: str, path: str) -> list[Arrival]:
+        """Arrivals of ``method`` requests whose path starts with ``path``."""
+        with self._lock:
+            return [a for a in self.arrivals if a.method == method and a.path.startswith(path)]
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -107,6 +126,8 @@ class Proxy:
                     except ValueError:
                         body = raw.decode(errors="replace")
                 path = urlsplit(self.path).path
+                with proxy._lock:
+                    proxy.arrivals.append(Arrival(self.command, path, time.monotonic()))
                 fault = proxy._take_fault(self.command, path)
                 if fault is not None and fault.delay:
                     time.sleep(fault.delay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pystac
@@ -172,10 +173,20 @@ def test_search__client_errors_are_not_retried(faulty):
 
 
 def test_search__a_timeout_is_retried(faulty):
-    faulty.delay("POST", "/search", times=1, seconds=2.0)
+    """The first search is held for 6 s; a client that waited would get its items too,
+    so the test asserts the retry itself: a second POST /search that arrived while the
+    first was still held, and a result well before the held answer came."""
+    delay = 6.0
+    faulty.delay("POST", "/search", times=1, seconds=delay)
+    start = time.monotonic()
     items = run(faulty.url, months=None, timeout=0.5)
+    elapsed = time.monotonic() - start
     assert len(items) == 10
-    assert faulty.faults[0].times == 0  # the slow answer was given up on
+    assert faulty.faults[0].times == 0  # the first search was the held one
+    posts = faulty.arrived("POST", "/search")
+    assert len(posts) >= 2, "the client waited for the slow answer instead of retrying"
+    assert posts[1].time - posts[0].time < delay  # retried while the first was held
+    assert elapsed < delay, f"the search took {elapsed:.1f} s: it waited out the delay"
 
 
 def test_search__stopped_server_is_a_stac_search_error(closed_url):
