@@ -19,24 +19,70 @@ def _chunked(image, ychunk, xchunk):
 
 
 # -- invariance ----------------------------------------------------------------------
+def _holes(image, boxes, how):
+    """``image`` missing in ``boxes`` (every band): NaN in float, or 65535 declared as nodata."""
+    data = image.astype("float32") if how == "nan" else image.copy()
+    for r0, r1, c0, c1 in boxes:
+        data[:, r0:r1, c0:c1] = np.nan if how == "nan" else 65535
+    return data, (None if how == "nan" else 65535)
+
+
+@st.composite
+def _hole_across(draw, size, chunk):
+    """A [start, stop) run that crosses the first chunk border (or lies anywhere)."""
+    length = draw(st.integers(1, min(80, size)))
+    if chunk < size and draw(st.booleans()):
+        start = draw(st.integers(max(0, chunk - length), min(chunk - 1, size - length)))
+    else:
+        start = draw(st.integers(0, size - length))
+    return start, start + length
+
+
 @settings(
-    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    height=st.integers(64, 170),
-    width=st.integers(64, 170),
+    height=st.integers(128, 160),
+    width=st.integers(128, 160),
     data=st.data(),
 )
 def test_predict__chunk_invariant(model, height, width, data):
+    """Any chunking (and axis order) gives the one-chunk result: heights, spread, nodata.
+
+    Chunks leave at least one window (64 px) after the first, so that the kernel
+    really runs on two or more chunks per axis (a thinner rest is merged into its
+    neighbour, and the image would be one chunk). Holes of missing pixels are
+    drawn across the first chunk border half of the time.
+    """
     image = make_image(height, width, seed=height * width)
-    ychunk = data.draw(st.integers(64, height), label="ychunk")
-    xchunk = data.draw(st.integers(64, width), label="xchunk")
+    ychunk = data.draw(st.integers(64, height - 64), label="ychunk")
+    xchunk = data.draw(st.integers(64, width - 64), label="xchunk")
     overlap = data.draw(st.sampled_from([0, 16, 32]), label="overlap")
-    eager = xchm.predict(image, model, overlap=overlap)
-    lazy = xchm.predict(_chunked(image, ychunk, xchunk), model, overlap=overlap)
-    assert isinstance(lazy.data, dsa.Array)
-    np.testing.assert_allclose(lazy.values, eager.values, rtol=1e-5, atol=1e-4)
-    assert np.isfinite(eager.values).all()
+    uncertainty = data.draw(st.booleans(), label="uncertainty")
+    boxes = [
+        data.draw(_hole_across(height, ychunk), label="rows")
+        + data.draw(_hole_across(width, xchunk), label="cols")
+        for _ in range(data.draw(st.integers(1, 2), label="holes"))
+    ]
+    image, nodata = _holes(image, boxes, data.draw(st.sampled_from(["nan", "value"])))
+    flip_y, flip_x = data.draw(st.booleans(), label="flip_y"), data.draw(st.booleans(), "flip_x")
+    order = {
+        "y": slice(None, None, -1 if flip_y else 1),
+        "x": slice(None, None, -1 if flip_x else 1),
+    }
+
+    kwargs = {"overlap": overlap, "nodata": nodata, "uncertainty": uncertainty}
+    eager = xchm.predict(image, model, **kwargs)
+    lazy = xchm.predict(_chunked(image.isel(order), ychunk, xchunk), model, **kwargs)
+    layers = ["chm", "chm_std"] if uncertainty else [None]
+    for name in layers:
+        one, chunked = (r if name is None else r[name] for r in (eager, lazy))
+        assert isinstance(chunked.data, dsa.Array)
+        np.testing.assert_allclose(chunked.values, one.isel(order).values, rtol=1e-5, atol=1e-4)
+        missing = np.zeros((height, width), bool)
+        for r0, r1, c0, c1 in boxes:
+            missing[r0:r1, c0:c1] = True
+        np.testing.assert_array_equal(np.isnan(one.values), missing)
 
 
 def test_predict__accessor_equals_function(model, image):
