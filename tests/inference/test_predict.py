@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import dask.array as dsa
 import numpy as np
@@ -191,6 +192,117 @@ def test_predict__missing_crs_warns(model):
 def test_predict__far_resolution_warns_with_fix(model):
     with pytest.warns(XCHMWarning, match=r"resolution=2"):
         xchm.predict(make_image(res=0.5), model)
+
+
+# -- the pixel grid (issue 15, case 6) -------------------------------------------------
+@pytest.fixture
+def no_weights(tmp_path, model):
+    """A checkpoint without its weights: predicting anything fails once the model loads."""
+    model.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    return tmp_path / "ckpt"
+
+
+def test_predict__fails_later_without_weights(no_weights, image):
+    """The control for the tests below: their InputError comes before any model work."""
+    with pytest.raises(Exception) as info:
+        xchm.predict(image, no_weights)
+    assert not isinstance(info.value, InputError)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("dim", ["x", "y"])
+def test_predict__shuffled_coordinates_are_refused_before_any_work(no_weights, chunked, dim):
+    image = make_image(128, 128)
+    image = image.isel({dim: np.random.default_rng(1).permutation(128)})  # the issue's case
+    if chunked:
+        image = _chunked(image, 64, 64)
+    with pytest.raises(InputError, match=rf"'{dim}' coordinate is not monotonic.*sortby"):
+        xchm.predict(image, no_weights)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda im: im.isel(x=np.r_[0:64, 70:134]), "'x' coordinate is not evenly spaced"),
+        (lambda im: im.isel(y=np.r_[0:64, 63:127]), "'y' coordinate repeats a value"),
+        (
+            lambda im: im.assign_coords(x=2.0 * np.arange(140) * (1 + 0.002 * np.arange(140))),
+            "'x' coordinate is not evenly spaced",
+        ),  # a stretched grid: steps 2.0 .. 2.6
+        (lambda im: im.assign_coords(x=im.x.values * np.nan), "'x' coordinate has NaN"),
+    ],
+)
+def test_predict__irregular_coordinates_are_refused(no_weights, make, match):
+    with pytest.raises(InputError, match=match):
+        xchm.predict(make(make_image(128, 140)), no_weights)
+
+
+def test_predict__float32_coordinates_are_a_regular_grid(model):
+    """Coordinates stored as float32 are regular up to their rounding (0.25 m at 4e6)."""
+    image = make_image(96, 96, res=2.1)
+    image = image.assign_coords(x=(4e6 + image.x.values).astype("float32"))
+    assert np.ptp(np.diff(image.x.values.astype("float64"))) > 0.01 * 2.1  # not exactly regular
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", XCHMWarning)
+        chm = xchm.predict(image, model)
+    np.testing.assert_array_equal(chm.x, image.x)
+
+
+@pytest.mark.parametrize("order", [{"y": slice(None, None, -1)}, {"x": slice(None, None, -1)}])
+def test_predict__reversed_axes_give_the_same_map(model, order):
+    """South-up (y increasing) or east-to-west input: the same heights, in the input's order."""
+    image = make_image(150, 130)
+    # A cached GeoTransform (as rioxarray.open_rasterio leaves) goes stale when reversed.
+    image = image.rio.write_transform(image.rio.transform())
+    reversed_ = image.isel(order)
+    chm = xchm.predict(reversed_, model)
+    np.testing.assert_array_equal(chm.values, xchm.predict(image, model).isel(order).values)
+    np.testing.assert_array_equal(chm.y, reversed_.y)
+    np.testing.assert_array_equal(chm.x, reversed_.x)
+    assert chm.rio.transform() == reversed_.rio.transform(recalc=True)
+    assert chm.rio.bounds() == image.rio.bounds()
+    lazy = xchm.predict(_chunked(reversed_, 100, 70), model)
+    assert lazy.chunks == ((100, 50), (70, 60))  # the input's chunks, in the input's order
+    np.testing.assert_allclose(lazy.values, chm.values, rtol=1e-5, atol=1e-4)
+
+
+def _geographic(lat0, res_deg, n=128):
+    image = make_image(n, n, crs=None)
+    return image.assign_coords(
+        y=lat0 - res_deg * (np.arange(n) + 0.5), x=-150 + res_deg * (np.arange(n) + 0.5)
+    ).rio.write_crs("EPSG:4326")
+
+
+def test_predict__geographic_crs_pixels_are_checked_in_metres(model):
+    image = _geographic(60, 0.5)  # the issue's case: 0.5-degree pixels
+    with pytest.warns(XCHMWarning, match=r"degrees.*EPSG:4326.*estimate_utm_crs\(\), resolution=2"):
+        xchm.predict(image, model)
+
+
+@pytest.mark.parametrize(
+    ("lat0", "res_deg", "warns"),
+    [
+        (0.0, 1.8e-5, False),  # about 2.0 x 2.0 m at the equator
+        (60.0, 1.8e-5, True),  # 2.0 m tall but 1.0 m wide at 60 degrees north
+        (60.0, 3.6e-5, True),  # 2.0 m wide but 4.0 m tall
+    ],
+)
+def test_predict__geographic_pixel_size_depends_on_latitude(model, lat0, res_deg, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        xchm.predict(_geographic(lat0, res_deg), model)
+    messages = [str(w.message) for w in caught if issubclass(w.category, XCHMWarning)]
+    assert bool(messages) == warns, messages
+
+
+def test_predict__feet_crs_pixels_are_checked_in_metres(model):
+    feet = make_image(96, 96, crs="EPSG:2263", res=2.0)  # 2 US survey feet: 0.61 m
+    with pytest.warns(XCHMWarning, match=r"0\.61 m .*foot.*estimate_utm_crs"):
+        xchm.predict(feet, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", XCHMWarning)
+        xchm.predict(make_image(96, 96, crs="EPSG:2263", res=2 / 0.3048006096), model)
 
 
 # -- nodata ---------------------------------------------------------------------------
