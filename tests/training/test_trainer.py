@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -18,14 +19,16 @@ from xchm.errors import (
     NonFiniteLossError,
     OutputExistsError,
     PathNotFoundError,
+    RandomWeightsWarning,
     ResumeError,
+    XCHMWarning,
 )
 from xchm.outputs import prepare_output_dir
 from xchm.training import TrainConfig, train
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
 from xchm.training.policy import apply_policy, trainable_block_count
-from xchm.training.state import load_state
+from xchm.training.state import load_state, save_state
 
 FAST = {
     "epochs": 4,
@@ -382,6 +385,30 @@ def test_train__resumes_a_run_written_before_output_markers(cube, tmp_path):
     result = train(cube, model="test-tiny", config=ONE_STEP, output=out, resume=True)
     assert len(result.history) == 1
     assert (out / ".xchm-output.json").is_file()
+
+
+def test_train__resume_refuses_a_folder_it_did_not_write(cube, tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "last.pt").write_bytes(b"my own file")
+    with pytest.raises(OutputExistsError, match="is not an xchm training run"):
+        train(cube, model="test-tiny", config=ONE_STEP, output=mine, resume=True)
+    assert _files(mine) == {"checkpoints/last.pt": b"my own file"}
+
+
+def test_train__resume_of_a_state_without_fingerprint_still_refuses_another_model(cube, tmp_path):
+    out = tmp_path / "run"
+    train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    state = load_state(out / "checkpoints" / "last.pt")
+    del state["job"]  # as an earlier xchm saved it
+    save_state(state, out / "checkpoints" / "last.pt")
+    with (
+        pytest.warns(XCHMWarning, match="did not record its cube, model and weights"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        with pytest.raises(ResumeError, match="does not fit the model 'dinov3-vits16'"):
+            train(cube, model="dinov3-vits16", config=ONE_STEP, output=out, resume=True)
 
 
 def test_train__refuses_an_output_of_another_kind(cube, tmp_path):

@@ -155,7 +155,7 @@ def open_run(
         ``output`` cannot be created or written.
     """
     from xchm.errors import OutputExistsError, PathNotFoundError
-    from xchm.outputs import output_kind, prepare_output_dir
+    from xchm.outputs import MARKER, output_kind, prepare_output_dir
 
     label = f"{kind} run"
 
@@ -171,12 +171,15 @@ def open_run(
         )
     progress = _progress(output, state_path)
     if resume and state_path.is_file():
-        if rank == 0:
-            prepare_output_dir(output, label, exist_ok=True, legacy=legacy)
-        elif found != label:
-            raise OutputExistsError(f"{output} is not an xchm {label}; nothing to resume")
+        if found != label:
+            raise OutputExistsError(
+                f"{output} is not an xchm {label} (no {MARKER}, no config.json of a run); "
+                "nothing in it is touched. Resume from the directory the run wrote"
+            )
         state = load_state(state_path, expected_format=expected_format)
         check_resume(state, config, job, output)
+        if rank == 0:
+            prepare_output_dir(output, label, exist_ok=True, legacy=legacy)  # marks a legacy run
         return state
     if resume and (found != label or progress):
         raise PathNotFoundError(
