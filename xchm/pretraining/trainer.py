@@ -78,9 +78,11 @@ def pretrain(
         Pretraining settings (:class:`PretrainConfig`).
     output
         Run directory: ``backbone/`` (xchm checkpoint of the teacher backbone),
-        ``checkpoints/last.pt``, ``metrics.jsonl``, ``config.json``.
+        ``checkpoints/last.pt``, ``metrics.jsonl``, ``config.json``. It must be new,
+        empty or a pretraining run (see ``xchm.outputs``); nothing else is touched.
     resume
-        Continue the run in ``output`` from its last checkpoint.
+        Continue the run in ``output`` from its last checkpoint; the cube, model,
+        weights and config must be the run's own (:mod:`xchm.training.job`).
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
@@ -89,6 +91,21 @@ def pretrain(
     Returns
     -------
     PretrainResult
+
+    Raises
+    ------
+    OutputExistsError
+        ``output`` holds files xchm did not write, another kind of xchm output, or
+        (without ``resume``) a pretraining run that made progress.
+    PathNotFoundError
+        ``resume=True`` but ``output`` holds no state to continue.
+    ResumeError
+        ``resume=True`` with another cube, model, weights, number of processes or
+        config than the run's (the message names what changed); checked before any work.
+    DeviceError
+        ``device`` is not a torch device or is unavailable here.
+    NonFiniteLossError
+        The loss became NaN or infinite (the last checkpoint keeps the last good state).
 
     Examples
     --------

@@ -71,9 +71,11 @@ def train(
         Training settings (:class:`TrainConfig`; defaults are the reference's).
     output
         Run directory: ``best/`` (xchm checkpoint), ``checkpoints/last.pt``,
-        ``metrics.jsonl``, ``metrics.csv``, ``config.json``.
+        ``metrics.jsonl``, ``metrics.csv``, ``config.json``. It must be new, empty or
+        a training run (see ``xchm.outputs``); nothing else in it is touched.
     resume
-        Continue the run in ``output`` from its last checkpoint.
+        Continue the run in ``output`` from its last checkpoint; the cube, model,
+        weights and config must be the run's own (:mod:`xchm.training.job`).
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
@@ -82,6 +84,21 @@ def train(
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    OutputExistsError
+        ``output`` holds files xchm did not write, another kind of xchm output, or
+        (without ``resume``) a training run that made progress.
+    PathNotFoundError
+        ``resume=True`` but ``output`` holds no state to continue.
+    ResumeError
+        ``resume=True`` with another cube, model, weights, number of processes or
+        config than the run's (the message names what changed); checked before any work.
+    DeviceError
+        ``device`` is not a torch device or is unavailable here.
+    NonFiniteLossError
+        The loss became NaN or infinite (the last checkpoint keeps the last good state).
 
     Examples
     --------
