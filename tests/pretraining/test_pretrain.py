@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -17,15 +18,17 @@ from xchm.errors import (
     NonFiniteLossError,
     OutputExistsError,
     PathNotFoundError,
+    RandomWeightsWarning,
     ResumeError,
     WeightsError,
+    XCHMWarning,
 )
 from xchm.pretraining import PretrainConfig, pretrain
 from xchm.pretraining.heads import IBOTLoss
 from xchm.pretraining.network import SelfDistillationNet, block_masks
 from xchm.pretraining.trainer import _Run
 from xchm.training import TrainConfig
-from xchm.training.state import load_state
+from xchm.training.state import load_state, save_state
 
 from ..training.test_trainer import _count_steps, _learnable_scene
 
@@ -282,6 +285,23 @@ def test_pretrain__resume_refuses_another_cube_or_model(
     with pytest.raises(ResumeError, match=message):
         pretrain(given["cube"], model=given["model"], config=ONE_STEP, output=out, resume=True)
     assert (out / "checkpoints" / "last.pt").read_bytes() == state
+
+
+def test_pretrain__resume_of_a_state_without_fingerprint_still_refuses_another_model(
+    unlabeled, tmp_path
+):
+    out = tmp_path / "run"
+    pretrain(unlabeled, model="test-tiny", config=ONE_STEP, output=out, progress=False)
+    state = load_state(out / "checkpoints" / "last.pt", expected_format="xchm-pretrain-state")
+    del state["job"]  # as an earlier xchm saved it
+    save_state(state, out / "checkpoints" / "last.pt")
+    with (
+        pytest.warns(XCHMWarning, match="did not record its cube, model and weights"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        with pytest.raises(ResumeError, match="does not fit the model 'dinov3-vits16'"):
+            pretrain(unlabeled, model="dinov3-vits16", config=ONE_STEP, output=out, resume=True)
 
 
 def test_pretrain__a_diverging_loss_is_a_non_finite_loss_error(unlabeled, tmp_path):
