@@ -9,6 +9,12 @@ does it on the fly (area average for the image; the CHM resampling is an option)
 so that a scene larger than memory is only read strip by strip through Dask.
 In-memory DataArrays are aligned with rioxarray (``reproject``/``reproject_match``),
 which loads them.
+
+Georeferencing is checked before anything is read: images and CHMs need a CRS,
+the image's CRS must count in metres (chip origins and the cube's pixel size are
+metres), and DataArray coordinates must be a regular grid (shuffled, repeated or
+gapped x/y are refused; see :func:`xchm.inference.inputs.check_grid`). Images
+stored south-up or east-to-west are read north-up, so chips always are.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xchm.errors import BandError, InputError
+from xchm.errors import BandError, InputError, PathNotFoundError
+from xchm.inference.inputs import check_grid, to_north_up
 from xchm.models.bands import normalize_band_name, normalize_bands
 
 __all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "pairs_labeled", "resolve_bands"]
@@ -163,21 +170,23 @@ def open_scene(
     from rasterio.enums import Resampling
 
     chunks = {"band": -1, "y": strip_rows, "x": -1}
-    image = _open_image(pair.image, stack, resolution, nodata, chunks)
+    where = f"the image of scene {index} ({_describe(pair.image)})"
+    image = _open_image(pair.image, stack, resolution, nodata, chunks, where)
     names, picks = _resolve_bands(image, bands, pair)
     declared = image.rio.nodata if image.rio.nodata is not None else image.rio.encoded_nodata
     image = image.isel(band=picks)
     image_nodata = declared if nodata == "auto" else nodata
     if image_nodata is not None and not isinstance(image_nodata, int | float | np.number):
         raise InputError(f"nodata must be a number, None or 'auto', got {image_nodata!r}")
-    if image.rio.crs is None:
-        raise InputError(f"image of scene {index} has no CRS; chips need georeferencing")
     try:
         resampling = Resampling[chm_resampling]
     except KeyError:
         choices = ", ".join(r.name for r in Resampling)
         raise InputError(f"chm_resampling {chm_resampling!r} is not one of: {choices}") from None
-    heights = None if pair.chm is None else _open_chm(pair.chm, image, stack, resampling, chunks)
+    heights = None
+    if pair.chm is not None:
+        where = f"the CHM of scene {index} ({_describe(pair.chm)})"
+        heights = _open_chm(pair.chm, image, stack, resampling, chunks, where)
     scene = pair.scene or _default_scene_id(pair.image, index)
     return OpenScene(
         scene=scene,
@@ -197,8 +206,54 @@ def open_scene(
     )
 
 
+def _check_crs(crs: Any, where: str, *, image_crs: Any = None) -> None:
+    """Refuse a missing CRS, and for images one that does not count in metres."""
+    if crs is None:
+        has, example = "", "EPSG:32617"
+        if image_crs is not None:
+            has, example = f"; the image is in {image_crs.to_string()}", image_crs.to_string()
+        raise InputError(
+            f"{where} has no CRS{has}. Chips need georeferencing and xchm does not guess it: "
+            f"set the right one, e.g. da.rio.write_crs({example!r}) for a DataArray or "
+            f"gdal_edit.py -a_srs {example} file.tif for a file"
+        )
+    if image_crs is not None:  # a CHM: any CRS, it is warped onto the image grid
+        return
+    unit = None if crs.is_geographic else _linear_unit(crs)
+    if crs.is_geographic or unit != 1.0:
+        what = "the geographic CRS" if crs.is_geographic else "a CRS that does not count in metres"
+        raise InputError(
+            f"{where} is in {what} {crs.to_string()}; chip origins and the cube's pixel size "
+            "are metres: reproject it onto a metric CRS first, e.g. "
+            "da.rio.reproject(da.rio.estimate_utm_crs(), resolution=2) for a DataArray or "
+            "gdalwarp -t_srs EPSG:326NN -tr 2 2 in.tif out.tif for a file (NN: the UTM zone)"
+        )
+
+
+def _linear_unit(crs: Any) -> float | None:
+    try:
+        return float(crs.linear_units_factor[1])
+    except Exception:  # rasterio cannot tell the unit
+        return None
+
+
+def _regular(da: xr.DataArray, where: str) -> xr.DataArray:
+    """``da`` north-up, after checking that its x/y coordinates are a regular grid."""
+    steps = check_grid(da, where)
+    return da if steps.north_up else to_north_up(da, steps)
+
+
+def _check_transform(src: Any, where: str) -> None:
+    t = src.transform
+    if t.b != 0 or t.d != 0:
+        raise InputError(
+            f"{where} has a rotated pixel grid (transform {tuple(t)[:6]}); warp it north-up "
+            "first, e.g. gdalwarp in.tif out.tif"
+        )
+
+
 def _open_image(
-    source: Source, stack: ExitStack, resolution: float | None, nodata: Any, chunks: Any
+    source: Source, stack: ExitStack, resolution: float | None, nodata: Any, chunks: Any, where: str
 ) -> Any:
     import rioxarray
     from rasterio.enums import Resampling
@@ -207,6 +262,8 @@ def _open_image(
         image = source
         if image.ndim != 3:
             raise InputError(f"image must be (band, y, x), got dims {image.dims}")
+        _check_crs(image.rio.crs, where)
+        image = _regular(image, where)
         if resolution is not None and not _same_resolution(image, resolution):
             if nodata != "auto":  # the user's nodata decides which pixels the average skips
                 image = image.rio.write_nodata(nodata)
@@ -215,6 +272,8 @@ def _open_image(
             )
         return image
     src = _open_raster(source, stack)
+    _check_crs(src.crs, where)
+    _check_transform(src, where)
     if resolution is not None and not math.isclose(abs(src.res[0]), resolution, rel_tol=1e-9):
         from affine import Affine
         from rasterio.vrt import WarpedVRT
@@ -237,16 +296,20 @@ def _open_image(
                 **given,
             )
         )
-    return rioxarray.open_rasterio(src, chunks=chunks)
+    return _regular(rioxarray.open_rasterio(src, chunks=chunks), where)
 
 
-def _open_chm(source: Source, image: Any, stack: ExitStack, resampling: Any, chunks: Any) -> Any:
+def _open_chm(
+    source: Source, image: Any, stack: ExitStack, resampling: Any, chunks: Any, where: str
+) -> Any:
     import rioxarray
 
     if isinstance(source, xr.DataArray):
         chm: Any = source.squeeze(drop=True) if source.ndim == 3 else source
         if chm.ndim != 2:
             raise InputError(f"chm must be (y, x), got dims {source.dims}")
+        _check_crs(chm.rio.crs, where, image_crs=image.rio.crs)
+        chm = _regular(chm, where)
         nodata = chm.rio.nodata if chm.rio.nodata is not None else chm.rio.encoded_nodata
         if not _same_grid(chm, image):
             chm = chm.rio.reproject_match(image.isel(band=0), resampling=resampling)
@@ -256,6 +319,7 @@ def _open_chm(source: Source, image: Any, stack: ExitStack, resampling: Any, chu
             heights = heights.where(chm != nodata)
         return heights.assign_coords(y=image.y, x=image.x)
     src = _open_raster(source, stack)
+    _check_crs(src.crs, where, image_crs=image.rio.crs)
     grid = (image.rio.crs, image.rio.transform(), image.rio.height, image.rio.width)
     if (src.crs, src.transform, src.height, src.width) != grid:
         from rasterio.vrt import WarpedVRT
@@ -284,7 +348,7 @@ def _open_raster(path: Source, stack: ExitStack) -> Any:
 
     path = Path(str(path)).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise PathNotFoundError(f"no such file: {path}; check the path (pairs are (image, chm))")
     return stack.enter_context(rasterio.open(path))
 
 

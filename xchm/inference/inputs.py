@@ -201,26 +201,28 @@ def _axis_step(da: xr.DataArray, dim: Hashable, what: str) -> float | None:
     # 1% of a pixel, plus the rounding of the stored values (float32 coordinates).
     rounding = 2 * float(np.spacing(np.abs(values).max()))
     tol = GRID_TOLERANCE * abs(step) + rounding
-    bad = np.flatnonzero((diffs * np.sign(step) <= 0) | (np.abs(diffs - step) > tol))
-    if step == 0 or bad.size:
-        i = int(bad[0]) if bad.size else 0
-        if step == 0 or diffs[i] == 0:
-            kind, fix = "repeats a value", f"drop the repeats: da.drop_duplicates({dim!r})"
-        elif diffs[i] * np.sign(step) < 0:
-            kind, fix = "is not monotonic", f"sort it: da.sortby({dim!r})"
-        else:
-            kind = "is not evenly spaced (a gap or an irregular step)"
-            fix = (
-                f"put it on a regular grid: da.reindex({dim}=<evenly spaced centres>, "
-                "method='nearest', tolerance=<half a pixel>) (the gaps become NaN, i.e. "
-                "nodata), or resample the source onto a regular grid"
-            )
-        raise InputError(
-            f"{what}: the {dim!r} coordinate {kind}: {coords[i]:.10g} -> {coords[i + 1]:.10g} "
-            f"at index {i}, while its mean step is {step:.6g}; xchm needs a regular pixel "
-            f"grid (windows and chips are cut by pixel position). Fix: {fix}"
+    rising, falling = diffs > 0, diffs < 0
+    if rising.any() and falling.any():
+        i = int(np.argmax(falling if rising.sum() >= falling.sum() else rising))
+        kind, fix = "is not monotonic", f"sort it: da.sortby({dim!r})"
+    elif not (rising | falling).all():
+        i = int(np.argmin(rising | falling))
+        kind, fix = "repeats a value", f"drop the repeats: da.drop_duplicates({dim!r})"
+    elif (np.abs(diffs - step) > tol).any():
+        i = int(np.argmax(np.abs(diffs - step) > tol))
+        kind = "is not evenly spaced (a gap or an irregular step)"
+        fix = (
+            f"put it on a regular grid: da.reindex({dim}=<evenly spaced centres>, "
+            "method='nearest', tolerance=<half a pixel>) (the gaps become NaN, i.e. "
+            "nodata), or resample the source onto a regular grid"
         )
-    return float(step)
+    else:
+        return float(step)
+    raise InputError(
+        f"{what}: the {dim!r} coordinate {kind}: {coords[i]:.10g} -> {coords[i + 1]:.10g} at "
+        f"index {i} (the mean step is {step:.6g}); xchm needs a regular pixel grid (windows "
+        f"and chips are cut by pixel position). Fix: {fix}"
+    )
 
 
 def check_grid(da: xr.DataArray, what: str = "the input") -> GridSteps:
