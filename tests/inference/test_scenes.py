@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import xchm
-from xchm.errors import InputError
+from xchm.errors import InputError, PathNotFoundError
 
 from .conftest import make_image
 
@@ -108,5 +108,40 @@ def test_merge_scenes__rejects_mixed_crs_sizes_and_grids(whole):
         xchm.merge_scenes([])
     with pytest.raises(InputError, match="combine"):
         xchm.merge_scenes([whole], combine="latest")
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(PathNotFoundError, match="does not exist"):
         xchm.merge_scenes(["/nonexistent/scene.tif"])
+
+
+def test_merge_scenes__irregular_coordinates_are_refused(whole):
+    shuffled = whole.isel(x=np.random.default_rng(1).permutation(260))
+    with pytest.raises(InputError, match=r"scene #1: the 'x' coordinate is not monotonic"):
+        xchm.merge_scenes([whole, shuffled])
+    gapped = whole.isel(y=np.r_[0:50, 60:200])
+    with pytest.raises(InputError, match=r"scene #0: the 'y' coordinate is not evenly spaced"):
+        xchm.merge_scenes([gapped])
+
+
+@pytest.mark.parametrize("order", [{"y": slice(None, None, -1)}, {"x": slice(None, None, -1)}])
+def test_merge_scenes__reversed_scene_is_read_north_up(whole, order):
+    """A scene stored south-up (or east-to-west) lands where its coordinates say."""
+    left, right = whole.isel(x=slice(0, 150)), whole.isel(x=slice(110, 260))
+    # A cached GeoTransform (as rioxarray.open_rasterio leaves) goes stale when reversed.
+    right = right.rio.write_transform(right.rio.transform()).isel(order)
+    merged = xchm.merge_scenes([left, right], chunks=64)
+    np.testing.assert_array_equal(merged.values, whole.values.astype("float32"))
+    np.testing.assert_array_equal(merged.y.values, whole.y.values)
+    np.testing.assert_array_equal(merged.x.values, whole.x.values)
+
+
+def test_merge_scenes__south_up_file(tmp_path, whole):
+    import rasterio
+
+    flipped = whole.isel(y=slice(None, None, -1))
+    flipped.rio.write_transform(flipped.rio.transform(recalc=True)).rio.to_raster(
+        tmp_path / "south.tif"
+    )
+    with rasterio.open(tmp_path / "south.tif") as src:
+        assert src.transform.e > 0  # really stored south-up
+    merged = xchm.merge_scenes([tmp_path / "south.tif"], chunks=64)
+    np.testing.assert_array_equal(merged.values, whole.values.astype("float32"))
+    np.testing.assert_allclose(merged.y.values, whole.y.values)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xchm.errors import InputError
+from xchm.errors import InputError, PathNotFoundError
+from xchm.inference.inputs import check_grid, to_north_up
 from xchm.inference.predict import DEFAULT_CHUNK
 
 __all__ = ["merge_scenes", "COMBINE_RULES"]
@@ -39,7 +40,7 @@ def _open(scene: Any, chunks: int) -> xr.DataArray:
 
     path = os.fspath(scene)
     if not os.path.exists(path):
-        raise InputError(f"scene {path!r} does not exist")
+        raise PathNotFoundError(f"scene {path!r} does not exist; check the path")
     opened = rioxarray.open_rasterio(
         path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
     )
@@ -101,7 +102,9 @@ def merge_scenes(
     ------
     InputError
         No scenes, mixed CRS, pixel sizes, bands or grids (the message names them),
-        or an unknown ``combine`` rule.
+        x/y coordinates that are not a regular grid, or an unknown ``combine`` rule.
+    PathNotFoundError
+        A scene path does not exist.
 
     Examples
     --------
@@ -142,6 +145,10 @@ def merge_scenes(
         )
     if problems:
         raise InputError("; ".join(problems))
+    # Regular x/y grids only; a scene stored south-up or east-to-west is read north-up.
+    arrays = [
+        to_north_up(a, check_grid(a, f"scene {n}")) for a, n in zip(arrays, names, strict=True)
+    ]
     grids = [_grid(a, n) for a, n in zip(arrays, names, strict=True)]
     res = grids[0][2]
     if any(not np.isclose(g[2], res, rtol=1e-9) for g in grids):
