@@ -12,6 +12,7 @@ __all__ = [
     "XCHMError",
     "InputError",
     "BandError",
+    "InputTypeError",
     "ModelNotFoundError",
     "WeightsError",
     "MissingDependencyError",
@@ -37,6 +38,10 @@ class InputError(XCHMError, ValueError):
 
 class BandError(InputError):
     """Input bands are missing, ambiguous or cannot be mapped to the model's bands."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type (``except TypeError`` and ``except InputError`` both work)."""
 
 
 class ModelNotFoundError(XCHMError, LookupError):

@@ -9,7 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xchm
-from xchm.errors import BandError, InputError, ModelNotFoundError, XCHMWarning
+from xchm.errors import (
+    BandError,
+    InputError,
+    InputTypeError,
+    ModelNotFoundError,
+    XCHMError,
+    XCHMWarning,
+)
 from xchm.testing import responsive_model
 
 from .conftest import make_image
@@ -431,6 +438,13 @@ def test_predict__bad_overlap(model, image, overlap):
 def test_predict__missing_model_path(image, tmp_path):
     with pytest.raises(ModelNotFoundError):
         xchm.predict(image, tmp_path / "nope")
+
+
+@pytest.mark.parametrize("model_arg", [42, None, object()])
+def test_predict__model_of_another_type(image, model_arg):
+    with pytest.raises(InputTypeError, match="model must be a CanopyHeightModel") as info:
+        xchm.predict(image, model_arg)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, XCHMError)
 
 
 def test_predict__chunks_smaller_than_halo_are_rechunked(model, image):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xchm.errors import DeviceError, ModelNotFoundError, WeightsError
+from xchm.errors import DeviceError, InputTypeError, ModelNotFoundError, WeightsError
 
 if TYPE_CHECKING:
     from xchm.models.network import CanopyHeightModel
@@ -99,9 +99,9 @@ def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tu
         return spec, card
     local_card = getattr(model, "card", None)
     if local_card is None or not hasattr(model, "features"):
-        raise TypeError(
-            f"model must be a CanopyHeightModel, a checkpoint directory or a preset name, got "
-            f"{type(model).__name__}"
+        raise InputTypeError(
+            f"model must be a CanopyHeightModel (xchm.load_model), a checkpoint directory or a "
+            f"preset name {sorted(PRESETS)}, got {type(model).__name__}"
         )
     # A fresh token per call: the caller may train the object further between calls.
     token = uuid.uuid4().hex
