@@ -243,15 +243,6 @@ def _regular(da: xr.DataArray, where: str) -> xr.DataArray:
     return da if steps.north_up else to_north_up(da, steps)
 
 
-def _check_transform(src: Any, where: str) -> None:
-    t = src.transform
-    if t.b != 0 or t.d != 0:
-        raise InputError(
-            f"{where} has a rotated pixel grid (transform {tuple(t)[:6]}); warp it north-up "
-            "first, e.g. gdalwarp in.tif out.tif"
-        )
-
-
 def _open_image(
     source: Source, stack: ExitStack, resolution: float | None, nodata: Any, chunks: Any, where: str
 ) -> Any:
@@ -273,7 +264,6 @@ def _open_image(
         return image
     src = _open_raster(source, stack)
     _check_crs(src.crs, where)
-    _check_transform(src, where)
     if resolution is not None and not math.isclose(abs(src.res[0]), resolution, rel_tol=1e-9):
         from affine import Affine
         from rasterio.vrt import WarpedVRT
