@@ -186,6 +186,16 @@ def test_predict_to_zarr__does_not_touch_other_folders(tmp_path, checkpoint):
         xchm.predict_to_zarr(image, checkpoint, folder, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
     assert (folder / "keep.txt").read_text() == "mine"
+    # A user's own Zarr store (the imagery, say) given as the output by mistake.
+    imagery = tmp_path / "imagery.zarr"
+    image.assign_coords(band=[1, 2, 3]).to_dataset(name="image").to_zarr(
+        imagery, consolidated=False
+    )
+    files = _state(imagery)
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="not written by xchm"):
+            xchm.predict_to_zarr(image, checkpoint, imagery, overwrite=overwrite)
+    assert _state(imagery) == files
     with pytest.raises(InputError, match="ending in .zarr"):
         xchm.predict_to_zarr(image, checkpoint, tmp_path / "chm.tif")
     with pytest.raises(InputError, match="region_size"):
