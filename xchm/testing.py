@@ -54,7 +54,12 @@ def export_meta_state_dict(backbone: Any) -> dict[str, torch.Tensor]:
     ``blocks.N.attn.qkv.{weight,bias,bias_mask}`` (one fused bias whose key part is
     masked out), ``blocks.N.ls{1,2}.gamma``, ``blocks.N.mlp.{fc1,fc2}`` (or
     ``w1/w2/w3`` for SwiGLU), ``norm.*``. The key bias written here is random:
-    Meta's model multiplies it by a zero mask, so loaders must drop it.
+    Meta's model multiplies it by a zero mask, so loaders must drop it. The SAT files'
+    ``local_cls_norm.*`` (unused at inference) is not written.
+
+    This writer and xchm's loader could share a misreading of Meta's layout, so
+    ``tests/models/test_meta_layout.py`` checks the loader against a key table
+    written from Meta's source and against transformers' own conversion instead.
     """
     import torch
 
