@@ -251,7 +251,7 @@ class _Run:
         best = st.get("best", {"loss": math.inf, "epoch": -1, "bad_epochs": 0})
         epoch, batch = int(st.get("epoch", 0)), int(st.get("batch", 0))
         partial = st.get("partial", {"loss_sum": 0.0, "steps": 0})
-        stopped = False
+        stopped = _patience_spent(best, cfg)  # a run that stopped early stays stopped
         while epoch < cfg.epochs and not stopped:
             t0 = time.perf_counter()
             trainable = apply_policy(net, cfg, epoch)
@@ -283,7 +283,7 @@ class _Run:
                 self._save_best(net, row)
             else:
                 best = {**best, "bad_epochs": best["bad_epochs"] + 1}
-            stopped = best["bad_epochs"] >= max(cfg.patience, 1) and cfg.patience > 0
+            stopped = _patience_spent(best, cfg)
             epoch, batch, partial = epoch + 1, 0, {"loss_sum": 0.0, "steps": 0}
             self._log(row)
             _Checkpointer(self, net, opt, sched, history, best, epoch).save(0, partial)
@@ -371,6 +371,11 @@ class _Checkpointer:
             "job": self.run.job,
         }
         save_state(state, self.run.output / _STATE)
+
+
+def _patience_spent(best: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Early stopping: ``patience`` epochs without a better validation loss (0: never)."""
+    return cfg.patience > 0 and best["bad_epochs"] >= cfg.patience
 
 
 def _label_percentile(cube: ChipCube, q: float, seed: int, max_chunks: int = 16) -> float:
