@@ -8,8 +8,6 @@ from Meta's source, and the backbone xchm loads from it is compared with transfo
 implementations that share no code with xchm's loader (which uses timm's filter).
 """
 
-import re
-
 import pytest
 import torch
 
@@ -101,53 +99,55 @@ def meta_state_dict(keys: dict[str, tuple[int, ...]], *, seed: int = 0) -> dict:
     return state
 
 
-# transformers' conversion of Meta's files to DINOv3ViTModel, copied from
-# github.com/huggingface/transformers src/transformers/models/dinov3_vit/
-# convert_dinov3_vit_to_hf.py at a77460f27c7be433514120fff2ca64607c7a97c9
-# (ORIGINAL_TO_CONVERTED_KEY_MAPPING, split_qkv and the loop that skips bias_mask,
-# attn.k_proj.bias, local_cls_norm and the periods and unsqueezes mask_token). The
-# script checks its output against Meta's own features for every released model.
-_HF_KEY_MAPPING = {
-    r"cls_token": r"embeddings.cls_token",
-    r"mask_token": r"embeddings.mask_token",
-    r"storage_tokens": r"embeddings.register_tokens",
-    r"patch_embed.proj": r"embeddings.patch_embeddings",
-    r"periods": r"inv_freq",
-    r"rope_embed": r"rope_embeddings",
-    r"blocks.(\d+).attn.proj": r"layer.\1.attention.o_proj",
-    r"blocks.(\d+).attn.": r"layer.\1.attention.",
-    r"blocks.(\d+).ls(\d+).gamma": r"layer.\1.layer_scale\2.lambda1",
-    r"blocks.(\d+).mlp.fc1": r"layer.\1.mlp.up_proj",
-    r"blocks.(\d+).mlp.fc2": r"layer.\1.mlp.down_proj",
-    r"blocks.(\d+).mlp": r"layer.\1.mlp",
-    r"blocks.(\d+).norm": r"layer.\1.norm",
-    r"w1": r"gate_proj",
-    r"w2": r"up_proj",
-    r"w3": r"down_proj",
+# Where transformers' DINOv3ViTModel keeps each Meta tensor. The correspondence (names,
+# the split of qkv, the tensors it does not load, mask_token's extra axis, the "model."
+# prefix transformers >= 5 adds to "layer.") was read from transformers'
+# src/transformers/models/dinov3_vit/convert_dinov3_vit_to_hf.py at a77460f2, whose output
+# is checked there against Meta's own features for every released model, and from its
+# conversion_mapping.py. This code is ours, written from that correspondence.
+_TOP_LEVEL = {
+    "cls_token": "embeddings.cls_token",
+    "mask_token": "embeddings.mask_token",
+    "storage_tokens": "embeddings.register_tokens",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
 }
+_IN_BLOCK = {  # Meta module in blocks.N -> transformers module in model.layer.N
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.o_proj",
+    "ls1": "layer_scale1",
+    "ls2": "layer_scale2",
+    "mlp.fc1": "mlp.up_proj",
+    "mlp.fc2": "mlp.down_proj",
+    "mlp.w1": "mlp.gate_proj",
+    "mlp.w2": "mlp.up_proj",
+    "mlp.w3": "mlp.down_proj",
+}
+_PARAM = {"weight": "weight", "bias": "bias", "gamma": "lambda1"}
 
 
 def meta_to_transformers(meta: dict) -> dict:
-    state = dict(meta)
-    for key in [k for k in state if "qkv" in k]:  # split_qkv
-        q, k, v = torch.chunk(state.pop(key), 3, dim=0)
-        state[key.replace("qkv", "q_proj")] = q
-        state[key.replace("qkv", "k_proj")] = k
-        state[key.replace("qkv", "v_proj")] = v
+    """Meta's state dict under transformers' names (what transformers does not load dropped:
+    the key-bias mask, the key bias, the local CLS norm and the RoPE periods it recomputes)."""
     out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, replacement in _HF_KEY_MAPPING.items():
-            new = re.sub(pattern, replacement, new)
-        if "bias_mask" in key or "attn.k_proj.bias" in key or "local_cls_norm" in key:
+    for key, value in meta.items():
+        if key.endswith("bias_mask") or key.startswith(("local_cls_norm.", "rope_embed.")):
             continue
-        if "embeddings.mask_token" in new:
-            value = value.unsqueeze(1)
-        if "inv_freq" in new:
+        if key in _TOP_LEVEL:
+            out[_TOP_LEVEL[key]] = value.unsqueeze(1) if key == "mask_token" else value
             continue
-        # transformers >= 5 keeps the layers under "model." in memory (its
-        # conversion_mapping.py renames "layer." to "model.layer." for dinov3_vit).
-        out[re.sub(r"^layer\.", "model.layer.", new)] = value
+        _, index, rest = key.split(".", 2)
+        module, param = rest.rsplit(".", 1)
+        prefix = f"model.layer.{index}."
+        if module == "attn.qkv":
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
+                if not (name == "k_proj" and param == "bias"):
+                    out[f"{prefix}attention.{name}.{param}"] = part
+            continue
+        out[f"{prefix}{_IN_BLOCK[module]}.{_PARAM[param]}"] = value
     return out
 
 
