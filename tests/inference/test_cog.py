@@ -63,6 +63,19 @@ def test_write_cog__uncertainty_dataset_writes_two_bands(tmp_path, model):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chm.tif"]  # no temporary left
 
 
+def test_write_cog__on_a_cluster_stages_every_layer(tmp_path, model):
+    from distributed import Client
+
+    ds = xchm.predict(make_image(150, 130).chunk({"y": 64, "x": 64}), model, uncertainty=True)
+    local, _ = _read(xchm.write_cog(ds, tmp_path / "local.tif"))
+    with Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0"):
+        out = xchm.write_cog(ds, tmp_path / "cluster.tif")  # via a temporary Zarr store
+    bands, meta = _read(out)
+    assert meta["descriptions"] == ("chm", "chm_std") and meta["crs"] == ds.rio.crs
+    np.testing.assert_allclose(bands, local, atol=1e-4)  # batches differ: float rounding
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster.tif", "local.tif"]
+
+
 def test_write_cog__single_map_is_one_named_band(tmp_path, model):
     image = make_image(150, 130)
     chm = xchm.predict(image, model)
