@@ -2,7 +2,13 @@
 
 Sub-commands live in small functions registered in :func:`build_parser`; each
 imports what it needs, so ``xchm --help`` stays fast. The ``chips`` group lives in
-:mod:`xchm.cli_chips`.
+:mod:`xchm.cli_chips`; the parser class, option types, exit statuses and early
+checks shared by every command in :mod:`xchm.cli_common`.
+
+Every failure ends in one line ``xchm: error: ...`` on stderr and a documented exit
+status (1: the command failed, 2: usage); a traceback only with ``xchm --debug`` or
+``XCHM_DEBUG=1``. Library exceptions that are not xchm's (an ``OSError`` of
+rasterio, a ``KeyError`` of a bug) get the same one line, naming their type.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +25,34 @@ from typing import Any
 from xchm._version import __version__
 from xchm.cli_bench import add_bench_parser
 from xchm.cli_chips import add_chips_parser
+from xchm.cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    SCHEDULER_TIMEOUT_S,
+    Parser,
+    check_device,
+    check_writable,
+    connect,
+    device,
+    int_at_least,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from xchm.cli_pretrain import add_pretrain_parser
 from xchm.cli_train import add_evaluate_parser, add_train_parser
 from xchm.errors import XCHMError
 
 # Kept in sync with xchm.inference.predict.DEFAULT_OVERLAP without importing xarray here.
 DEFAULT_OVERLAP = 16
+# Kept in sync with xchm.demo.MIN_SIZE (a test checks), without importing numpy here.
+MIN_DEMO_SIZE = 256
+_HOST_HELP = (
+    "interface a cluster xchm starts listens on: scheduler, workers, dashboard (default "
+    "127.0.0.1: this machine only; 0.0.0.0: every interface, and the dashboard has no login)"
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -57,21 +86,35 @@ def _open_image(path: Path, chunks: int) -> Any:
     import rioxarray
     import xarray as xr
 
-    from xchm.errors import InputError
+    from xchm.errors import InputError, PathNotFoundError
 
     if not path.exists():
-        raise InputError(f"input {str(path)!r} does not exist")
+        raise PathNotFoundError(f"input {str(path)!r} does not exist")
     if path.suffix == ".zarr" or path.is_dir():
         try:
-            ds = xr.open_zarr(path, decode_coords="all", consolidated=True)
-        except (KeyError, ValueError, FileNotFoundError):  # stores without consolidated metadata
-            ds = xr.open_zarr(path, decode_coords="all", consolidated=False)
+            try:
+                ds = xr.open_zarr(path, decode_coords="all", consolidated=True)
+            except (KeyError, ValueError, FileNotFoundError):  # no consolidated metadata
+                ds = xr.open_zarr(path, decode_coords="all", consolidated=False)
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise InputError(
+                f"cannot read {str(path)!r} as a Zarr store ({type(err).__name__}: "
+                f"{err}); give a GeoTIFF/COG or a Zarr store of a (band, y, x) array"
+            ) from None
         arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
         return arrays[0] if len(arrays) == 1 else ds
-    return rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False)
+    try:
+        return rioxarray.open_rasterio(
+            path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
+        )
+    except OSError as err:  # rasterio's RasterioIOError is an OSError
+        raise InputError(
+            f"cannot read {str(path)!r} as an image ({err}); give a GeoTIFF/COG (or a Zarr "
+            "store) with one band per model band"
+        ) from None
 
 
-def _scheduler(spec: str | None) -> Any:
+def _scheduler(spec: str | None, host: str) -> Any:
     """Return a context for ``--scheduler``: local threads, a new local cluster or an address."""
     import contextlib
 
@@ -80,10 +123,22 @@ def _scheduler(spec: str | None) -> Any:
     if spec == "auto":
         from xchm.cluster import start
 
-        return start("auto")
-    from distributed import Client
+        return start("auto", host=host)
+    return connect(spec)
 
-    return Client(spec)
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an output that cannot be written, before any work."""
+    from xchm.outputs import prepare_output_file
+
+    if output.suffix.lower() == ".zarr":  # its folders are made as needed
+        folder = output if output.is_dir() else output.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        check_writable(folder, output)
+    else:
+        prepare_output_file(output, overwrite=overwrite)
+        check_writable(output.parent, output)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -98,10 +153,11 @@ def _predict(args: argparse.Namespace) -> int:
     zarr_out = output.suffix.lower() == ".zarr"
     if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {str(output)!r}")
-    if output.exists() and not args.overwrite and not zarr_out:
-        raise InputError(f"{str(output)!r} exists; pass --overwrite to replace it")
     if args.int16_dm and zarr_out:
         raise InputError("--int16-dm applies to GeoTIFF output only")
+    _check_output(output, args.overwrite)
+    if args.scheduler in (None, "local", "auto"):  # a remote cluster has its own devices
+        check_device(args.device)
     from xchm.models.presets import PRESETS
 
     if args.model in PRESETS:
@@ -119,9 +175,11 @@ def _predict(args: argparse.Namespace) -> int:
             "give the image(s) to predict, or --stac URL with --collection, --bbox and --datetime"
         )
     elif len(args.input) > 1:
+        from xchm.errors import PathNotFoundError
+
         missing = [p for p in args.input if not Path(p).exists()]
         if missing:
-            raise InputError(f"inputs do not exist: {', '.join(missing)}")
+            raise PathNotFoundError(f"inputs do not exist: {', '.join(missing)}")
         image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks)
     else:
         image = _open_image(Path(args.input[0]), args.chunks)
@@ -132,7 +190,7 @@ def _predict(args: argparse.Namespace) -> int:
         device=args.device,
         nodata=args.nodata,
     )
-    with _scheduler(args.scheduler) as client:
+    with _scheduler(args.scheduler, args.host) as client:
         if client is not None:
             print(f"xchm: Dask dashboard: {client.dashboard_link}", file=sys.stderr)
         if zarr_out:  # region by region, resumable: the summary line is printed by it
@@ -184,6 +242,7 @@ def _area_km2(chm: Any) -> float | None:
 def _demo(args: argparse.Namespace) -> int:
     from xchm.demo import run_demo
 
+    check_device(args.device)
     summary = run_demo(
         args.out,
         size=args.size,
@@ -195,18 +254,24 @@ def _demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        host=args.host,
     )
     return 0 if summary["better_than_mean"] else 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``xchm`` command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xchm",
         description="Canopy height maps from very-high-resolution imagery (DINOv3, xarray, Dask).",
     )
     parser.add_argument("--version", action="version", version=f"xchm {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the Python traceback of an error (also: XCHM_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     models = sub.add_parser("models", help="list model presets with parameter counts and bands")
@@ -232,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained checkpoint directory (or a preset name: untrained decoder, for testing)",
     )
     pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
-    pred.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="window overlap (px)")
-    pred.add_argument("--chunks", type=int, default=2048, help="chunk side in pixels")
-    pred.add_argument("--batch-size", type=int, help="windows per model call")
-    pred.add_argument("--device", help="torch device (default: CUDA if available)")
+    pred.add_argument(
+        "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"
+    )
+    pred.add_argument("--chunks", type=positive_int, default=2048, help="chunk side in pixels")
+    pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
+    pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
     pred.add_argument("--int16-dm", action="store_true", help="write int16 decimetres, -9999")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -248,11 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--scheduler",
         help="'local' (threads, default), 'auto' (start a local cluster: one worker per GPU, "
-        "or CPU workers) or a scheduler address (tcp://host:8786)",
+        f"or CPU workers) or a scheduler address (tcp://host:8786; {SCHEDULER_TIMEOUT_S} s to "
+        "answer)",
     )
+    pred.add_argument("--host", default="127.0.0.1", help=_HOST_HELP)
     pred.add_argument(
         "--region-size",
-        type=int,
+        type=positive_int,
         default=8192,
         help=".zarr output: pixels per region written and recorded at once (8192)",
     )
@@ -274,15 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     stac.add_argument(
         "--months", default="7,8", help="months of each year (default 7,8: leaf-on) or 'all'"
     )
-    stac.add_argument("--max-cloud", type=float, help="maximum eo:cloud_cover, percent")
+    stac.add_argument("--max-cloud", type=nonnegative_float, help="maximum eo:cloud_cover, percent")
     stac.add_argument(
         "--missing-cloud",
         choices=("keep", "drop"),
         help="items without eo:cloud_cover (NAIP has none); default with --max-cloud: drop, warn",
     )
     stac.add_argument("--crs", help="output CRS when the scenes are in several (EPSG:32618)")
-    stac.add_argument("--resolution", type=float, help="output pixel size (default: native)")
-    stac.add_argument("--max-items", type=int, default=1000, help="most items to use (1000)")
+    stac.add_argument(
+        "--resolution", type=positive_float, help="output pixel size (default: native)"
+    )
+    stac.add_argument(
+        "--max-items", type=positive_int, default=1000, help="most items to use (1000)"
+    )
     pred.set_defaults(func=_predict)
 
     demo = sub.add_parser(
@@ -293,13 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
         "the model is not better than predicting the training mean.",
     )
     demo.add_argument("--out", default="out/demo", help="output folder (out/demo)")
-    demo.add_argument("--size", type=int, default=1536, help="synthetic scene side, px (1536)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of scene, split, training (0)")
-    demo.add_argument("--device", help="torch device (default: CUDA if available)")
+    demo.add_argument(
+        "--size",
+        type=int_at_least(MIN_DEMO_SIZE),
+        default=1536,
+        help=f"synthetic scene side, px (1536; at least {MIN_DEMO_SIZE})",
+    )
+    demo.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of scene, split, training (0)"
+    )
+    demo.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     demo.add_argument("--real", help="folder of NAME_rgb.tif + NAME_chm*.tif pairs to use instead")
-    demo.add_argument("--resolution", type=float, default=0.5, help="--real pixel size, m (0.5)")
-    demo.add_argument("--epochs", type=int, help="training epochs (16 synthetic, 25 real)")
-    demo.add_argument("--workers", type=int, default=1, help="CPU worker processes (1)")
+    demo.add_argument(
+        "--resolution", type=positive_float, default=0.5, help="--real pixel size, m (0.5)"
+    )
+    demo.add_argument("--epochs", type=positive_int, help="training epochs (16 synthetic, 25 real)")
+    demo.add_argument("--workers", type=positive_int, default=1, help="CPU worker processes (1)")
+    demo.add_argument("--host", default="127.0.0.1", help=_HOST_HELP)
     demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
@@ -312,23 +395,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(err: BaseException) -> str:
+    """Return the one-line message ``xchm: error: ...`` gives for ``err``.
+
+    xchm's own errors say what is wrong and what to do; others (a library's
+    ``OSError``, a bug's ``KeyError``) are named by type, with what to try.
+
+    Examples
+    --------
+    >>> describe(KeyError(101)).split(";")[0]
+    'unexpected KeyError: 101'
+    """
+    text = " ".join(str(err).split())  # one line, whatever the message holds
+    if isinstance(err, XCHMError):
+        return text or type(err).__name__
+    named = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if isinstance(err, OSError):
+        return f"{named}; check the path and its permissions"
+    if isinstance(err, MemoryError):
+        return f"out of memory ({named}); try smaller --chunks or --batch-size"
+    return (
+        f"unexpected {named}; run again with xchm --debug (or XCHM_DEBUG=1) to see where, "
+        "and please report it"
+    )
+
+
+def _debugging(args: argparse.Namespace | None) -> bool:
+    flag = os.environ.get("XCHM_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or flag not in ("", "0", "false", "no")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``xchm`` command; return its exit status."""
+    """Run the ``xchm`` command; return its exit status.
+
+    0 success, 1 the command failed, 2 usage error (the parser's, before any work),
+    3 ``xchm demo``'s model did not beat the training mean, 130 interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a usage error (2, one line)
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args))
-    except (XCHMError, FileNotFoundError, FileExistsError) as err:
-        message = " ".join(str(err).split())  # one line, whatever the message holds
-        print(f"xchm: error: {message}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        if _debugging(args):
+            raise
+        print("xchm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line
+        if _debugging(args):
+            raise
+        print(f"xchm: error: {describe(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

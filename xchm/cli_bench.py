@@ -5,7 +5,8 @@ measurements are :func:`xchm.inference.throughput.run`'s, the same as
 ``benchmarks/throughput.py`` (which shares these options through
 :func:`add_bench_arguments` and :func:`format_tables`). Progress goes to stderr,
 the markdown tables to stdout. As in :mod:`xchm.cli`, torch is imported only when
-the command runs. Bad options raise :class:`~xchm.errors.InputError` (exit 1).
+the command runs. Option values of the wrong kind are the parser's usage errors
+(exit 2); bad combinations raise :class:`~xchm.errors.InputError` (exit 1).
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ import platform
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from xchm.cli_common import (
+    check_device,
+    check_writable,
+    device,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = [
     "add_bench_arguments",
@@ -50,11 +60,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=list(DEFAULT_PRESETS),
         help="model presets, random weights (default: %(default)s; test-tiny for smoke runs)",
     )
-    p.add_argument("--size", type=int, help="scene side in px (default 256 on CPU, 8192 on CUDA)")
-    p.add_argument("--chunk", type=int, default=2048, help="Dask chunk side in px (2048)")
+    p.add_argument(
+        "--size", type=positive_int, help="scene side in px (default 256 on CPU, 8192 on CUDA)"
+    )
+    p.add_argument("--chunk", type=positive_int, default=2048, help="Dask chunk side in px (2048)")
     p.add_argument(
         "--overlaps",
-        type=int,
+        type=nonnegative_int,
         nargs="+",
         default=[0, DEFAULT_OVERLAP],
         help=f"window overlaps; stride = 64 - overlap (default 0 {DEFAULT_OVERLAP})",
@@ -65,12 +77,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=list(SOURCES),
         help="inputs: memory (Dask over NumPy) and/or cog (a local COG) (default: both)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
-    p.add_argument("--batch-size", type=int, help="windows per model call (default: predict's)")
-    p.add_argument("--device", help="torch device (default: CUDA if available)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--batch-size", type=positive_int, help="windows per model call (default: predict's)"
+    )
+    p.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         nargs="*",
         help="worker processes for the CPU-cluster scaling runs (default 1 2 on CPU, none on "
         "CUDA; --workers with no number skips them)",
@@ -78,11 +92,16 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--scaling-preset", help="preset of the cluster runs (default: the last of --presets)"
     )
-    p.add_argument("--threads-per-worker", type=int, help="threads per cluster worker (2)")
+    p.add_argument("--threads-per-worker", type=positive_int, help="threads per cluster worker (2)")
     p.add_argument(
-        "--pixel-size", type=float, default=0.5, help="pixel size in m for km2/h (0.5, WorldView)"
+        "--pixel-size",
+        type=positive_float,
+        default=0.5,
+        help="pixel size in m for km2/h (0.5, WorldView)",
     )
-    p.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: from a table)")
+    p.add_argument(
+        "--peak-tflops", type=positive_float, help="device peak for MFU (default: from a table)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     return p
 
@@ -203,10 +222,14 @@ def environment() -> dict[str, Any]:
 
 def _bench(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     from xchm.inference.throughput import run
 
     config = config_from_args(args)
+    check_device(args.device)
+    if args.json:  # before the minutes of measuring, not after
+        check_writable(Path(args.json).absolute().parent, args.json)
     env = environment()
     start = time.perf_counter()
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))

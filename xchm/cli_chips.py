@@ -5,10 +5,10 @@ Kept apart from :mod:`xchm.cli` so that module stays a short index of commands;
 command imports what it needs when it runs, so ``xchm --help`` stays fast and
 ``import xchm.cli`` does not import torch.
 
-User errors (:class:`~xchm.errors.XCHMError`, ``FileNotFoundError``,
-``FileExistsError``) make these commands exit with status 1 after one line on
-stderr (:func:`xchm.cli.main` prints it); ``xchm chips`` without a command prints
-its help and exits with 2, as argparse does for usage errors.
+Errors make these commands exit with status 1 after one line on stderr
+(:func:`xchm.cli.main` prints it); bad option values are the parser's usage errors
+(status 2, before any work), and ``xchm chips`` without a command prints its help
+and exits with 2 too.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import csv
 import json
 from pathlib import Path
 from typing import Any
+
+from xchm.cli_common import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_chips_parser", "parse_band_map", "read_pairs_csv"]
 
@@ -88,8 +90,8 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
 
     Raises
     ------
-    FileNotFoundError
-        If the file does not exist.
+    PathNotFoundError
+        If the file does not exist (a ``FileNotFoundError``).
     InputError
         If a column is missing or unknown, an image or chm cell is empty, or there
         are no rows.
@@ -101,11 +103,13 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     >>> read_pairs_csv("images.csv")  # header image,scene  # doctest: +SKIP
     [{'image': PosixPath('/data/a.tif'), 'scene': 'a'}]
     """
-    from xchm.errors import InputError
+    from xchm.errors import InputError, PathNotFoundError
 
     source = Path(path).expanduser()
     if not source.is_file():
-        raise FileNotFoundError(f"no such pairs CSV file: {source}")
+        raise PathNotFoundError(
+            f"no such pairs CSV file: {source}; give a CSV with the columns image,chm[,scene,date]"
+        )
     with source.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in reader.fieldnames or []]
@@ -295,14 +299,24 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="NAME=BAND",
         help="select and order bands, e.g. nir=4 red=3 green=2 (band number or description)",
     )
-    build.add_argument("--window", type=int, default=64, help="chip side in px (default 64)")
-    build.add_argument("--stride", type=int, help="px between chip origins (default: window)")
-    build.add_argument("--resolution", type=float, metavar="M", help="resample to M metres")
+    build.add_argument(
+        "--window", type=positive_int, default=64, help="chip side in px (default 64)"
+    )
+    build.add_argument(
+        "--stride", type=positive_int, help="px between chip origins (default: window)"
+    )
+    build.add_argument(
+        "--resolution", type=positive_float, metavar="M", help="resample to M metres"
+    )
     build.add_argument(
         "--nodata", default="auto", metavar="V", help="image nodata: a number, none or auto"
     )
     build.add_argument(
-        "--min-valid", type=float, default=1.0, metavar="F", help="valid share a chip needs"
+        "--min-valid",
+        type=nonnegative_float,
+        default=1.0,
+        metavar="F",
+        help="valid share a chip needs",
     )
     build.add_argument(
         "--keep-no-positive",
@@ -310,10 +324,14 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         help="keep chips without a height > 0 (images without CHM: always kept)",
     )
     build.add_argument("--split", choices=("block", "scene", "random"), default="block")
-    build.add_argument("--val-fraction", type=float, default=0.2, metavar="F")
-    build.add_argument("--test-fraction", type=float, default=0.0, metavar="F")
-    build.add_argument("--block-size", type=int, default=8, help="split block side in chips")
-    build.add_argument("--seed", type=int, default=0, help="seed of shuffle, split, statistics")
+    build.add_argument("--val-fraction", type=nonnegative_float, default=0.2, metavar="F")
+    build.add_argument("--test-fraction", type=nonnegative_float, default=0.0, metavar="F")
+    build.add_argument(
+        "--block-size", type=positive_int, default=8, help="split block side in chips"
+    )
+    build.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of shuffle, split, statistics"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing store")
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
@@ -331,11 +349,11 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
     )
     prev.add_argument("store", help="chip cube (.zarr)")
     prev.add_argument("-o", "--output", required=True, help="output .png")
-    prev.add_argument("--n", type=int, default=16, help="chips to show (default 16)")
+    prev.add_argument("--n", type=positive_int, default=16, help="chips to show (default 16)")
     prev.add_argument("--split", help="only chips of this split (train, val, test)")
-    prev.add_argument("--seed", type=int, default=0, help="seed of the pick")
-    prev.add_argument("--columns", type=int, default=4, help="pairs per row")
-    prev.add_argument("--scale", type=int, default=4, help="upscaling factor")
+    prev.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the pick")
+    prev.add_argument("--columns", type=positive_int, default=4, help="pairs per row")
+    prev.add_argument("--scale", type=positive_int, default=4, help="upscaling factor")
     prev.add_argument("--overwrite", action="store_true", help="replace an existing file")
     prev.set_defaults(func=_preview)
     return chips

@@ -2,34 +2,44 @@
 
 Registered on :func:`xchm.cli.build_parser` by :func:`add_pretrain_parser`. As in
 :mod:`xchm.cli`, the command imports what it needs when it runs, so ``xchm --help``
-stays fast; user errors exit with status 1 after one line on stderr.
+stays fast; errors exit with status 1 after one line on stderr, bad option values with
+status 2 (the parser's, before any work).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
+
+from xchm.cli_common import (
+    check_device,
+    device,
+    load_config,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_pretrain_parser"]
 
 #: PretrainConfig fields settable from the command line, with their types; the
 #: rest go in a --config JSON file.
 _OPTIONS: dict[str, Any] = {
-    "epochs": int,
-    "batch_size": int,
-    "lr": float,
-    "backbone_lr_scale": float,
-    "layer_decay": float,
-    "local_crops": int,
-    "out_dim": int,
-    "ibot_weight": float,
-    "koleo_weight": float,
+    "epochs": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "backbone_lr_scale": nonnegative_float,
+    "layer_decay": positive_float,
+    "local_crops": nonnegative_int,
+    "out_dim": positive_int,
+    "ibot_weight": nonnegative_float,
+    "koleo_weight": nonnegative_float,
     "split": str,
-    "max_steps_per_epoch": int,
-    "checkpoint_every": int,
-    "seed": int,
+    "max_steps_per_epoch": positive_int,
+    "checkpoint_every": positive_int,
+    "seed": nonnegative_int,
 }
 
 
@@ -38,17 +48,18 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     settings: dict[str, Any] = {}
     if args.config:
-        with open(args.config) as f:
-            settings.update(json.load(f))
+        settings.update(load_config(args.config, "PretrainConfig"))
     for name in _OPTIONS:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
+    config = PretrainConfig.from_dict(settings)  # a bad --config fails before the device check
+    check_device(args.device)
     result = pretrain(
         args.cube,
         model=args.model,
         weights=args.weights,
-        config=PretrainConfig.from_dict(settings),
+        config=config,
         output=args.output,
         resume=args.resume,
         device=args.device,
@@ -89,7 +100,9 @@ def add_pretrain_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pretrained backbone weights for a preset (the start)")
     p.add_argument("--config", help="JSON file of PretrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
-    p.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
+    p.add_argument(
+        "--device", type=device, help="torch device (default: CUDA if present, else CPU)"
+    )
     for name, kind in _OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"PretrainConfig.{name}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -3,9 +3,9 @@
 Registered on :func:`xchm.cli.build_parser` by :func:`add_train_parser` and
 :func:`add_evaluate_parser`. As in
 :mod:`xchm.cli`, commands import what they need when they run, so ``xchm --help``
-stays fast and ``import xchm.cli`` does not import torch or matplotlib. User errors
-(:class:`~xchm.errors.XCHMError`, ``FileNotFoundError``, ``FileExistsError``) exit
-with status 1 after one line on stderr (:func:`xchm.cli.main` prints it).
+stays fast and ``import xchm.cli`` does not import torch or matplotlib. Errors exit
+with status 1 after one line on stderr (:func:`xchm.cli.main` prints it); bad option
+values are usage errors of the parser (status 2), caught before any work.
 """
 
 from __future__ import annotations
@@ -15,6 +15,16 @@ import json
 import logging
 import os
 from typing import Any
+
+from xchm.cli_common import (
+    check_device,
+    device,
+    load_config,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_evaluate_parser", "add_train_parser"]
 
@@ -30,6 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "a trained checkpoint directory",
             args.model,
         )
+    check_device(args.device)
     result = evaluate(
         args.model,
         args.cube,
@@ -89,8 +100,8 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
         "--report", metavar="DIR", help="write metrics.json and PNG plots to this directory"
     )
     ev.add_argument("--overwrite", action="store_true", help="replace report files in DIR")
-    ev.add_argument("--batch-size", type=int, default=64, help="chips per model call")
-    ev.add_argument("--device", help="torch device (default: CUDA if available)")
+    ev.add_argument("--batch-size", type=positive_int, default=64, help="chips per model call")
+    ev.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)
@@ -102,19 +113,20 @@ def _train(args: argparse.Namespace) -> int:
 
     settings: dict[str, Any] = {}
     if args.config:
-        with open(args.config) as f:
-            settings.update(json.load(f))
+        settings.update(load_config(args.config, "TrainConfig"))
     for name in _TRAIN_OPTIONS:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
     if args.no_augment:
         settings["augment"] = False
+    config = TrainConfig.from_dict(settings)  # a bad --config fails before the device check
+    check_device(args.device)
     result = train(
         args.cube,
         model=args.model,
         weights=args.weights,
-        config=TrainConfig.from_dict(settings),
+        config=config,
         output=args.output,
         resume=args.resume,
         device=args.device,
@@ -129,24 +141,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-#: TrainConfig fields settable from the command line, with their types.
+#: TrainConfig fields settable from the command line, with their types (the parser
+#: refuses a value out of the field's range; TrainConfig checks the rest).
 _TRAIN_OPTIONS: dict[str, Any] = {
-    "epochs": int,
-    "patience": int,
-    "batch_size": int,
-    "lr": float,
-    "weight_decay": float,
-    "ft_rate": float,
+    "epochs": positive_int,
+    "patience": nonnegative_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "weight_decay": nonnegative_float,
+    "ft_rate": nonnegative_float,
     "policy": str,
-    "unfreeze_blocks": int,
-    "unfreeze_every": int,
+    "unfreeze_blocks": positive_int,
+    "unfreeze_every": positive_int,
     "scheduler": str,
     "loss": str,
-    "underestimation_penalty": float,
-    "num_workers": int,
-    "max_steps_per_epoch": int,
-    "checkpoint_every": int,
-    "seed": int,
+    "underestimation_penalty": positive_float,
+    "num_workers": nonnegative_int,
+    "max_steps_per_epoch": positive_int,
+    "checkpoint_every": positive_int,
+    "seed": nonnegative_int,
 }
 
 
@@ -172,7 +185,9 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="pretrained backbone weights for a preset")
     p.add_argument("--config", help="JSON file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")
-    p.add_argument("--device", help="torch device (default: CUDA if present, else CPU)")
+    p.add_argument(
+        "--device", type=device, help="torch device (default: CUDA if present, else CPU)"
+    )
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
     for name, kind in _TRAIN_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"TrainConfig.{name}")

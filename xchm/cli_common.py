@@ -1,0 +1,238 @@
+"""What every ``xchm`` command shares: the parser, option types and early checks.
+
+Exit statuses (documented in ``docs/cli.md``): 0 success; 1 the command failed
+(bad input, output not writable, device missing...); 2 usage error (an unknown or
+missing option, a value of the wrong kind, caught by the parser before any work);
+3 ``xchm demo``'s model did not beat the training mean; 130 interrupted (Ctrl-C).
+Failures print one line ``xchm: error: ...``; the traceback only with
+``xchm --debug`` or ``XCHM_DEBUG=1``.
+
+Light on imports, like :mod:`xchm.cli`: torch is imported only when ``--device``
+is given, distributed only when a scheduler address is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "SCHEDULER_TIMEOUT_S",
+    "Parser",
+    "check_device",
+    "check_writable",
+    "connect",
+    "device",
+    "int_at_least",
+    "load_config",
+    "nonnegative_float",
+    "nonnegative_int",
+    "positive_float",
+    "positive_int",
+]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: Seconds ``--scheduler ADDRESS`` waits for the scheduler to answer.
+SCHEDULER_TIMEOUT_S = 5
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, exit status 2.
+
+    argparse prints the whole usage block before its message; xchm prints
+    ``xchm: error: MESSAGE (see 'xchm predict --help')``, like every other error.
+    Sub-command parsers made by ``add_subparsers`` are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line and exit with status 2."""
+        line = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"xchm: error: {line} (see '{self.prog} --help')\n")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """Return an argparse type: an integer >= ``low``.
+
+    Examples
+    --------
+    >>> int_at_least(256)("512")
+    512
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                low, f"an integer >= {low}"
+            )
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+
+
+def _float(low: float, *, inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            what = f"a finite number {'>=' if inclusive else '>'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_float = _float(0.0, inclusive=False)
+nonnegative_float = _float(0.0, inclusive=True)
+
+
+def device(text: str) -> str:
+    """Check ``--device`` (an argparse type): a torch device string (``cpu``, ``cuda:1``, ``mps``).
+
+    Checks the spelling only (whether the device exists here is :func:`check_device`'s
+    job: with a remote scheduler it need not exist on this machine).
+    """
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device; use cpu, cuda, cuda:N (N-th GPU) or mps"
+        ) from None
+    return text
+
+
+def check_device(name: str | None) -> None:
+    """Raise :class:`~xchm.errors.DeviceError` unless the device ``name`` exists here.
+
+    Called before any work, so ``--device cuda`` on a machine without a GPU fails in
+    a second, not after the data is read. None (the default device) always passes.
+    """
+    if name is None:
+        return
+    import torch
+
+    from xchm.errors import DeviceError
+
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {name}: CUDA is not available here (no NVIDIA GPU, driver or "
+                "CUDA build of torch); leave --device out or pass --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(
+                f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"--device {name}: Apple's MPS is not available here; use cpu")
+
+
+def load_config(path: str, kind: str) -> dict[str, Any]:
+    """Read ``--config FILE``: a JSON object of ``kind`` fields (``TrainConfig``...).
+
+    Raises
+    ------
+    PathNotFoundError
+        No such file.
+    InputError
+        Not JSON, or not an object.
+    """
+    from xchm.errors import InputError, PathNotFoundError
+
+    source = Path(path)
+    example = 'such as {"epochs": 10, "lr": 0.001}'
+    if not source.is_file():
+        raise PathNotFoundError(f"--config {path}: no such file; give a JSON file of {kind} fields")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(
+            f"--config {path} is not a text file; give a JSON object of {kind} fields {example}"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"--config {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
+            f"{err.colno}); give a JSON object of {kind} fields {example}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(
+            f"--config {path} holds a JSON {type(data).__name__}, not an object of {kind} "
+            f"fields {example}"
+        )
+    return data
+
+
+def check_writable(folder: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Raise :class:`~xchm.errors.OutputError` unless a file can be made in ``folder``.
+
+    Tries it (a nameless temporary file, gone at once): permission bits do not tell
+    for root, read-only mounts or network file systems. ``target`` is the output
+    named in the message.
+    """
+    from xchm.errors import OutputError
+
+    where = Path(folder)
+    if not where.is_dir():
+        raise OutputError(
+            f"cannot write {target}: folder {where} does not exist; create it first or "
+            "choose another output path"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {target}: folder {where} is not writable ({err.strerror or err}); "
+            "choose another output path"
+        ) from None
+
+
+def connect(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> Any:
+    """Return a ``distributed.Client`` of the scheduler at ``address``, or fail in ``timeout`` s.
+
+    Raises
+    ------
+    InputError
+        Nothing answers at ``address`` within ``timeout`` seconds, or the address is
+        malformed.
+    """
+    from distributed import Client
+
+    from xchm.errors import InputError
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, ValueError, TypeError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise InputError(
+            f"no Dask scheduler answered at {address} within {timeout:g} s ({detail}); check "
+            "the address and that the scheduler runs, or use --scheduler auto (a local "
+            "cluster) or local (threads)"
+        ) from None
