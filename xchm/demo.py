@@ -9,12 +9,23 @@ model never saw, next to predicting the training mean -> ``chm.tif`` (COG) and
 Held-out data: in the synthetic scene, chips come from the northern 60 % only and
 scores from the southern 35 % (a 5 % gap between them, so no training chip borders
 a scored pixel); with real pairs, whole scenes are held out (``split="scene"``).
+
+Validation (the epoch kept): in the synthetic scene, the eastern strip of the
+northern part (a fifth of the width, at least 96 px) is its own scene, and the
+cube's scene split puts it in ``val`` and the rest in ``train`` (the split's seed is
+the first from ``seed`` on that does so, recorded in the cube). A hashed split of
+blocks could leave ``val`` empty on a small scene; this one cannot, at any size the
+demo accepts (:data:`MIN_SIZE`). Real pairs get a scene split with scenes on both
+sides, found the same way.
+
+The output folder follows :mod:`xchm.outputs`: new, empty or an earlier demo's
+(replaced only with ``overwrite``); a folder of anything else is never touched.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -25,10 +36,16 @@ import numpy as np
 
 from xchm.errors import InputError
 
-__all__ = ["run_demo", "DEMO_SIZE"]
+__all__ = ["run_demo", "DEMO_SIZE", "MIN_SIZE"]
 
 #: Default side of the synthetic scene, pixels (2 m: 3 x 3 km).
 DEMO_SIZE = 1536
+#: Smallest side of the synthetic scene, pixels: train and val chips both exist.
+MIN_SIZE = 256
+#: Kind of output folder (see xchm.outputs).
+OUTPUT_KIND = "demo"
+_WINDOW, _STRIDE = 64, 32
+_FRACTIONS = {"train": 0.8, "val": 0.2}
 _METRICS = ("mae", "rmse", "bias", "r2")
 
 
@@ -43,14 +60,14 @@ def _timed(seconds: dict[str, float], name: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _train_config(real: bool, epochs: int | None, seed: int) -> Any:
+def _train_config(real: bool, epochs: int | None, seed: int, train_chips: int) -> Any:
     from xchm.training import TrainConfig
 
     # A random test-tiny backbone: train all of it at the decoder's rate, MSE (the
     # asymmetric default biases heights up), bias started at the train median.
     return TrainConfig(
         epochs=epochs or (25 if real else 16),
-        batch_size=8 if real else 32,
+        batch_size=max(1, min(8 if real else 32, train_chips)),  # a small scene: fewer chips
         lr=1e-2,
         policy="full",
         ft_rate=1.0,
@@ -66,15 +83,41 @@ def _train_config(real: bool, epochs: int | None, seed: int) -> Any:
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(
-                f"{out} is not empty; pass overwrite=True (--overwrite) or another --out"
-            )
-        if not (out / "summary.json").exists() and not (out / "chips.zarr").exists():
-            raise InputError(f"{out} holds files that are not a demo's; not replacing them")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from xchm.outputs import prepare_output_dir
+
+    prepare_output_dir(
+        out,
+        OUTPUT_KIND,
+        overwrite=overwrite,
+        legacy=_is_old_demo,
+        hint="pass overwrite=True (--overwrite) to replace it, or choose another --out",
+    )
+
+
+def _is_old_demo(folder: Path) -> bool:
+    """Recognise a demo written before output folders were marked."""
+    return (folder / "summary.json").is_file() or (folder / "chips.zarr").is_dir()
+
+
+def _scene_split(
+    seed: int, fractions: dict[str, float], wanted: dict[str, str] | None, scenes: list[str]
+) -> Any:
+    """Return a scene split that gives ``scenes`` both train and val (and ``wanted``'s labels).
+
+    A scene split hashes each scene id with the seed, so a few scenes can all land in
+    one split. The split's seed is the first from ``seed`` on whose labels suit (a
+    handful of tries); the cube records it.
+    """
+    from xchm.chips.splits import SplitRule
+
+    for split_seed in itertools.count(seed):  # ends: each try suits with odds >= 0.16
+        rule = SplitRule(method="scene", fractions=fractions, seed=split_seed)
+        labels = {name: rule.label(name) for name in scenes}
+        if {"train", "val"} <= set(labels.values()) and all(
+            labels[name] == label for name, label in (wanted or {}).items()
+        ):
+            return rule
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _synthetic_inputs(out: Path, size: int, seed: int) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
@@ -88,12 +131,25 @@ def _synthetic_inputs(out: Path, size: int, seed: int) -> tuple[Any, Any, Any, A
     named.attrs["long_name"] = ("nir", "red", "green")  # GeoTIFF band descriptions
     named.rio.to_raster(out / "scene.tif", tiled=True, compress="DEFLATE")
     truth.rio.to_raster(out / "truth.tif", tiled=True, compress="DEFLATE")
-    h = image.sizes["y"]
-    train_rows, test_rows = slice(0, int(0.6 * h)), slice(int(0.65 * h), h)
-    pairs = [ScenePair(image.isel(y=train_rows), truth.isel(y=train_rows), scene="north")]
+    h, w = image.sizes["y"], image.sizes["x"]
+    north, test_rows = slice(0, int(0.6 * h)), slice(int(0.65 * h), h)
+    east = w - max(96, w // 5)  # val: at least two chip columns (64 px chips, stride 32)
+    pairs = [
+        ScenePair(
+            image.isel(y=north, x=slice(0, east)),
+            truth.isel(y=north, x=slice(0, east)),
+            scene="north-west",
+        ),
+        ScenePair(
+            image.isel(y=north, x=slice(east, w)),
+            truth.isel(y=north, x=slice(east, w)),
+            scene="north-east",
+        ),
+    ]
     info = {
         "scene": f"synthetic, seed {seed}, {size}x{size} px at 2 m",
-        "train_area": "rows 0-60 %",
+        "train_area": f"rows 0-60 %, columns 0-{east - 1}",
+        "val_area": f"rows 0-60 %, columns {east}-{w - 1}",
         "test_area": "rows 65-100 %",
     }
     return pairs, out / "scene.tif", truth, test_rows, info
@@ -128,15 +184,16 @@ def run_demo(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """Run the demo pipeline; return the summary (also written to ``out/summary.json``).
 
     Parameters
     ----------
     out
-        Output folder (must be empty or a previous demo's with ``overwrite``).
+        Output folder: new, empty, or a previous demo's (replaced with ``overwrite``).
     size
-        Side of the synthetic scene in pixels (at 2 m).
+        Side of the synthetic scene in pixels (at 2 m), at least :data:`MIN_SIZE`.
     seed
         Seed of the scene, the split and the training.
     device
@@ -154,6 +211,9 @@ def run_demo(
         Replace a previous demo in ``out``.
     progress
         Progress bars.
+    host
+        Interface the local Dask cluster (scheduler, workers, dashboard) listens on;
+        the default keeps it on this machine (see :func:`xchm.cluster.start`).
 
     Returns
     -------
@@ -172,11 +232,12 @@ def run_demo(
     import xchm.cluster
 
     out = Path(out)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 256:
-        raise InputError(f"size must be an integer >= 256 pixels, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise InputError(f"size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
     real_dir = None if real is None else Path(real)
     if real_dir is not None and not real_dir.is_dir():
         raise InputError(f"--real {str(real_dir)!r} is not a folder")
+    real_pairs = [] if real_dir is None else _real_pairs(real_dir)  # checked before writing
     _prepare(out, overwrite)
     seconds: dict[str, float] = {}
     total = 6
@@ -186,19 +247,28 @@ def run_demo(
         pairs, image_path, truth, test_rows, info = _timed(
             seconds, "scene", lambda: _synthetic_inputs(out, size, seed)
         )
+        # Keep chips without trees (open ground, lakes): the split stays non-empty.
         build_opts: dict[str, Any] = dict(
-            bands=("nir", "red", "green"), stride=32, split="block", block_size=4
+            bands=("nir", "red", "green"),
+            window=_WINDOW,
+            stride=_STRIDE,
+            split=_scene_split(
+                seed,
+                _FRACTIONS,
+                {"north-west": "train", "north-east": "val"},
+                [p.scene for p in pairs],
+            ),
+            drop_no_positive=False,
         )
     else:
-        pairs = _real_pairs(real_dir)
+        pairs = real_pairs
         info = {"scene": f"{len(pairs)} real pairs from {real_dir}", "resolution_m": resolution}
         build_opts = dict(
             bands=("red", "green", "blue"),
             stride=16,
             resolution=resolution,
             nodata=None,
-            split="scene",
-            fractions={"train": 0.75, "val": 0.25},
+            split=_scene_split(seed, {"train": 0.75, "val": 0.25}, None, [p.scene for p in pairs]),
         )
     _say(1, total, f"scene: {info['scene']}")
 
@@ -217,7 +287,7 @@ def run_demo(
         f"-> {out / 'chips.zarr'}",
     )
 
-    config = _train_config(real_dir is not None, epochs, seed)
+    config = _train_config(real_dir is not None, epochs, seed, splits["train"])
     result = _timed(
         seconds,
         "train",
@@ -249,7 +319,9 @@ def run_demo(
     image = _open_chunked(image_path)
     gpus = device is None or device.startswith("cuda")
     sizing: dict[str, Any] = {} if gpus and xchm.cluster.gpu_count() else {"n_workers": workers}
-    with xchm.cluster.start(gpus="auto" if gpus else None, dashboard_address=":0", **sizing):
+    with xchm.cluster.start(
+        gpus="auto" if gpus else None, dashboard_address=":0", host=host, **sizing
+    ):
         ds = _timed(
             seconds,
             "predict",
