@@ -33,7 +33,14 @@ NEON = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "neon"
 
 
 def write_scenes(folder: Path) -> list[Path]:
-    """Cut three overlapping 0.5 m scenes out of the Bartlett orthophoto."""
+    """Cut three overlapping 0.5 m scenes out of the Bartlett orthophoto (once).
+
+    A second run keeps the files: rewritten inputs would be new data to the resumable
+    store, which then refuses to resume.
+    """
+    paths = [folder / f"scene_{i}.tif" for i in range(3)]
+    if all(p.is_file() for p in paths):
+        return paths
     rgb = rioxarray.open_rasterio(NEON / "BART_crop2019_rgb.tif")
     image = rgb.rio.reproject(rgb.rio.crs, resolution=0.5, resampling=Resampling.average)
     image = image.assign_coords(band=[1, 2, 3])
@@ -45,10 +52,8 @@ def write_scenes(folder: Path) -> list[Path]:
         (slice(h // 2 - 20, h), slice(w // 2 - 20, w)),
     ]
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, (ys, xs) in enumerate(cuts):
-        paths.append(folder / f"scene_{i}.tif")
-        image.isel(y=ys, x=xs).rio.to_raster(paths[-1])
+    for path, (ys, xs) in zip(paths, cuts, strict=True):
+        image.isel(y=ys, x=xs).rio.to_raster(path)
     return paths
 
 

@@ -1,10 +1,14 @@
 """The examples run as scripts, on the real NEON sample (small)."""
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import rasterio
+
+from .sockets import listening, not_loopback
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,12 +50,30 @@ def test_chips_neon__builds_a_cube_and_a_preview(neon_dir, tmp_path):
     assert len(cube) > 50 and cube.pixel_size == 0.5
 
 
+def _run_watching_sockets(args, folder):
+    """Run ``args``; return (stdout, stderr, every TCP socket its processes listened on)."""
+    out, err = folder / "stdout.txt", folder / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, text=True)
+        seen: set[tuple[str, int]] = set()
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen |= listening(proc.pid)
+            time.sleep(0.05)
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    assert proc.returncode == 0, err.read_text()
+    return out.read_text(), err.read_text(), seen
+
+
 def test_mosaic__merges_scenes_on_a_cluster_and_resumes(neon_dir, tmp_path):
-    args = [sys.executable, str(EXAMPLES / "mosaic.py"), "--out", str(tmp_path)]
-    first = subprocess.run(args, capture_output=True, text=True, check=True)
-    assert "Dask dashboard: http://127.0.0.1:" in first.stderr
-    assert "4/4 regions computed" in first.stderr
-    second = subprocess.run(args, capture_output=True, text=True, check=True)
+    args = [sys.executable, str(EXAMPLES / "mosaic.py"), "--out", str(tmp_path / "out")]
+    _, stderr, sockets = _run_watching_sockets(args, tmp_path)
+    assert "4/4 regions computed" in stderr
+    # The dashboard (and scheduler, workers, nannies) listened on this machine only.
+    dashboard = int(re.search(r"Dask dashboard: http://127\.0\.0\.1:(\d+)/", stderr)[1])
+    assert dashboard in {port for _, port in sockets}, sockets
+    assert not not_loopback(sockets), sockets
+    second = subprocess.run(args, capture_output=True, text=True, check=True)  # resumes
     assert "0/4 regions computed (4 already done)" in second.stderr
     assert "100% of pixels mapped" in second.stdout
 
