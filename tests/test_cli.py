@@ -32,3 +32,23 @@ def test_cli__entry_point_runs_version():
         [sys.executable, "-m", "xchm.cli", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("xchm ")
+
+
+def test_cli__help_returns_0_instead_of_exiting(capsys):
+    assert main(["--help"]) == 0 and main(["predict", "--help"]) == 0
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_cli__clusters_xchm_starts_listen_on_loopback_unless_host_says(monkeypatch):
+    import xchm.cluster
+    from xchm import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["predict", "a.tif", "-o", "o.tif", "--model", "m"]).host == (
+        "127.0.0.1"
+    )
+    assert parser.parse_args(["demo", "--host", "0.0.0.0"]).host == "0.0.0.0"
+    calls = []
+    monkeypatch.setattr(xchm.cluster, "start", lambda *a, **k: calls.append((a, k)))
+    cli._scheduler("auto", "0.0.0.0")
+    assert calls == [(("auto",), {"host": "0.0.0.0"})]

@@ -23,15 +23,21 @@ def parse_months(text: str) -> tuple[int, ...] | None:
     --------
     >>> parse_months("7, 8"), parse_months("all")
     ((7, 8), None)
+    >>> parse_months("13")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    xchm.errors.InputError: --months must be ... month numbers 1-12 (e.g. 7,8) or 'all', got '13'
     """
     if text.strip().lower() == "all":
         return None
     try:
-        return tuple(int(m) for m in text.replace(" ", "").split(",") if m)
+        months = tuple(int(m) for m in text.replace(" ", "").split(",") if m)
     except ValueError:
+        months = ()
+    if not months or not all(1 <= m <= 12 for m in months):
         raise InputError(
-            f"--months must be comma-separated month numbers (e.g. 7,8) or 'all', got {text!r}"
-        ) from None
+            f"--months must be comma-separated month numbers 1-12 (e.g. 7,8) or 'all', got {text!r}"
+        )
+    return months
 
 
 def stac_image(args: argparse.Namespace) -> Any:
