@@ -14,7 +14,7 @@ import xarray as xr
 import xchm
 import xchm.chips
 from xchm.cli import main
-from xchm.errors import BandError, InputError, OutputExistsError, XCHMWarning
+from xchm.errors import BandError, InputError, OutputExistsError, PathNotFoundError, XCHMWarning
 from xchm.outputs import MARKER
 from xchm.training import evaluate, evaluate_raster
 from xchm.training.metrics import height_metrics
@@ -286,6 +286,16 @@ def test_evaluate_raster__misaligned_raises(rasters):
         evaluate_raster(shifted, ref)
     with pytest.raises(InputError, match="CRS"):
         evaluate_raster(pred.rio.write_crs("EPSG:32618"), ref)
+
+
+def test_evaluate_raster__irregular_grid_is_refused(rasters, tmp_path):
+    pred, ref = rasters
+    order = np.random.default_rng(1).permutation(pred.sizes["x"])
+    shuffled = pred.isel(x=order)  # still has a transform from its first coordinates
+    with pytest.raises(InputError, match="pred"):
+        evaluate_raster(shuffled, ref.isel(x=order))
+    with pytest.raises(PathNotFoundError, match="missing.tif"):
+        evaluate_raster(tmp_path / "missing.tif", ref)
 
 
 def test_evaluate_raster__geotiffs_with_nodata_and_report(rasters, tmp_path):

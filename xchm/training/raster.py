@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xchm.errors import InputError
+from xchm.errors import InputError, PathNotFoundError
 from xchm.training.metrics import DEFAULT_CLASSES, Classes, HistogramAccumulator, MetricAccumulator
 
 __all__ = ["evaluate_raster"]
@@ -37,7 +37,7 @@ def _open(value: Any, what: str) -> tuple[Any, str]:
 
         path = Path(value).expanduser()
         if not path.exists():
-            raise InputError(f"{what} raster {str(path)!r} does not exist")
+            raise PathNotFoundError(f"{what} raster {str(path)!r} does not exist")
         chunks = {"band": 1, "y": RASTER_CHUNKS, "x": RASTER_CHUNKS}
         arr: Any = rioxarray.open_rasterio(path, chunks=chunks, masked=True, lock=False)
         name = str(path)
@@ -57,6 +57,9 @@ def _open(value: Any, what: str) -> tuple[Any, str]:
 
 
 def _grid(arr: Any, what: str) -> tuple[Any, tuple[float, ...], tuple[int, ...]]:
+    from xchm.inference.inputs import check_grid
+
+    check_grid(arr, what)  # a shuffled or gapped grid would still give a transform
     try:
         transform = tuple(arr.rio.transform())[:6]
     except Exception as err:  # rioxarray raises several types for missing coordinates
