@@ -32,7 +32,7 @@ class TrainConfig:
     epochs: int = 100
     """Maximum number of epochs."""
     patience: int = 10
-    """Stop after this many epochs without a better validation loss."""
+    """Stop after this many epochs without a better validation loss (0: never stop early)."""
     batch_size: int = 64
     """Chips per optimisation step (per process under DDP)."""
     lr: float = 5e-5
