@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import xchm
 from xchm.errors import (
     BandError,
+    DeviceError,
     InputError,
     InputTypeError,
     ModelNotFoundError,
@@ -173,6 +174,14 @@ def test_predict__runs_a_model_in_training_mode_as_in_eval_mode(image):
 def test_predict__preset_name(image):
     chm = xchm.predict(image, "test-tiny")
     assert chm.attrs["xchm_model"] == "test-tiny"
+
+
+@pytest.mark.parametrize(
+    ("device", "match"), [("gpu0", "not a torch device"), ("cuda:7", "CUDA is not available|GPU")]
+)
+def test_predict__bad_device_is_a_device_error(model, image, device, match):
+    with pytest.raises(DeviceError, match=match):
+        xchm.predict(image, model, device=device).compute()
 
 
 # -- georeferencing and attributes ----------------------------------------------------

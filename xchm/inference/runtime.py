@@ -115,9 +115,19 @@ def choose_device(device: str | None) -> Any:
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DeviceError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device={device!r} was requested but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device={device!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...)"
+        )
     return dev
 
 

@@ -40,19 +40,11 @@ def resolve_device(device: str | None, local_rank: int) -> Any:
     """
     import torch
 
-    from xchm.errors import DeviceError
     from xchm.inference.runtime import choose_device
 
     if device is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        return choose_device(device)
-    except DeviceError:
-        raise
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise DeviceError(
-            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"
-        ) from err
+    return choose_device(device)
 
 
 def all_reduce_sum(values: list[float], device: Any) -> list[float]:
