@@ -212,9 +212,7 @@ def test_cli__usage_errors_of_every_command_exit_2(capsys, args):
 
 
 # -- the installed command, in a real process ---------------------------------------------
-@pytest.mark.parametrize(
-    ("case", "status"), [("readme", 1), ("chunks", 2), ("device", 2), ("debug", 1)]
-)
+@pytest.mark.parametrize(("case", "status"), [("readme", 1), ("chunks", 2), ("debug", 1)])
 def test_cli__installed_command_prints_no_traceback(files, case, status):
     assert XCHM.exists(), f"{XCHM} missing: pip install -e . installs the xchm command"
     args = {
@@ -227,7 +225,6 @@ def test_cli__installed_command_prints_no_traceback(files, case, status):
             str(files / "ckpt"),
         ],
         "chunks": predict(files, "--chunks", "0"),
-        "device": predict(files, "--device", "gpu0"),
         "debug": [
             "--debug",
             "predict",
