@@ -15,6 +15,7 @@ from xchm.errors import (
     InputError,
     InputTypeError,
     ModelNotFoundError,
+    WeightsError,
     XCHMError,
     XCHMWarning,
 )
@@ -182,6 +183,13 @@ def test_predict__preset_name(image):
 def test_predict__bad_device_is_a_device_error(model, image, device, match):
     with pytest.raises(DeviceError, match=match):
         xchm.predict(image, model, device=device).compute()
+
+
+def test_predict__text_weights_file_is_refused_before_any_work(image, tmp_path):
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights\n")
+    with pytest.raises(WeightsError, match=r"notes\.pth.*text file"):
+        xchm.predict(image, "test-tiny", weights=notes)  # graph building only: no compute
 
 
 # -- georeferencing and attributes ----------------------------------------------------

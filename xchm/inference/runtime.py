@@ -76,6 +76,9 @@ def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tu
             path = Path(weights).expanduser().resolve()
             if not path.exists():
                 raise WeightsError(f"weights path {str(path)!r} does not exist")
+            from xchm.models.weights import check_weights_file
+
+            check_weights_file(path)  # a text file fails now, not on the worker
             options = (("weights", str(path)),)
             stat = path.stat()
             digest = hashlib.sha256(

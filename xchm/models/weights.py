@@ -23,7 +23,13 @@ import torch
 from xchm.errors import WeightsError
 from xchm.models.backbone import Backbone, set_rope_periods
 
-__all__ = ["read_tensors", "detect_layout", "load_backbone_weights", "hf_to_timm"]
+__all__ = [
+    "read_tensors",
+    "check_weights_file",
+    "detect_layout",
+    "load_backbone_weights",
+    "hf_to_timm",
+]
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
 # Wrappers used by training frameworks around the actual state dict.
@@ -61,6 +67,34 @@ def _describe_bytes(path: Path) -> str:
     if text and all(c.isprintable() or c in "\t\n\r" for c in text):
         return f"it is a text file ({size} bytes, starts with {text[:24]!r})"
     return f"it is {size} bytes of an unknown format (starts with {head[:16]!r})"
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Refuse early a file that cannot be weights, from its first bytes only.
+
+    For callers that read the weights later (on a Dask worker): a text file, an
+    empty file or an unknown format is reported before any work. A folder (a
+    Hugging Face snapshot) and a damaged file of a known format are left to
+    :func:`read_tensors`.
+
+    Raises
+    ------
+    WeightsError
+        If the file does not start like a PyTorch (zip or pickle) or safetensors file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise WeightsError(f"cannot read {str(path)!r}: {err.strerror or err}") from err
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or head[8:9] == b"{":
+        return
+    raise WeightsError(
+        f"cannot read {str(path)!r} as a weights file: {_describe_bytes(path)}; {_EXPECTED}"
+    )
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
