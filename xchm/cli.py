@@ -93,9 +93,9 @@ def _open_image(path: Path, chunks: int) -> Any:
     if path.suffix == ".zarr" or path.is_dir():
         try:
             try:
-                ds = xr.open_zarr(path, decode_coords="all", consolidated=True)
+                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=True)
             except (KeyError, ValueError, FileNotFoundError):  # no consolidated metadata
-                ds = xr.open_zarr(path, decode_coords="all", consolidated=False)
+                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=False)
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise InputError(
                 f"cannot read {str(path)!r} as a Zarr store ({type(err).__name__}: "
@@ -104,8 +104,10 @@ def _open_image(path: Path, chunks: int) -> Any:
         arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
         return arrays[0] if len(arrays) == 1 else ds
     try:
+        # The absolute path: a resumed store then recognises the same file however
+        # it is spelled on the command line (the input's token includes the path).
         return rioxarray.open_rasterio(
-            path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
+            str(path.resolve()), chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
         )
     except OSError as err:  # rasterio's RasterioIOError is an OSError
         raise InputError(

@@ -77,6 +77,32 @@ def test_predict_cli__zarr_output_resumes_and_refuses_another_job(scene, tmp_pat
     assert xr.open_zarr(out, consolidated=False)["chm"].attrs["xchm_overlap"] == 8
 
 
+def test_predict_cli__zarr_resume_accepts_another_spelling_of_the_input(
+    scene, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "chm.zarr"
+    monkeypatch.chdir(scene)
+    args = ["-o", str(out), "--model", "model", "-q", "--chunks", "64", "--region-size", "64"]
+    assert main(["predict", "scene.tif", *args]) == 0
+    zarr.open_array(out, mode="r+", path=f"{PROGRESS_GROUP}/done")[0, 0] = 0  # as if cut off
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            [
+                "predict",
+                str(scene / "." / "scene.tif"),
+                *args[:2],
+                "--model",
+                str(scene / "model"),
+                *args[4:],
+            ]
+        )
+        == 0
+    )
+    assert "1/12 regions computed (11 already done)" in capsys.readouterr().err
+
+
 def test_predict_cli__several_inputs_make_one_mosaic(scene, tmp_path):
     whole = rioxarray.open_rasterio(scene / "scene.tif")
     parts = []
