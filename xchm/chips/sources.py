@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -286,7 +286,8 @@ def _open_image(
                 **given,
             )
         )
-    return _regular(rioxarray.open_rasterio(src, chunks=chunks), where)
+    opened = cast(xr.DataArray, rioxarray.open_rasterio(src, chunks=chunks))  # one variable
+    return _regular(opened, where)
 
 
 def _open_chm(

@@ -236,7 +236,7 @@ def _progress(output: Path, state_path: Path) -> list[str]:
     return [str(p.relative_to(output)) for p in names if p.exists()]
 
 
-def _legacy_run(folder: Path, state_path: Path, config_type: type) -> bool:
+def _legacy_run(folder: Path, state_path: Path, config_type: Any) -> bool:
     """Recognise a run written before output markers: its config.json and state or metrics."""
     if not (state_path.is_file() or (folder / "metrics.jsonl").is_file()):
         return False
