@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from xchm.errors import InputError
 from xchm.models.card import BandStats
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def normalize_batch(raw: torch.Tensor, stats: Sequence[BandStats]) -> torch.Tens
     import torch
 
     if raw.ndim != 4 or raw.shape[1] != len(stats):
-        raise ValueError(f"expected (batch, {len(stats)}, h, w), got {tuple(raw.shape)}")
+        raise InputError(f"expected (batch, {len(stats)}, h, w), got {tuple(raw.shape)}")
     dev = raw.device
     clip = torch.tensor([s.clip_max for s in stats], device=dev).view(1, -1, 1, 1)
     mean = torch.tensor([s.mean for s in stats], device=dev).view(1, -1, 1, 1)
