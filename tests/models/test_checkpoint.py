@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import xchm
-from xchm.errors import InputError, ModelNotFoundError, WeightsError
+from xchm.errors import InputError, ModelNotFoundError, OutputExistsError, WeightsError
 from xchm.testing import write_meta_weights
 
 
@@ -80,6 +80,15 @@ def test_save__refuses_a_file_path(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(WeightsError, match="is a file"):
         xchm.load_model("test-tiny").save(tmp_path / "file")
+
+
+@pytest.mark.parametrize("name", ["card.json", "notes.txt"])
+def test_save__refuses_a_folder_that_is_not_a_checkpoint(tmp_path, name):
+    (tmp_path / name).write_text('{"mine": 1}')
+    with pytest.raises(OutputExistsError, match="not an xchm checkpoint"):
+        xchm.load_model("test-tiny").save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_text() == '{"mine": 1}'
 
 
 def test_card_json__documents_the_contract(tmp_path):

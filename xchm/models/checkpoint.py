@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xchm.errors import InputError, ModelNotFoundError, WeightsError
+from xchm.errors import InputError, ModelNotFoundError, OutputExistsError, WeightsError
 from xchm.models.backbone import adapt_patch_embed, build_backbone, set_rope_periods
 from xchm.models.card import ModelCard
 from xchm.models.decoder import CHMDecoder
@@ -57,12 +57,21 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
-    """Save ``model`` to ``directory`` (created if needed); return the directory."""
+    """Save ``model`` to ``directory`` (created if needed); return the directory.
+
+    ``directory`` must be new, empty or an xchm checkpoint (whose two files are
+    replaced, atomically each); a folder holding anything else is refused untouched.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory).expanduser()
     if directory.exists() and not directory.is_dir():
         raise WeightsError(f"cannot save a checkpoint to {str(directory)!r}: it is a file")
+    if directory.is_dir() and any(directory.iterdir()) and not _is_checkpoint(directory):
+        raise OutputExistsError(
+            f"cannot save a checkpoint to {str(directory)!r}: it is not empty and not an xchm "
+            "checkpoint; nothing in it is touched. Choose a new or empty folder"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors[_PERIODS_KEY] = model.backbone.rope.periods.detach().cpu().contiguous()
@@ -78,6 +87,15 @@ def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     _write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
     return directory
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """Tell whether ``directory`` holds an xchm checkpoint (which a save may replace)."""
+    try:
+        meta = json.loads((directory / CARD_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == _FORMAT
 
 
 def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
