@@ -20,11 +20,11 @@ import xarray as xr
 import xchm
 import xchm.chips
 from xchm.cli import main
+from xchm.models.normalize import prepare_inputs
 from xchm.training import TrainConfig, train
 from xchm.training import epoch as epoch_module
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
-from xchm.training.normalize import prepare_inputs
 from xchm.training.state import load_state
 
 #: Small, fast runs: 2-chip batches, no workers, no augmentation.

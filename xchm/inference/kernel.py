@@ -27,7 +27,7 @@ from xchm.inference.runtime import (
     use_cpu_threads,
 )
 from xchm.inference.windows import blend_weights, window_span
-from xchm.training.normalize import normalize_batch
+from xchm.models.normalize import normalize_batch
 
 __all__ = ["KernelConfig", "predict_block", "valid_mask"]
 

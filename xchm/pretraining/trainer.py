@@ -305,10 +305,10 @@ class _Run:
         """One optimisation step on a raw batch; returns its loss terms and diagnostics."""
         import torch
 
+        from xchm.models.normalize import prepare_inputs
         from xchm.pretraining.augment import multicrop
         from xchm.pretraining.heads import koleo_loss
         from xchm.pretraining.network import block_masks
-        from xchm.training.normalize import prepare_inputs
 
         cfg = self.cfg
         step = epoch * self.steps + index

@@ -35,7 +35,7 @@ an up-front plan (:mod:`xchm.training.plan`) instead of a sampler:
   (uint8, int8, int16 kept; uint16 -> int32, or kept with ``image_dtype="native"``;
   uint32 -> int64; floats -> float32; chips grouped by chunk within a batch), not
   normalised (do that on the device with
-  :func:`~xchm.training.normalize.normalize_batch`); ``height`` ``(B, y, x)`` float32
+  :func:`~xchm.models.normalize.normalize_batch`); ``height`` ``(B, y, x)`` float32
   in metres. **No-data convention:** a pixel missing in any image band (equal to the
   cube's ``nodata``, or NaN in a float image) has a NaN height in the batch, so a
   loss only needs the labels' NaN mask. With :func:`make_loader`, workers write

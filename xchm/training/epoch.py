@@ -7,9 +7,9 @@ from contextlib import nullcontext
 from typing import Any
 
 from xchm.errors import NonFiniteLossError
+from xchm.models.normalize import prepare_inputs
 from xchm.training.distributed import all_reduce_sum, wrap
 from xchm.training.losses import height_loss
-from xchm.training.normalize import prepare_inputs
 
 __all__ = ["autocast", "run_epoch", "validate"]
 

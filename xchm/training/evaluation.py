@@ -138,7 +138,7 @@ def evaluate(
     import torch
 
     from xchm.inference.runtime import evaluating
-    from xchm.training.normalize import normalize_batch
+    from xchm.models.normalize import normalize_batch
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

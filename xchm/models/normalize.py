@@ -1,7 +1,7 @@
 """Normalise raw image batches on the device, with a model card's statistics.
 
 The same arithmetic as :meth:`xchm.ModelCard.normalize` (NumPy), in torch, so that
-training and evaluation normalise on the GPU after moving compact raw DN there.
+training, evaluation and prediction normalise on the device after moving compact raw DN there.
 """
 
 from __future__ import annotations
