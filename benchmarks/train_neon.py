@@ -178,7 +178,7 @@ def median_baseline(cube: Any) -> dict[str, Any]:
 def last_epoch_model(run: Path) -> Any:
     """Load the model with the weights of the run's last epoch (``checkpoints/last.pt``)."""
     import xchm
-    from xchm.training.state import load_state
+    from xchm.runs.state import load_state
 
     net = xchm.load_model(run / "best")
     net.load_state_dict(load_state(run / "checkpoints" / "last.pt")["model"])

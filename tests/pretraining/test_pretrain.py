@@ -27,8 +27,8 @@ from xchm.pretraining import PretrainConfig, pretrain
 from xchm.pretraining.heads import IBOTLoss
 from xchm.pretraining.network import SelfDistillationNet, block_masks
 from xchm.pretraining.trainer import _Run
+from xchm.runs.state import load_state, save_state
 from xchm.training import TrainConfig
-from xchm.training.state import load_state, save_state
 
 from ..training.test_trainer import _count_steps, _learnable_scene
 

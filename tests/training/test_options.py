@@ -21,11 +21,11 @@ import xchm
 import xchm.chips
 from xchm.cli import main
 from xchm.models.normalize import prepare_inputs
+from xchm.runs.state import load_state
 from xchm.training import TrainConfig, train
 from xchm.training import epoch as epoch_module
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
-from xchm.training.state import load_state
 
 #: Small, fast runs: 2-chip batches, no workers, no augmentation.
 FAST = {"batch_size": 2, "num_workers": 0, "augment": False, "lr": 1e-3}

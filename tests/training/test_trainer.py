@@ -24,11 +24,11 @@ from xchm.errors import (
     XCHMWarning,
 )
 from xchm.outputs import prepare_output_dir
+from xchm.runs.state import load_state, save_state
 from xchm.training import TrainConfig, train
 from xchm.training import trainer as trainer_module
 from xchm.training.losses import height_loss
 from xchm.training.policy import apply_policy, trainable_block_count
-from xchm.training.state import load_state, save_state
 
 FAST = {
     "epochs": 4,

@@ -28,8 +28,8 @@ import numpy as np
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError, NonFiniteLossError, ResumeError
 from xchm.pretraining.config import PretrainConfig
-from xchm.training.epoch import autocast
-from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
+from xchm.runs.precision import autocast
+from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
 __all__ = ["pretrain", "PretrainResult"]
 
@@ -82,7 +82,7 @@ def pretrain(
         empty or a pretraining run (see ``xchm.outputs``); nothing else is touched.
     resume
         Continue the run in ``output`` from its last checkpoint; the cube, model,
-        weights and config must be the run's own (:mod:`xchm.training.job`).
+        weights and config must be the run's own (:mod:`xchm.runs.job`).
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
@@ -117,8 +117,8 @@ def pretrain(
     import torch
 
     from xchm.pretraining.data import ImageBatches
-    from xchm.training.distributed import process_group, resolve_device
-    from xchm.training.job import fingerprint
+    from xchm.runs.distributed import process_group, resolve_device
+    from xchm.runs.job import fingerprint
 
     cfg = config or PretrainConfig()
     cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
@@ -176,7 +176,7 @@ class _Run:
     model_name: str | Path
     weights: str | Path | None
     job: dict[str, Any] = field(default_factory=dict)
-    """The run's fingerprint (:mod:`xchm.training.job`), saved with its state."""
+    """The run's fingerprint (:mod:`xchm.runs.job`), saved with its state."""
 
     # -- set-up -----------------------------------------------------------------------
     def build(self) -> None:
@@ -250,7 +250,7 @@ class _Run:
 
     # -- the loop ---------------------------------------------------------------------
     def loop(self, state: dict[str, Any], progress: bool) -> PretrainResult:
-        from xchm.training.distributed import wrap
+        from xchm.runs.distributed import wrap
 
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         epoch, batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
@@ -273,7 +273,7 @@ class _Run:
         import torch
         from tqdm.auto import tqdm
 
-        from xchm.training.distributed import all_reduce_sum
+        from xchm.runs.distributed import all_reduce_sum
 
         sums = {k: float(v) for k, v in partial.items() if k != "seconds"}
         t0 = time.perf_counter() - float(partial.get("seconds", 0.0))  # resumed: time so far

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Any
 
 from xchm.errors import NonFiniteLossError
 from xchm.models.normalize import prepare_inputs
-from xchm.training.distributed import all_reduce_sum, wrap
+from xchm.runs.distributed import all_reduce_sum, wrap
+from xchm.runs.precision import autocast
 from xchm.training.losses import height_loss
 
-__all__ = ["autocast", "run_epoch", "validate"]
-
-
-def autocast(device: Any, mixed_precision: bool) -> Any:
-    """bf16 autocast on a CUDA device when asked for, else a no-op context."""
-    import torch
-
-    if device.type == "cuda" and mixed_precision:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+__all__ = ["run_epoch", "validate"]
 
 
 def _stream(run: Any, split: str, *, train: bool) -> Any:

@@ -23,8 +23,8 @@ import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError, ResumeError
+from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 from xchm.training.config import TrainConfig
-from xchm.training.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
 __all__ = ["train", "TrainResult"]
 
@@ -75,7 +75,7 @@ def train(
         a training run (see ``xchm.outputs``); nothing else in it is touched.
     resume
         Continue the run in ``output`` from its last checkpoint; the cube, model,
-        weights and config must be the run's own (:mod:`xchm.training.job`).
+        weights and config must be the run's own (:mod:`xchm.runs.job`).
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
@@ -189,8 +189,8 @@ class _Run:
     ) -> _Run:
         import torch
 
-        from xchm.training.distributed import process_group, resolve_device
-        from xchm.training.job import fingerprint
+        from xchm.runs.distributed import process_group, resolve_device
+        from xchm.runs.job import fingerprint
 
         rank, world, local = process_group()
         dev = resolve_device(device, local)  # before the run directory is created

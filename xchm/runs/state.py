@@ -1,4 +1,4 @@
-"""Training checkpoints: everything needed to continue a run exactly.
+"""Run state (training and pretraining): everything needed to continue a run exactly.
 
 ``checkpoints/last.pt`` holds the model and optimizer state, the scheduler, every
 RNG state, the data position (epoch and batches done), the history and the
@@ -117,7 +117,7 @@ def open_run(
     :mod:`xchm.outputs`): nothing else in it is ever touched. A new run refuses a
     run that made progress (a checkpoint, metrics or a saved model) and replaces one
     killed before its first checkpoint. A resumed run needs its state, the very same
-    config and the same job (:mod:`xchm.training.job`: cube, model, weights, number
+    config and the same job (:mod:`xchm.runs.job`: cube, model, weights, number
     of processes); whatever differs is named, before any work. Rank 0 creates and
     marks the directory and writes ``config.json``; the other ranks only read.
 
@@ -130,7 +130,7 @@ def open_run(
     config
         The run's config as a dict (``config.json``, compared on resume).
     job
-        The fingerprint of this call's inputs (:func:`xchm.training.job.fingerprint`).
+        The fingerprint of this call's inputs (:func:`xchm.runs.job.fingerprint`).
     resume
         Continue the run in ``output``.
     rank
@@ -206,7 +206,7 @@ def check_resume(
 ) -> None:
     """Refuse (:class:`~xchm.errors.ResumeError`) a state of another job, naming what differs."""
     from xchm.errors import ResumeError, XCHMWarning
-    from xchm.training.job import differences
+    from xchm.runs.job import differences
 
     found = []
     if state.get("job") is None:

@@ -4,8 +4,8 @@ import pytest
 
 import xchm
 import xchm.chips
-from xchm.training.job import differences, fingerprint, source_identity
-from xchm.training.state import save_model_dir
+from xchm.runs.job import differences, fingerprint, source_identity
+from xchm.runs.state import save_model_dir
 
 
 def test_save_model_dir__replaces_an_earlier_save(tmp_path):
@@ -38,7 +38,7 @@ def test_save_model_dir__a_failed_save_keeps_the_previous_one(tmp_path):
 # -- the job fingerprint that resume checks -----------------------------------------------
 @pytest.fixture(scope="module")
 def small_cube(tmp_path_factory):
-    from .test_trainer import _learnable_scene
+    from ..training.test_trainer import _learnable_scene
 
     img, chm = _learnable_scene(256)
     return xchm.chips.build(
