@@ -166,7 +166,7 @@ def median_baseline(cube: Any) -> dict[str, Any]:
     """
     import numpy as np
 
-    from xchm.training.metrics import height_metrics
+    from xchm.evaluation.metrics import height_metrics
 
     train, val = cube.sel(split="train"), cube.sel(split="val")
     _, train_h = train.read(np.arange(len(train)))

@@ -24,10 +24,11 @@ from xchm.errors import (
     XCHMError,
     XCHMWarning,
 )
+from xchm.evaluation import evaluate, evaluate_raster
 from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr, write_cog
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 from xchm.pretraining import PretrainConfig, PretrainResult, pretrain
-from xchm.training import TrainConfig, TrainResult, evaluate, evaluate_raster, train
+from xchm.training import TrainConfig, TrainResult, train
 
 __all__ = [
     "BandError",

@@ -30,9 +30,9 @@ __all__ = ["add_evaluate_parser", "add_train_parser"]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from xchm.evaluation.cube import evaluate
+    from xchm.evaluation.report import format_metrics, jsonable
     from xchm.models.presets import PRESETS
-    from xchm.training.evaluation import evaluate
-    from xchm.training.report import format_metrics, jsonable
 
     if args.model in PRESETS:
         logging.getLogger("xchm").warning(

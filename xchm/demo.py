@@ -421,7 +421,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Score the model and the train-mean baseline on held-out data; write the report."""
     import xchm
-    from xchm.training.metrics import height_metrics
+    from xchm.evaluation.metrics import height_metrics
 
     if real:  # whole held-out plots, chip by chip
         m = xchm.evaluate(checkpoint, cube, split="val", report=out / "report", progress=False)

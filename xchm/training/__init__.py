@@ -1,22 +1,22 @@
-"""Training and evaluation of canopy height models on chip cubes.
+"""Fine-tuning canopy height models on chip cubes: streaming data, the loop, policies.
 
 Importing this package is light; torch is imported by the functions that run.
+
+Layering: training may import :mod:`xchm.models`, :mod:`xchm.inference`,
+:mod:`xchm.runs` (run state, DDP, autocast), :mod:`xchm.chips` (the cubes it
+reads) and the leaf utilities (:mod:`xchm.errors`, :mod:`xchm.outputs`); never
+evaluation, pretraining, stac or the command line. Scoring a trained model is
+:mod:`xchm.evaluation`'s (``xchm.evaluate``).
 """
 
 from xchm.training.config import LOSSES, POLICIES, SCHEDULERS, TrainConfig
-from xchm.training.evaluation import evaluate, evaluate_raster
-from xchm.training.metrics import MetricAccumulator, height_metrics
 from xchm.training.trainer import TrainResult, train
 
 __all__ = [
     "LOSSES",
     "POLICIES",
     "SCHEDULERS",
-    "MetricAccumulator",
     "TrainConfig",
     "TrainResult",
-    "evaluate",
-    "evaluate_raster",
-    "height_metrics",
     "train",
 ]

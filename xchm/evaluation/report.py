@@ -1,6 +1,6 @@
 """Evaluation reports: ``metrics.json``, PNG plots and a short text table.
 
-Kept apart from :mod:`xchm.training.evaluation` so that module holds the data flow
+Kept apart from :mod:`xchm.evaluation.cube` so that module holds the data flow
 and this one the presentation. Plots use matplotlib's object API on an Agg canvas
 (no pyplot, no global backend switch, safe in threads); matplotlib is imported
 only when a report is written. Every file is written under a temporary name in the
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from xchm.errors import MissingDependencyError
+from xchm.evaluation.metrics import HistogramAccumulator
 from xchm.outputs import prepare_output_dir
-from xchm.training.metrics import HistogramAccumulator
 
 __all__ = ["format_metrics", "jsonable", "prepare_report_dir", "write_report"]
 
@@ -240,7 +240,7 @@ def write_report(
         Report directory: created if absent; must be empty or, with ``overwrite``,
         an earlier report (see :func:`prepare_report_dir`).
     result
-        What :func:`~xchm.training.evaluate` returns (metrics dict).
+        What :func:`~xchm.evaluate` returns (metrics dict).
     hist
         The (reference, prediction) histogram of the same pixels.
     examples
@@ -289,7 +289,7 @@ def format_metrics(result: dict[str, Any]) -> str:
     Examples
     --------
     >>> import numpy as np
-    >>> from xchm.training.metrics import height_metrics
+    >>> from xchm.evaluation.metrics import height_metrics
     >>> print(format_metrics(height_metrics(np.array([1.0, 3]), np.array([1.5, 2]))))
                    pixels      MAE     RMSE     bias       R2  Pearson r2
     all                 2    0.750    0.791   +0.250   -9.000       1.000

@@ -5,7 +5,7 @@ order, one whole 256-chip chunk at a time (the next chunk is read in a backgroun
 thread while the model runs), so memory is a couple of chunks plus one batch
 whatever the cube size. Image pixels that are nodata/NaN in any band are fed to the
 model as 0 after normalisation (the band mean, as in training) and left out of the
-metrics. Metrics are sums (:class:`~xchm.training.metrics.MetricAccumulator`), so
+metrics. Metrics are sums (:class:`~xchm.evaluation.metrics.MetricAccumulator`), so
 per-scene tables and the baseline come from the same pass.
 
 :func:`evaluate_raster` compares two aligned rasters (say, a predicted mosaic and
@@ -33,14 +33,14 @@ import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import BandError, InputError, XCHMWarning
-from xchm.training.metrics import (
+from xchm.evaluation.metrics import (
     DEFAULT_CLASSES,
     Classes,
     HistogramAccumulator,
     MetricAccumulator,
 )
-from xchm.training.raster import evaluate_raster
-from xchm.training.report import prepare_report_dir, write_report
+from xchm.evaluation.raster import evaluate_raster
+from xchm.evaluation.report import prepare_report_dir, write_report
 
 __all__ = ["evaluate", "evaluate_raster"]
 
@@ -98,7 +98,7 @@ def evaluate(
     Returns
     -------
     dict
-        The keys of :func:`~xchm.training.metrics.height_metrics` (``mae``, ``rmse``,
+        The keys of :func:`~xchm.evaluation.metrics.height_metrics` (``mae``, ``rmse``,
         ``bias``, ``r2``, ``pearson_r2``, ``n_pixels``, ``classes``), plus ``model``
         (preset name or checkpoint path), ``cube`` (path), ``split``, ``n_chips``,
         ``baseline`` (the same metrics for predicting the constant ``height``, the
@@ -131,7 +131,7 @@ def evaluate(
 
     Examples
     --------
-    >>> result = xchm.training.evaluate("runs/a/best", "chips.zarr")  # doctest: +SKIP
+    >>> result = xchm.evaluate("runs/a/best", "chips.zarr")  # doctest: +SKIP
     >>> result["mae"], result["baseline"]["mae"]  # doctest: +SKIP
     (1.31, 3.87)
     """

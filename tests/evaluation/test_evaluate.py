@@ -1,4 +1,4 @@
-"""xchm.training.evaluate / evaluate_raster and ``xchm evaluate`` (CPU, test-tiny)."""
+"""xchm.evaluate / evaluate_raster and ``xchm evaluate`` (CPU, test-tiny)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import xchm
 import xchm.chips
 from xchm.cli import main
 from xchm.errors import BandError, InputError, OutputExistsError, PathNotFoundError, XCHMWarning
+from xchm.evaluation import evaluate, evaluate_raster
+from xchm.evaluation.metrics import height_metrics
 from xchm.models.normalize import normalize_batch
 from xchm.outputs import MARKER
-from xchm.training import evaluate, evaluate_raster
-from xchm.training.metrics import height_metrics
 
 CRS = "EPSG:32617"
 KEYS = ("mae", "rmse", "bias", "r2", "pearson_r2")

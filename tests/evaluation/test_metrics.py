@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xchm.errors import InputError
-from xchm.training.metrics import (
+from xchm.evaluation.metrics import (
     DEFAULT_CLASSES,
     HistogramAccumulator,
     MetricAccumulator,

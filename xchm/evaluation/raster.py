@@ -3,7 +3,7 @@
 Both rasters must share one grid (CRS, transform, shape); the function refuses to
 resample on its own, because the choice of resampling changes the scores. With
 Dask-backed inputs (files are opened lazily), each pair of blocks is reduced to
-the few sums of a :class:`~xchm.training.metrics.MetricAccumulator` (and a 2-D
+the few sums of a :class:`~xchm.evaluation.metrics.MetricAccumulator` (and a 2-D
 histogram) and the sums are added up in a tree, so memory stays at a few blocks
 per worker thread whatever the mosaic size.
 """
@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from xchm.errors import InputError, PathNotFoundError
-from xchm.training.metrics import DEFAULT_CLASSES, Classes, HistogramAccumulator, MetricAccumulator
+from xchm.evaluation.metrics import (
+    DEFAULT_CLASSES,
+    Classes,
+    HistogramAccumulator,
+    MetricAccumulator,
+)
 
 __all__ = ["evaluate_raster"]
 
@@ -155,7 +160,7 @@ def evaluate_raster(
     Returns
     -------
     dict
-        The keys of :func:`~xchm.training.metrics.height_metrics` plus ``pred``,
+        The keys of :func:`~xchm.evaluation.metrics.height_metrics` plus ``pred``,
         ``reference`` (paths or names), ``shape``, ``crs`` and, with ``report``,
         ``report``. Pixels NaN or nodata in either raster are left out.
 
@@ -174,11 +179,11 @@ def evaluate_raster(
 
     Examples
     --------
-    >>> m = xchm.training.evaluate_raster("chm_pred.tif", "lidar_chm.tif")  # doctest: +SKIP
+    >>> m = xchm.evaluate_raster("chm_pred.tif", "lidar_chm.tif")  # doctest: +SKIP
     >>> m["mae"], m["classes"][-1]["bias"]  # doctest: +SKIP
     (2.4, -3.1)
     """
-    from xchm.training.report import prepare_report_dir, write_report
+    from xchm.evaluation.report import prepare_report_dir, write_report
 
     report_dir = None if report is None else prepare_report_dir(report, overwrite=overwrite)
     p_arr, p_name = _open(pred, "pred")
