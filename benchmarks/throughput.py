@@ -1,7 +1,7 @@
 """Throughput of ``xchm.predict`` per device: windows/s, km2/h, MFU and where the time goes.
 
 The benchmark of issue 4 (``xchm bench`` runs the same measurements, from
-:mod:`xchm.inference.throughput`; this script adds the machine's description).
+:mod:`xchm.inference.benchmark`; this script adds the machine's description).
 
 Input: one synthetic scene of ``--size`` x ``--size`` pixels (default 256 on the
 CPU, 8192 on CUDA), uint16 DN, bands nir/red/green, EPSG:32617, ``--pixel-size``
@@ -24,7 +24,7 @@ run times
 * **read**: the input alone, ``image.data.compute()``;
 * **predict**: ``xchm.predict(image, model, overlap=O).compute()`` (the public
   path: graph, halo, reading, kernel, result in memory), with
-  ``xchm.inference.metrics.collect()`` around it for the kernel's own seconds per
+  ``xchm.inference.telemetry.collect()`` around it for the kernel's own seconds per
   stage (``h2d``, ``normalise``, ``model``, ``blend``; the last includes the copy
   back to the host) and the windows it ran;
 * **write**: the computed result to a Zarr store in the temporary folder.
@@ -84,7 +84,7 @@ from chip_cube import available_cores, cpu_model, load_average, versions  # noqa
 
 from xchm.cli_bench import add_bench_arguments, config_from_args, environment, format_tables  # noqa: E402
 from xchm.errors import InputError  # noqa: E402
-from xchm.inference.throughput import VITL_GFLOP, run  # noqa: E402
+from xchm.inference.benchmark import VITL_GFLOP, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """The ``xchm bench`` command: throughput of ``xchm.predict`` on this machine.
 
 Registered on :func:`xchm.cli.build_parser` by :func:`add_bench_parser`; the
-measurements are :func:`xchm.inference.throughput.run`'s, the same as
+measurements are :func:`xchm.inference.benchmark.run`'s, the same as
 ``benchmarks/throughput.py`` (which shares these options through
 :func:`add_bench_arguments` and :func:`format_tables`). Progress goes to stderr,
 the markdown tables to stdout. As in :mod:`xchm.cli`, torch is imported only when
@@ -50,8 +50,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     argparse.ArgumentParser
         ``parser``.
     """
+    from xchm.inference.benchmark import DEFAULT_PRESETS, SOURCES
     from xchm.inference.predict import DEFAULT_OVERLAP
-    from xchm.inference.throughput import DEFAULT_PRESETS, SOURCES
 
     p = parser
     p.add_argument(
@@ -107,14 +107,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """Return the :class:`~xchm.inference.throughput.BenchConfig` of parsed options.
+    """Return the :class:`~xchm.inference.benchmark.BenchConfig` of parsed options.
 
     Raises
     ------
     InputError
         Bad options (all problems in one message).
     """
-    from xchm.inference.throughput import BenchConfig
+    from xchm.inference.benchmark import BenchConfig
 
     return BenchConfig(
         presets=tuple(args.presets),
@@ -149,7 +149,7 @@ def _scheduler(row: dict[str, Any]) -> str:
 
 
 def format_tables(result: dict[str, Any]) -> str:
-    """Markdown tables of :func:`~xchm.inference.throughput.run`'s result.
+    """Markdown tables of :func:`~xchm.inference.benchmark.run`'s result.
 
     Throughput (medians, min-max), the time split (shares of predict + write) and,
     when measured, the CPU-cluster scaling.
@@ -224,7 +224,7 @@ def _bench(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from xchm.inference.throughput import run
+    from xchm.inference.benchmark import run
 
     config = config_from_args(args)
     check_device(args.device)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xchm.inference.metrics import count_windows, stage
 from xchm.inference.runtime import (
     ModelSpec,
     choose_device,
@@ -26,6 +25,7 @@ from xchm.inference.runtime import (
     tune_cpu_allocator,
     use_cpu_threads,
 )
+from xchm.inference.telemetry import count_windows, stage
 from xchm.inference.windows import blend_weights, window_span
 from xchm.models.normalize import normalize_batch
 

@@ -4,7 +4,7 @@ The measuring core of ``xchm bench`` and ``benchmarks/throughput.py`` (which add
 the machine's description; the method is documented there). :func:`run` builds a
 synthetic scene, writes it as a COG to a temporary folder, and for each preset,
 source and overlap times the public path ``xchm.predict(image, model).compute()``,
-interleaved repeat by repeat, with :func:`xchm.inference.metrics.collect` around
+interleaved repeat by repeat, with :func:`xchm.inference.telemetry.collect` around
 it for the kernel's seconds per stage; it times reading the input alone and
 writing the result (Zarr) apart, and optionally repeats the prediction on
 ``xchm.cluster.start`` CPU clusters of 1, 2, ... worker processes.
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from xchm.errors import InputError
-from xchm.inference.metrics import STAGES, collect
 from xchm.inference.predict import DEFAULT_OVERLAP
+from xchm.inference.telemetry import STAGES, collect
 from xchm.inference.windows import window_span
 
 __all__ = ["BenchConfig", "PEAK_TFLOPS", "lattice_windows", "windows_run", "peak_tflops", "run"]

@@ -14,10 +14,10 @@ import pytest
 
 from xchm.cli_bench import add_bench_parser
 from xchm.errors import InputError, XCHMError
-from xchm.inference.throughput import BenchConfig, lattice_windows, windows_run
+from xchm.inference.benchmark import BenchConfig, lattice_windows, windows_run
 from xchm.inference.windows import window_span
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("read", "h2d", "normalise", "model", "blend", "write", "other")
 
 
