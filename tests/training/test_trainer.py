@@ -320,7 +320,7 @@ def test_train__resume_refuses_a_cube_built_again_at_the_same_path(tmp_path):
 def test_train__resume_refuses_another_preset_before_building_it(cube, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
-    monkeypatch.setattr(xchm, "load_model", _not_called)
+    monkeypatch.setattr(xchm.models.api, "load_model", _not_called)
     with pytest.raises(ResumeError, match="model: the run used 'test-tiny'.*'dinov3-vits16'"):
         train(cube, model="dinov3-vits16", config=ONE_STEP, output=out, resume=True)
 

@@ -224,9 +224,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def _predict(image: Any, model: Any, overlap: int, cfg: BenchConfig) -> Any:
-    import xchm
+    from xchm.inference.predict import predict
 
-    chm = xchm.predict(image, model, overlap=overlap, batch_size=cfg.batch_size, device=cfg.device)
+    chm = predict(image, model, overlap=overlap, batch_size=cfg.batch_size, device=cfg.device)
     return chm.compute()
 
 

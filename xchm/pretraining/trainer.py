@@ -458,22 +458,21 @@ class _Run:
 
 def _base_model(cube: ChipCube, model: str | Path, weights: str | Path | None, seed: int) -> Any:
     """Load the model whose backbone is pretrained, with the cube's bands and window."""
-    import xchm
-    from xchm.models.api import is_checkpoint
+    from xchm.models import api
 
     if Path(str(model)).is_dir():
-        net = xchm.load_model(model)
+        net = api.load_model(model)
         if net.card.bands != cube.bands:
             raise InputError(
                 f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
             )
         return net
     options: dict[str, Any] = {"bands": cube.bands, "window": cube.window, "seed": seed}
-    if not (weights is not None and is_checkpoint(weights)):
+    if not (weights is not None and api.is_checkpoint(weights)):
         options["statistics"] = cube.statistics  # else the checkpoint's own carry over
     if cube.pixel_size is not None:
         options["pixel_size"] = cube.pixel_size
-    return xchm.load_model(str(model), weights=weights, **options)
+    return api.load_model(str(model), weights=weights, **options)
 
 
 def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:

@@ -211,8 +211,7 @@ class _Run:
 
     # -- model ------------------------------------------------------------------------
     def build_model(self, model: str | Path, weights: str | Path | None) -> Any:
-        import xchm
-        from xchm.models.api import is_checkpoint
+        from xchm.models import api
 
         cube = self.cube
         options: dict[str, Any] = {
@@ -224,17 +223,17 @@ class _Run:
         if cube.pixel_size is not None:
             options["pixel_size"] = cube.pixel_size
         if Path(str(model)).is_dir():
-            net = xchm.load_model(model)
+            net = api.load_model(model)
             if net.card.bands != cube.bands:
                 raise InputError(
                     f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
                 )
         else:
-            if weights is not None and is_checkpoint(weights):
+            if weights is not None and api.is_checkpoint(weights):
                 # A pretrained xchm backbone (xchm.pretrain) was adapted to inputs
                 # normalised with its own card's statistics: keep them.
                 del options["statistics"]
-            net = xchm.load_model(str(model), weights=weights, **options)
+            net = api.load_model(str(model), weights=weights, **options)
         p = self.cfg.output_bias_percentile
         if p is not None and self.state is None:
             net.decoder.reset_output(_label_percentile(cube, p, self.cfg.seed))
