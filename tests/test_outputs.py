@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from xchm.errors import OutputError, OutputExistsError
-from xchm.outputs import MARKER, output_kind, prepare_output_dir, prepare_output_file
+from xchm.outputs import (
+    MARKER,
+    output_kind,
+    prepare_output_dir,
+    prepare_output_file,
+    write_atomic,
+)
 
 
 def test_prepare_output_dir__new_folder_is_created_and_marked(tmp_path):
@@ -85,3 +93,32 @@ def test_prepare_output_dir__marker_only_counts_as_empty(tmp_path):
     assert prepare_output_dir(tmp_path, "report") is False
     with pytest.raises(OutputExistsError, match="not a chip cube"):
         prepare_output_dir(tmp_path, "chip cube")
+
+
+def test_write_atomic__a_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(target, fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    write_atomic(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_write_atomic__owner_only_writers_get_normal_permissions(tmp_path):
+    def private(tmp):
+        tmp.write_text("x")
+        tmp.chmod(0o600)  # as safetensors creates its files
+
+    mask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "w", private)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "w").stat().st_mode & 0o777 == 0o644

@@ -28,7 +28,14 @@ from pathlib import Path
 
 from xchm.errors import OutputError, OutputExistsError
 
-__all__ = ["MARKER", "prepare_output_dir", "prepare_output_file", "output_kind", "mark"]
+__all__ = [
+    "MARKER",
+    "prepare_output_dir",
+    "prepare_output_file",
+    "output_kind",
+    "mark",
+    "write_atomic",
+]
 
 #: File that marks a folder as an xchm output; JSON ``{"kind": ..., "xchm": version}``.
 MARKER = ".xchm-output.json"
@@ -49,13 +56,35 @@ def mark(path: str | os.PathLike[str], kind: str) -> None:
     from xchm._version import __version__
 
     folder = Path(path)
-    tmp = folder / f"{MARKER}.tmp-{os.getpid()}"
+    text = json.dumps({"kind": kind, "xchm": __version__}) + "\n"
     try:
-        tmp.write_text(json.dumps({"kind": kind, "xchm": __version__}) + "\n")
-        os.replace(tmp, folder / MARKER)
+        write_atomic(folder / MARKER, lambda tmp: tmp.write_text(text))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write to {folder}: {err.strerror or err}") from err
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    A reader never sees half a file and a crash leaves the previous ``path`` (the
+    temporary file is removed on error). The file gets the permissions of a normal
+    new file (some writers, safetensors for one, create owner-only files).
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def prepare_output_dir(

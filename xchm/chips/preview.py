@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,9 +265,6 @@ def _draw_legend(sheet: Any, pillow: tuple[Any, Any, Any], vmax: float | None, t
 
 def _save_atomic(sheet: Any, out: Path) -> None:
     """Save as PNG under a temporary name next to ``out``, then rename."""
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        sheet.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from xchm.outputs import write_atomic
+
+    write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from xchm.errors import MissingDependencyError
 from xchm.evaluation.metrics import HistogramAccumulator
-from xchm.outputs import prepare_output_dir
+from xchm.outputs import prepare_output_dir, write_atomic
 
 __all__ = ["format_metrics", "jsonable", "prepare_report_dir", "write_report"]
 
@@ -79,14 +79,7 @@ def _is_old_report(folder: Path) -> bool:
 
 def _replace_into(directory: Path, name: str, write: Any) -> Path:
     """Call ``write(tmp_path)`` then rename the file to ``directory / name``."""
-    target = directory / name
-    tmp = directory / f".{name}.partial-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return write_atomic(directory / name, write)
 
 
 def _figure(width: float, height: float, *, constrained: bool = True) -> Any:

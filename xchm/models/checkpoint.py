@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from xchm.models.card import ModelCard
 from xchm.models.decoder import CHMDecoder
 from xchm.models.network import CanopyHeightModel
 from xchm.models.presets import DecoderSpec, get_preset
+from xchm.outputs import write_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CARD_FILE", "WEIGHTS_FILE"]
 
@@ -37,23 +37,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        # safetensors creates owner-only files; use the permissions of a normal file.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
@@ -76,7 +59,7 @@ def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors[_PERIODS_KEY] = model.backbone.rope.periods.detach().cpu().contiguous()
     weights = directory / WEIGHTS_FILE
-    _write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": _FORMAT}))
+    write_atomic(weights, lambda p: save_file(tensors, str(p), metadata={"format": _FORMAT}))
     meta = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -85,7 +68,7 @@ def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
         "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    _write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
+    write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
     return directory
 
 

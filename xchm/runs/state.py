@@ -10,7 +10,6 @@ arbitrary pickled objects.
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from pathlib import Path
@@ -54,13 +53,10 @@ def save_state(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file + rename)."""
     import torch
 
+    from xchm.outputs import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def save_model_dir(net: Any, dest: Path) -> None:
