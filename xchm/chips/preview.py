@@ -201,12 +201,11 @@ def _display_bands(bands: tuple[str, ...]) -> list[int]:
 
 def _quicklook(images: np.ndarray, bands: tuple[str, ...], nodata: float | None) -> np.ndarray:
     """(chips, band, y, x) -> (chips, y, x, 3) uint8, stretched 2-98 %, nodata black."""
+    from xchm.inference.kernel import valid_mask
+
     picks = _display_bands(bands)
     values = images[:, picks].astype(np.float64)
-    invalid = ~np.isfinite(values)
-    if nodata is not None and not math.isnan(nodata):
-        invalid |= values == nodata
-    missing = invalid.any(axis=1)  # a pixel missing in any shown band is black
+    missing = ~valid_mask(values, nodata, axis=1)  # missing in any shown band: black
     out = np.zeros(values.shape, dtype=np.uint8)
     for b in range(len(picks)):
         band = values[:, b]

@@ -573,12 +573,9 @@ def _too_few(n_valid: np.ndarray, s: CubeSettings) -> np.ndarray:
 
 def _valid_pixels(image: np.ndarray, nodata: float | None) -> np.ndarray:
     """(k, band, h, w) -> (k, h, w): valid in every band (finite, not nodata)."""
-    valid = np.ones(image.shape[:1] + image.shape[2:], dtype=bool)
-    if np.issubdtype(image.dtype, np.floating):
-        valid &= np.isfinite(image).all(axis=1)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        valid &= (image != nodata).all(axis=1)
-    return valid
+    from xchm.inference.kernel import valid_mask
+
+    return valid_mask(image, nodata, axis=1)
 
 
 def _per_chip(value: Any, k: int, dtype: Any) -> np.ndarray:

@@ -330,13 +330,10 @@ def _batches(
 
 
 def _missing(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(k, y, x) True where any band is NaN or nodata."""
-    missing = np.zeros((image.shape[0], *image.shape[2:]), dtype=bool)
-    if image.dtype.kind == "f":
-        missing |= np.isnan(image).any(axis=1)
-    if nodata is not None and not math.isnan(nodata):
-        missing |= (image == nodata).any(axis=1)
-    return missing
+    """(k, y, x) True where any band is not finite or is nodata."""
+    from xchm.inference.kernel import valid_mask
+
+    return ~valid_mask(image, nodata, axis=1)
 
 
 def _baseline_height(full: ChipCube, split: str | None) -> tuple[float, str]:

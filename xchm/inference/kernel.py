@@ -49,13 +49,17 @@ class KernelConfig:
         return 2 if self.uncertainty else 1
 
 
-def valid_mask(block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels where every band is finite and differs from ``nodata`` (band axis 0)."""
-    valid = np.ones(block.shape[1:], dtype=bool)
+def valid_mask(block: np.ndarray, nodata: float | None, *, axis: int = 0) -> np.ndarray:
+    """Pixels where every band is finite and differs from ``nodata`` (bands on ``axis``).
+
+    The one nodata rule of xchm: prediction, chip building, chip streaming, evaluation
+    and previews all call it.
+    """
+    valid = np.ones(block.shape[:axis] + block.shape[axis + 1 :], dtype=bool)
     if np.issubdtype(block.dtype, np.floating):
-        valid &= np.isfinite(block).all(axis=0)
+        valid &= np.isfinite(block).all(axis=axis)
     if nodata is not None and not np.isnan(nodata):
-        valid &= (block != nodata).all(axis=0)
+        valid &= (block != nodata).all(axis=axis)
     return valid
 
 

@@ -380,20 +380,15 @@ class ChipStream(IterableDataset[Batch]):
 
     def _mask_nodata(self, image: np.ndarray, height: np.ndarray) -> None:
         """Set heights to NaN where any image band is missing (in place)."""
+        from xchm.inference.kernel import valid_mask
+
         if image.size == 0:
             return
         nodata = self.nodata
         lo, hi = image.min(), image.max()  # cheap test first: most chunks have no gaps
-        check = nodata is not None and not np.isnan(nodata) and lo <= nodata <= hi
-        if image.dtype.kind == "f" and np.isnan(lo):
-            bad = np.isnan(image).any(axis=1)
-            if check:
-                bad |= (image == nodata).any(axis=1)
-        elif check:
-            bad = (image == nodata).any(axis=1)
-        else:
-            return
-        height[bad] = np.nan
+        gaps = image.dtype.kind == "f" and not np.isfinite([lo, hi]).all()
+        if gaps or (nodata is not None and not np.isnan(nodata) and lo <= nodata <= hi):
+            height[~valid_mask(image, nodata, axis=1)] = np.nan
 
 
 def make_loader(
