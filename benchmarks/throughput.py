@@ -82,7 +82,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chip_cube import available_cores, cpu_model, load_average, versions  # noqa: E402
 
-from xchm.cli_bench import add_bench_arguments, config_from_args, environment, format_tables  # noqa: E402
+from xchm.cli.bench import add_bench_arguments, config_from_args, environment, format_tables  # noqa: E402
 from xchm.errors import InputError  # noqa: E402
 from xchm.inference.benchmark import VITL_GFLOP, run  # noqa: E402
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from xchm.cli_reference import render
+from xchm.cli.reference import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_reference__docs_page_matches_the_parser():
     page = (ROOT / "docs" / "cli.md").read_text()
-    assert page == render(), "regenerate: python -m xchm.cli_reference > docs/cli.md"
+    assert page == render(), "regenerate: python -m xchm.cli.reference > docs/cli.md"
 
 
 @pytest.mark.slow

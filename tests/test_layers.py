@@ -75,12 +75,8 @@ def _imports(root: Path = PACKAGE) -> list[tuple[str, str, str]]:
     return found
 
 
-def _cli_room(room: str) -> str:
-    return "cli" if room.startswith("cli") else room
-
-
 def test_layers__every_room_has_a_layer():
-    rooms = {_cli_room(p.stem if p.is_file() else p.name) for p in PACKAGE.iterdir()}
+    rooms = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()}
     rooms = {r for r in rooms if not r.startswith((".", "py")) and r != "__pycache__"}
     missing = rooms - set(LAYERS)
     assert not missing, f"add these to LAYERS (and docs/development.md): {missing}"
@@ -89,7 +85,6 @@ def test_layers__every_room_has_a_layer():
 def test_layers__imports_only_go_down():
     upward = set()
     for path, src, dst in _imports():
-        src, dst = _cli_room(src), _cli_room(dst)
         if src != dst and LAYERS[dst] >= LAYERS[src] and (src, dst) not in SIBLINGS:
             upward.add(f"{path}: {src} imports {dst}")
     assert not upward, "imports that go up or sideways:\n" + "\n".join(sorted(upward))

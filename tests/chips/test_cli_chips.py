@@ -188,7 +188,7 @@ def test_chips__installed_entry_point_runs_info_and_exits_1_on_errors(cube, tmp_
 
 def test_cli_import__does_not_import_torch():
     code = (
-        "import sys, xchm.cli, xchm.cli_chips; xchm.cli.build_parser(); "
+        "import sys, xchm.cli, xchm.cli.chips; xchm.cli.build_parser(); "
         "print(','.join(m for m in ('torch', 'timm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xchm.cli_bench import add_bench_parser
+from xchm.cli.bench import add_bench_parser
 from xchm.errors import InputError, XCHMError
 from xchm.inference.benchmark import BenchConfig, lattice_windows, windows_run
 from xchm.inference.windows import window_span
@@ -22,7 +22,7 @@ STAGES = ("read", "h2d", "normalise", "model", "blend", "write", "other")
 
 
 def bench_main(argv):
-    """``xchm.cli.main(argv)``; until cli.py registers ``bench``, the same on a fresh parser."""
+    """``xchm.cli.main(argv)``; until xchm.cli registers ``bench``, the same on a fresh parser."""
     import xchm.cli
 
     commands = [a for a in xchm.cli.build_parser()._actions if a.dest == "command"]

@@ -2,8 +2,8 @@
 
 Sub-commands live in small functions registered in :func:`build_parser`; each
 imports what it needs, so ``xchm --help`` stays fast. The ``chips`` group lives in
-:mod:`xchm.cli_chips`; the parser class, option types, exit statuses and early
-checks shared by every command in :mod:`xchm.cli_common`.
+:mod:`xchm.cli.chips`; the parser class, option types, exit statuses and early
+checks shared by every command in :mod:`xchm.cli.common`.
 
 Every failure ends in one line ``xchm: error: ...`` on stderr and a documented exit
 status (1: the command failed, 2: usage); a traceback only with ``xchm --debug`` or
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from xchm._version import __version__
-from xchm.cli_bench import add_bench_parser
-from xchm.cli_chips import add_chips_parser
-from xchm.cli_common import (
+from xchm.cli.bench import add_bench_parser
+from xchm.cli.chips import add_chips_parser
+from xchm.cli.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -41,8 +41,8 @@ from xchm.cli_common import (
     positive_float,
     positive_int,
 )
-from xchm.cli_pretrain import add_pretrain_parser
-from xchm.cli_train import add_evaluate_parser, add_train_parser
+from xchm.cli.pretrain import add_pretrain_parser
+from xchm.cli.train import add_evaluate_parser, add_train_parser
 from xchm.errors import XCHMError
 
 # Kept in sync with xchm.inference.predict.DEFAULT_OVERLAP without importing xarray here.
@@ -169,7 +169,7 @@ def _predict(args: argparse.Namespace) -> int:
             args.model,
         )
     if args.stac:  # search -> load (xchm.stac), then the same predict and write
-        from xchm.stac._cli import stac_image
+        from xchm.cli.stac import stac_image
 
         image = stac_image(args)
     elif not args.input:
@@ -457,7 +457,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xchm: error: {describe(err)}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -19,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from xchm.cli_common import (
+from xchm.cli.common import (
     check_device,
     check_writable,
     device,

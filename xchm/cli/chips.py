@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xchm.cli_common import nonnegative_float, nonnegative_int, positive_float, positive_int
+from xchm.cli.common import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 __all__ = ["add_chips_parser", "parse_band_map", "read_pairs_csv"]
 

@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Any
 
-from xchm.cli_common import (
+from xchm.cli.common import (
     check_device,
     device,
     load_config,

@@ -2,7 +2,7 @@
 
 Generated, not written by hand, so the reference cannot drift from the parser: a
 test compares ``docs/cli.md`` with :func:`render`. Regenerate it with
-``python -m xchm.cli_reference > docs/cli.md``.
+``python -m xchm.cli.reference > docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def render() -> str:
     lines = [
         "# Command line",
         "",
-        "Generated from the parser (`python -m xchm.cli_reference > docs/cli.md`).",
+        "Generated from the parser (`python -m xchm.cli.reference > docs/cli.md`).",
         "",
         "Exit statuses: every command exits 0 on success; 1 when it fails (an input it",
         "cannot read, an output it may not write, a device that is missing, a scheduler",

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any
 
-from xchm.cli_common import (
+from xchm.cli.common import (
     check_device,
     device,
     load_config,

@@ -20,7 +20,7 @@ Layout: ``search.py`` (requests, retries, cloud cover, overflow), ``dates.py``
 (datetime parsing, per-year month windows), ``checks.py`` (search arguments),
 ``bands.py`` (which asset and band is nir, red, ...), ``load.py`` (odc-stac, CRS and
 pixel-budget guards, date mosaic), ``publish.py`` (the output's STAC Item),
-``_common.py`` (bbox, items, times), ``_cli.py`` (``xchm predict --stac``).
+``_common.py`` (bbox, items, times). ``xchm predict --stac`` is :mod:`xchm.cli.stac`.
 """
 
 from xchm.stac.load import load
