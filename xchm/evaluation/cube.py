@@ -18,7 +18,6 @@ below the baseline's has not learned anything from the imagery.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -215,31 +214,25 @@ def evaluate(
 
 # -- model and compatibility ---------------------------------------------------------------
 def _resolve_model(model: Any, device: str | None) -> tuple[Any, str, Any]:
-    """Return (model on its device, name for the report, device)."""
+    """Return (model on its device, name for the report, device).
+
+    The model comes from the loader the prediction workers use (one cache, one
+    checkpoint check); a caller's model object is evaluated in place on its own
+    device, or as a copy on another ``device``: it is never moved.
+    """
     import torch
 
-    from xchm.inference.runtime import choose_device
-    from xchm.models.api import load_model
-    from xchm.models.presets import PRESETS
+    from xchm.inference.runtime import choose_device, get_model, spec_for
 
-    if isinstance(model, str | os.PathLike):
-        name = str(model)
-        if name not in PRESETS:
-            name = str(Path(model).expanduser().resolve())
-        dev = choose_device(device)
-        return load_model(model).to(dev), name, dev
-    card = getattr(model, "card", None)
-    if card is None or not isinstance(model, torch.nn.Module):
-        raise InputError(
-            f"model must be a loaded xchm model, a checkpoint directory or a preset name, got "
-            f"{type(model).__name__}"
-        )
-    param = next(model.parameters(), None)
-    current = param.device if param is not None else torch.device("cpu")
-    dev = current if device is None else choose_device(device)
-    if dev != current:  # never move the caller's model: evaluate a copy on ``dev``
-        model = copy.deepcopy(model).to(dev)
-    return model, str(card.preset), dev
+    spec, card = spec_for(model)  # InputTypeError for anything that is not a model
+    if spec.kind == "local":
+        param = next(model.parameters(), None)
+        current = param.device if param is not None else torch.device("cpu")
+        dev = current if device is None else choose_device(device)
+        name = str(card.preset)
+    else:
+        dev, name = choose_device(device), spec.source
+    return get_model(spec, dev), name, dev
 
 
 def _check_compatible(card: Any, cube: ChipCube) -> None:
