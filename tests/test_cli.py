@@ -50,5 +50,5 @@ def test_cli__clusters_xchm_starts_listen_on_loopback_unless_host_says(monkeypat
     assert parser.parse_args(["demo", "--host", "0.0.0.0"]).host == "0.0.0.0"
     calls = []
     monkeypatch.setattr(xchm.cluster, "start", lambda *a, **k: calls.append((a, k)))
-    cli._scheduler("auto", "0.0.0.0")
+    cli.predict._scheduler("auto", "0.0.0.0")
     assert calls == [(("auto",), {"host": "0.0.0.0"})]

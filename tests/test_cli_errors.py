@@ -145,7 +145,7 @@ def test_cli__unexpected_errors_are_one_line_and_debug_shows_them(files, capsys,
     def bug(args):
         raise KeyError(101)
 
-    monkeypatch.setattr(cli, "_models", bug)
+    monkeypatch.setattr(cli.models, "_models", bug)
     code, line = run_main(["models"], capsys)
     assert code == 1 and "unexpected KeyError: 101" in line and "--debug" in line
     with pytest.raises(KeyError):
@@ -163,7 +163,7 @@ def test_cli__interrupt_exits_130(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_models", interrupted)
+    monkeypatch.setattr(cli.models, "_models", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err == "xchm: interrupted\n"
 

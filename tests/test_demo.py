@@ -96,7 +96,6 @@ def test_demo__a_previous_demo_is_replaced_only_with_overwrite(tmp_path, capsys)
 
 
 def test_demo__parser_minimum_size_is_the_demos():
-    assert cli.MIN_DEMO_SIZE == MIN_SIZE
     parser = cli.build_parser()
     assert parser.parse_args(["demo", "--size", str(MIN_SIZE)]).size == MIN_SIZE
     with pytest.raises(SystemExit):

@@ -49,8 +49,9 @@ def test_public_api__all_names_exist():
         assert hasattr(xchm, name), name
 
 
-def test_cli_default_overlap__matches_predict():
+def test_cli_default_overlap__is_predicts():
     from xchm import cli
     from xchm.inference import DEFAULT_OVERLAP
 
-    assert cli.DEFAULT_OVERLAP == DEFAULT_OVERLAP
+    args = cli.build_parser().parse_args(["predict", "a.tif", "-o", "b.tif", "--model", "m"])
+    assert args.overlap == DEFAULT_OVERLAP

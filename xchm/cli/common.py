@@ -26,6 +26,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_USAGE",
+    "HOST_HELP",
     "SCHEDULER_TIMEOUT_S",
     "Parser",
     "check_device",
@@ -45,6 +46,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: Seconds ``--scheduler ADDRESS`` waits for the scheduler to answer.
 SCHEDULER_TIMEOUT_S = 5
+#: Help of ``--host`` (``predict --scheduler auto`` and ``demo`` start clusters).
+HOST_HELP = (
+    "interface a cluster xchm starts listens on: scheduler, workers, dashboard (default "
+    "127.0.0.1: this machine only; 0.0.0.0: every interface, and the dashboard has no login)"
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,7 +1,7 @@
 """``xchm predict --stac URL ...``: the image to predict, from a STAC search.
 
-The options are declared in :mod:`xchm.cli` (so ``xchm --help`` imports nothing of
-this package); this module turns them into ``search`` -> ``load`` with the model
+The options are declared in :mod:`xchm.cli.predict`; this module, imported only
+when ``--stac`` is given, turns them into ``search`` -> ``load`` with the model
 card's bands.
 """
 

@@ -1,0 +1,275 @@
+"""The ``xchm predict`` command: a canopy height map from a GeoTIFF/COG/Zarr image.
+
+Registered on :func:`xchm.cli.build_parser` by :func:`add_predict_parser`. The
+``--stac`` options are declared here and turned into a search and load by
+:mod:`xchm.cli.stac`. As in every command, what the work needs is imported when it
+runs, so ``xchm --help`` stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from xchm.cli.common import (
+    HOST_HELP,
+    SCHEDULER_TIMEOUT_S,
+    check_device,
+    check_writable,
+    connect,
+    device,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from xchm.inference.predict import DEFAULT_OVERLAP
+
+__all__ = ["add_predict_parser"]
+
+
+def _open_image(path: Path, chunks: int) -> Any:
+    """Open a GeoTIFF/COG lazily (rioxarray) or a Zarr store (a band array or band variables)."""
+    import rioxarray
+    import xarray as xr
+
+    from xchm.errors import InputError, PathNotFoundError
+
+    if not path.exists():
+        raise PathNotFoundError(f"input {str(path)!r} does not exist")
+    if path.suffix == ".zarr" or path.is_dir():
+        try:
+            try:
+                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=True)
+            except (KeyError, ValueError, FileNotFoundError):  # no consolidated metadata
+                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=False)
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise InputError(
+                f"cannot read {str(path)!r} as a Zarr store ({type(err).__name__}: "
+                f"{err}); give a GeoTIFF/COG or a Zarr store of a (band, y, x) array"
+            ) from None
+        arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
+        return arrays[0] if len(arrays) == 1 else ds
+    try:
+        # The absolute path: a resumed store then recognises the same file however
+        # it is spelled on the command line (the input's token includes the path).
+        return rioxarray.open_rasterio(
+            str(path.resolve()), chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
+        )
+    except OSError as err:  # rasterio's RasterioIOError is an OSError
+        raise InputError(
+            f"cannot read {str(path)!r} as an image ({err}); give a GeoTIFF/COG (or a Zarr "
+            "store) with one band per model band"
+        ) from None
+
+
+def _scheduler(spec: str | None, host: str) -> Any:
+    """Return a context for ``--scheduler``: local threads, a new local cluster or an address."""
+    import contextlib
+
+    if spec in (None, "local"):
+        return contextlib.nullcontext(None)
+    if spec == "auto":
+        from xchm.cluster import start
+
+        return start("auto", host=host)
+    return connect(spec)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Refuse an output that cannot be written, before any work."""
+    from xchm.outputs import prepare_output_file
+
+    if output.suffix.lower() == ".zarr":  # its folders are made as needed
+        folder = output if output.is_dir() else output.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        check_writable(folder, output)
+    else:
+        prepare_output_file(output, overwrite=overwrite)
+        check_writable(output.parent, output)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import time
+
+    from xchm.errors import InputError
+    from xchm.inference import merge_scenes, predict, predict_to_zarr, write_cog
+    from xchm.inference.progress import WindowProgress
+    from xchm.inference.windows import window_span
+
+    output = Path(args.output)
+    zarr_out = output.suffix.lower() == ".zarr"
+    if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {str(output)!r}")
+    if args.int16_dm and zarr_out:
+        raise InputError("--int16-dm applies to GeoTIFF output only")
+    _check_output(output, args.overwrite)
+    if args.scheduler in (None, "local", "auto"):  # a remote cluster has its own devices
+        check_device(args.device)
+    from xchm.models.presets import PRESETS
+
+    if args.model in PRESETS:
+        logging.getLogger("xchm").warning(
+            "%s is a preset: its decoder is untrained, so heights are not meaningful; pass a "
+            "trained checkpoint directory with --model",
+            args.model,
+        )
+    if args.stac:  # search -> load (xchm.stac), then the same predict and write
+        from xchm.cli.stac import stac_image
+
+        image = stac_image(args)
+    elif not args.input:
+        raise InputError(
+            "give the image(s) to predict, or --stac URL with --collection, --bbox and --datetime"
+        )
+    elif len(args.input) > 1:
+        from xchm.errors import PathNotFoundError
+
+        missing = [p for p in args.input if not Path(p).exists()]
+        if missing:
+            raise PathNotFoundError(f"inputs do not exist: {', '.join(missing)}")
+        image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks)
+    else:
+        image = _open_image(Path(args.input[0]), args.chunks)
+    options = dict(
+        weights=args.weights,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        nodata=args.nodata,
+    )
+    with _scheduler(args.scheduler, args.host) as client:
+        if client is not None:
+            print(f"xchm: Dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        if zarr_out:  # region by region, resumable: the summary line is printed by it
+            ds = predict_to_zarr(
+                image,
+                args.model,
+                output,
+                region_size=args.region_size,
+                resume=not args.no_resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                **options,
+            )
+            if args.quiet:  # otherwise predict_to_zarr printed it already
+                print(ds.attrs["xchm_run"], file=sys.stderr)
+            print(f"wrote {output} ({ds['chm'].shape[0]}x{ds['chm'].shape[1]} px)")
+            return 0
+        chm = predict(image, args.model, **options)
+        window, stride = chm.attrs["xchm_window"], chm.attrs["xchm_window"] - args.overlap
+        height, width = chm.shape
+        total = (
+            window_span(0, height, window, stride).count
+            * window_span(0, width, window, stride).count
+        )
+        area = _area_km2(chm)
+        devices = len(client.scheduler_info()["workers"]) if client is not None else 1
+        start = time.perf_counter()
+        with WindowProgress(total, area_km2=area, disable=args.quiet or client is not None):
+            write_cog(chm, output, int16_dm=args.int16_dm, overwrite=args.overwrite)
+        elapsed = time.perf_counter() - start
+    rate = total / elapsed
+    where = f"{area:.3f} km2, " if area is not None else ""
+    print(
+        f"wrote {output} ({where}{height}x{width} px, {total} windows in {elapsed:.1f} s, "
+        f"{rate:.1f} windows/s, {rate / devices:.1f} per device ({devices} device(s)))"
+    )
+    return 0
+
+
+def _area_km2(chm: Any) -> float | None:
+    """Area of a map in a projected CRS (metres), else None."""
+    crs = chm.rio.crs
+    if crs is None or not crs.is_projected:
+        return None
+    res_x, res_y = chm.rio.resolution()
+    return float(abs(res_x * res_y) * chm.size / 1e6)
+
+
+def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register the ``predict`` command on the ``xchm`` sub-parsers ``sub``."""
+    pred = sub.add_parser(
+        "predict",
+        help="predict a canopy height map from a GeoTIFF/COG/Zarr image",
+        description="Predict canopy height (metres) chunk by chunk; memory is bounded by the "
+        "chunk size, not the scene size.",
+    )
+    pred.add_argument(
+        "input",
+        nargs="*",
+        help="GeoTIFF/COG or Zarr store with named bands; several GeoTIFFs in one CRS are "
+        "mosaicked (see --combine); none with --stac",
+    )
+    pred.add_argument("-o", "--output", required=True, help="output .tif (COG) or .zarr")
+    pred.add_argument(
+        "--model",
+        required=True,
+        help="trained checkpoint directory (or a preset name: untrained decoder, for testing)",
+    )
+    pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
+    pred.add_argument(
+        "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"
+    )
+    pred.add_argument("--chunks", type=positive_int, default=2048, help="chunk side in pixels")
+    pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
+    pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
+    pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
+    pred.add_argument("--int16-dm", action="store_true", help="write int16 decimetres, -9999")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    pred.add_argument(
+        "--combine",
+        choices=("first", "mean"),
+        default="first",
+        help="several inputs: first listed valid pixel wins (list newest first), or mean",
+    )
+    pred.add_argument(
+        "--scheduler",
+        help="'local' (threads, default), 'auto' (start a local cluster: one worker per GPU, "
+        f"or CPU workers) or a scheduler address (tcp://host:8786; {SCHEDULER_TIMEOUT_S} s to "
+        "answer)",
+    )
+    pred.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
+    pred.add_argument(
+        "--region-size",
+        type=positive_int,
+        default=8192,
+        help=".zarr output: pixels per region written and recorded at once (8192)",
+    )
+    pred.add_argument(
+        "--no-resume",
+        action="store_true",
+        help=".zarr output: refuse to continue an existing store (default: resume it)",
+    )
+    pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    stac = pred.add_argument_group(
+        "STAC search (instead of input files; pip install 'xchm[stac]', see docs/stac.md)"
+    )
+    stac.add_argument("--stac", metavar="URL", help="STAC API to search for the scenes")
+    stac.add_argument("--collection", action="append", help="collection id (repeatable)")
+    stac.add_argument(
+        "--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), help="area, degrees"
+    )
+    stac.add_argument("--datetime", help="interval to search, e.g. 2019/2024 or 2023-06/2023-09")
+    stac.add_argument(
+        "--months", default="7,8", help="months of each year (default 7,8: leaf-on) or 'all'"
+    )
+    stac.add_argument("--max-cloud", type=nonnegative_float, help="maximum eo:cloud_cover, percent")
+    stac.add_argument(
+        "--missing-cloud",
+        choices=("keep", "drop"),
+        help="items without eo:cloud_cover (NAIP has none); default with --max-cloud: drop, warn",
+    )
+    stac.add_argument("--crs", help="output CRS when the scenes are in several (EPSG:32618)")
+    stac.add_argument(
+        "--resolution", type=positive_float, help="output pixel size (default: native)"
+    )
+    stac.add_argument(
+        "--max-items", type=positive_int, default=1000, help="most items to use (1000)"
+    )
+    pred.set_defaults(func=_predict)
+    return pred
