@@ -13,7 +13,7 @@ the models are built for it), given to predict in two ways (``--sources``):
   ``rioxarray.open_rasterio(path, chunks=..., lock=False)`` (warm page cache: the
   file was just written, so this is decode cost, not disk I/O).
 
-Both use ``--chunk`` px Dask chunks (default 2048, the CLI's).
+Both use ``--chunk`` px Dask chunks (default 2048, ``BenchConfig.chunk``).
 
 For each preset in ``--presets`` (random weights, built with ``load_model`` on the
 device; default ``dinov3-vitl16-sat`` and ``dinov3-vits16``, ``test-tiny`` for smoke

@@ -55,3 +55,4 @@ def test_cli_default_overlap__is_predicts():
 
     args = cli.build_parser().parse_args(["predict", "a.tif", "-o", "b.tif", "--model", "m"])
     assert args.overlap == DEFAULT_OVERLAP
+    assert args.chunks is None  # the library's: DEFAULT_CHUNK, or xchm.stac.load's

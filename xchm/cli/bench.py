@@ -50,7 +50,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     argparse.ArgumentParser
         ``parser``.
     """
-    from xchm.inference.benchmark import DEFAULT_PRESETS, SOURCES
+    from xchm.inference.benchmark import DEFAULT_PRESETS, SOURCES, BenchConfig
     from xchm.inference.predict import DEFAULT_OVERLAP
 
     p = parser
@@ -63,7 +63,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--size", type=positive_int, help="scene side in px (default 256 on CPU, 8192 on CUDA)"
     )
-    p.add_argument("--chunk", type=positive_int, default=2048, help="Dask chunk side in px (2048)")
+    chunk, repeats = BenchConfig.chunk, BenchConfig.repeats
+    p.add_argument(
+        "--chunk", type=positive_int, default=chunk, help=f"Dask chunk side in px ({chunk})"
+    )
     p.add_argument(
         "--overlaps",
         type=nonnegative_int,
@@ -77,7 +80,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         default=list(SOURCES),
         help="inputs: memory (Dask over NumPy) and/or cog (a local COG) (default: both)",
     )
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=repeats, help=f"timed repeats (default {repeats})"
+    )
     p.add_argument(
         "--batch-size", type=positive_int, help="windows per model call (default: predict's)"
     )
@@ -96,8 +101,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--pixel-size",
         type=positive_float,
-        default=0.5,
-        help="pixel size in m for km2/h (0.5, WorldView)",
+        default=BenchConfig.pixel_size,
+        help=f"pixel size in m for km2/h ({BenchConfig.pixel_size}, WorldView)",
     )
     p.add_argument(
         "--peak-tflops", type=positive_float, help="device peak for MFU (default: from a table)"

@@ -19,7 +19,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xchm.cli.common import nonnegative_float, nonnegative_int, positive_float, positive_int
+from xchm.chips.builder import build as build_cube
+from xchm.chips.preview import preview
+from xchm.cli.common import (
+    default_of,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["add_chips_parser", "parse_band_map", "read_pairs_csv"]
 
@@ -214,7 +222,6 @@ def _info(args: argparse.Namespace) -> int:
 
 def _preview(args: argparse.Namespace) -> int:
     import xchm.chips
-    from xchm.chips.preview import preview
 
     cube = xchm.chips.open(args.store)
     out = preview(
@@ -299,8 +306,9 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="NAME=BAND",
         help="select and order bands, e.g. nir=4 red=3 green=2 (band number or description)",
     )
+    window = default_of(build_cube, "window")
     build.add_argument(
-        "--window", type=positive_int, default=64, help="chip side in px (default 64)"
+        "--window", type=positive_int, default=window, help=f"chip side in px (default {window})"
     )
     build.add_argument(
         "--stride", type=positive_int, help="px between chip origins (default: window)"
@@ -309,12 +317,15 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         "--resolution", type=positive_float, metavar="M", help="resample to M metres"
     )
     build.add_argument(
-        "--nodata", default="auto", metavar="V", help="image nodata: a number, none or auto"
+        "--nodata",
+        default=default_of(build_cube, "nodata"),
+        metavar="V",
+        help="image nodata: a number, none or auto",
     )
     build.add_argument(
         "--min-valid",
         type=nonnegative_float,
-        default=1.0,
+        default=default_of(build_cube, "min_valid"),
         metavar="F",
         help="valid share a chip needs",
     )
@@ -323,14 +334,22 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="keep chips without a height > 0 (images without CHM: always kept)",
     )
-    build.add_argument("--split", choices=("block", "scene", "random"), default="block")
+    build.add_argument(
+        "--split", choices=("block", "scene", "random"), default=default_of(build_cube, "split")
+    )
     build.add_argument("--val-fraction", type=nonnegative_float, default=0.2, metavar="F")
     build.add_argument("--test-fraction", type=nonnegative_float, default=0.0, metavar="F")
     build.add_argument(
-        "--block-size", type=positive_int, default=8, help="split block side in chips"
+        "--block-size",
+        type=positive_int,
+        default=default_of(build_cube, "block_size"),
+        help="split block side in chips",
     )
     build.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="seed of shuffle, split, statistics"
+        "--seed",
+        type=nonnegative_int,
+        default=default_of(build_cube, "seed"),
+        help="seed of shuffle, split, statistics",
     )
     build.add_argument("--overwrite", action="store_true", help="replace an existing store")
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -349,11 +368,18 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
     )
     prev.add_argument("store", help="chip cube (.zarr)")
     prev.add_argument("-o", "--output", required=True, help="output .png")
-    prev.add_argument("--n", type=positive_int, default=16, help="chips to show (default 16)")
+    n = default_of(preview, "n")
+    prev.add_argument("--n", type=positive_int, default=n, help=f"chips to show (default {n})")
     prev.add_argument("--split", help="only chips of this split (train, val, test)")
-    prev.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the pick")
-    prev.add_argument("--columns", type=positive_int, default=4, help="pairs per row")
-    prev.add_argument("--scale", type=positive_int, default=4, help="upscaling factor")
+    prev.add_argument(
+        "--seed", type=nonnegative_int, default=default_of(preview, "seed"), help="seed of the pick"
+    )
+    prev.add_argument(
+        "--columns", type=positive_int, default=default_of(preview, "columns"), help="pairs per row"
+    )
+    prev.add_argument(
+        "--scale", type=positive_int, default=default_of(preview, "scale"), help="upscaling factor"
+    )
     prev.add_argument("--overwrite", action="store_true", help="replace an existing file")
     prev.set_defaults(func=_preview)
     return chips

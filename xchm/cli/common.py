@@ -14,6 +14,7 @@ is given, distributed only when a scheduler address is.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -32,6 +33,7 @@ __all__ = [
     "check_device",
     "check_writable",
     "connect",
+    "default_of",
     "device",
     "int_at_least",
     "load_config",
@@ -65,6 +67,18 @@ class Parser(argparse.ArgumentParser):
         """Print ``message`` as one line and exit with status 2."""
         line = " ".join(message.split())
         self.exit(EXIT_USAGE, f"xchm: error: {line} (see '{self.prog} --help')\n")
+
+
+def default_of(function: Callable[..., Any], name: str) -> Any:
+    """Return the default of ``function``'s parameter ``name``: options take the library's.
+
+    Examples
+    --------
+    >>> def predict(image, overlap=16): ...
+    >>> default_of(predict, "overlap")
+    16
+    """
+    return inspect.signature(function).parameters[name].default
 
 
 def int_at_least(low: int) -> Callable[[str], int]:

@@ -12,20 +12,20 @@ from typing import Any
 from xchm.cli.common import (
     HOST_HELP,
     check_device,
+    default_of,
     device,
     int_at_least,
     nonnegative_int,
     positive_float,
     positive_int,
 )
-from xchm.demo import MIN_SIZE
+from xchm.cluster import LOOPBACK
+from xchm.demo import DEMO_SIZE, MIN_SIZE, run_demo
 
 __all__ = ["add_demo_parser"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from xchm.demo import run_demo
-
     check_device(args.device)
     summary = run_demo(
         args.out,
@@ -52,24 +52,34 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         "and evaluate it on held-out data; writes chm.tif, report/ and summary.json. Exits 3 if "
         "the model is not better than predicting the training mean.",
     )
-    demo.add_argument("--out", default="out/demo", help="output folder (out/demo)")
+    out, seed = default_of(run_demo, "out"), default_of(run_demo, "seed")
+    resolution, workers = default_of(run_demo, "resolution"), default_of(run_demo, "workers")
+    demo.add_argument("--out", default=out, help=f"output folder ({out})")
     demo.add_argument(
         "--size",
         type=int_at_least(MIN_SIZE),
-        default=1536,
-        help=f"synthetic scene side, px (1536; at least {MIN_SIZE})",
+        default=DEMO_SIZE,
+        help=f"synthetic scene side, px ({DEMO_SIZE}; at least {MIN_SIZE})",
     )
     demo.add_argument(
-        "--seed", type=nonnegative_int, default=0, help="seed of scene, split, training (0)"
+        "--seed",
+        type=nonnegative_int,
+        default=seed,
+        help=f"seed of scene, split, training ({seed})",
     )
     demo.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     demo.add_argument("--real", help="folder of NAME_rgb.tif + NAME_chm*.tif pairs to use instead")
     demo.add_argument(
-        "--resolution", type=positive_float, default=0.5, help="--real pixel size, m (0.5)"
+        "--resolution",
+        type=positive_float,
+        default=resolution,
+        help=f"--real pixel size, m ({resolution})",
     )
     demo.add_argument("--epochs", type=positive_int, help="training epochs (16 synthetic, 25 real)")
-    demo.add_argument("--workers", type=positive_int, default=1, help="CPU worker processes (1)")
-    demo.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
+    demo.add_argument(
+        "--workers", type=positive_int, default=workers, help=f"CPU worker processes ({workers})"
+    )
+    demo.add_argument("--host", default=LOOPBACK, help=HOST_HELP)
     demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)

@@ -20,15 +20,26 @@ from xchm.cli.common import (
     check_device,
     check_writable,
     connect,
+    default_of,
     device,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
-from xchm.inference.predict import DEFAULT_OVERLAP
+from xchm.cluster import LOOPBACK
+from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP
+from xchm.inference.scenes import merge_scenes
+from xchm.inference.to_zarr import DEFAULT_REGION_SIZE
+from xchm.stac.dates import DEFAULT_MONTHS
+from xchm.stac.load import DEFAULT_CHUNKS as STAC_CHUNKS
+from xchm.stac.search import search
 
 __all__ = ["add_predict_parser"]
+
+#: ``--months`` default: search's months (leaf-on), as the option spells them.
+MONTHS = ",".join(str(m) for m in DEFAULT_MONTHS)
+MAX_ITEMS = default_of(search, "max_items")
 
 
 def _open_image(path: Path, chunks: int) -> Any:
@@ -132,9 +143,9 @@ def _predict(args: argparse.Namespace) -> int:
         missing = [p for p in args.input if not Path(p).exists()]
         if missing:
             raise PathNotFoundError(f"inputs do not exist: {', '.join(missing)}")
-        image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks)
+        image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks or DEFAULT_CHUNK)
     else:
-        image = _open_image(Path(args.input[0]), args.chunks)
+        image = _open_image(Path(args.input[0]), args.chunks or DEFAULT_CHUNK)
     options = dict(
         weights=args.weights,
         overlap=args.overlap,
@@ -215,7 +226,11 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     pred.add_argument(
         "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"
     )
-    pred.add_argument("--chunks", type=positive_int, default=2048, help="chunk side in pixels")
+    pred.add_argument(
+        "--chunks",
+        type=positive_int,
+        help=f"chunk side in pixels (default {DEFAULT_CHUNK}; {STAC_CHUNKS} with --stac)",
+    )
     pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
     pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
@@ -224,7 +239,7 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     pred.add_argument(
         "--combine",
         choices=("first", "mean"),
-        default="first",
+        default=default_of(merge_scenes, "combine"),
         help="several inputs: first listed valid pixel wins (list newest first), or mean",
     )
     pred.add_argument(
@@ -233,12 +248,13 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
         f"or CPU workers) or a scheduler address (tcp://host:8786; {SCHEDULER_TIMEOUT_S} s to "
         "answer)",
     )
-    pred.add_argument("--host", default="127.0.0.1", help=HOST_HELP)
+    pred.add_argument("--host", default=LOOPBACK, help=HOST_HELP)
     pred.add_argument(
         "--region-size",
         type=positive_int,
-        default=8192,
-        help=".zarr output: pixels per region written and recorded at once (8192)",
+        default=DEFAULT_REGION_SIZE,
+        help=".zarr output: pixels per region written and recorded at once "
+        f"({DEFAULT_REGION_SIZE})",
     )
     pred.add_argument(
         "--no-resume",
@@ -256,7 +272,9 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     )
     stac.add_argument("--datetime", help="interval to search, e.g. 2019/2024 or 2023-06/2023-09")
     stac.add_argument(
-        "--months", default="7,8", help="months of each year (default 7,8: leaf-on) or 'all'"
+        "--months",
+        default=MONTHS,
+        help=f"months of each year (default {MONTHS}: leaf-on) or 'all'",
     )
     stac.add_argument("--max-cloud", type=nonnegative_float, help="maximum eo:cloud_cover, percent")
     stac.add_argument(
@@ -269,7 +287,10 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
         "--resolution", type=positive_float, help="output pixel size (default: native)"
     )
     stac.add_argument(
-        "--max-items", type=positive_int, default=1000, help="most items to use (1000)"
+        "--max-items",
+        type=positive_int,
+        default=MAX_ITEMS,
+        help=f"most items to use ({MAX_ITEMS})",
     )
     pred.set_defaults(func=_predict)
     return pred

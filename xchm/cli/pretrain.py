@@ -14,6 +14,7 @@ from typing import Any
 
 from xchm.cli.common import (
     check_device,
+    default_of,
     device,
     load_config,
     nonnegative_float,
@@ -96,7 +97,11 @@ def add_pretrain_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("cube", help="chip cube (.zarr), labeled or not")
     p.add_argument("-o", "--output", required=True, help="run directory")
-    p.add_argument("--model", default="dinov3-vitl16-sat", help="preset or checkpoint directory")
+    from xchm.pretraining import pretrain
+
+    p.add_argument(
+        "--model", default=default_of(pretrain, "model"), help="preset or checkpoint directory"
+    )
     p.add_argument("--weights", help="pretrained backbone weights for a preset (the start)")
     p.add_argument("--config", help="JSON file of PretrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")

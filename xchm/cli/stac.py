@@ -43,7 +43,7 @@ def parse_months(text: str) -> tuple[int, ...] | None:
 def stac_image(args: argparse.Namespace) -> Any:
     """Search ``args.stac`` and load the scenes with the model's bands, lazily."""
     from xchm.inference.runtime import spec_for
-    from xchm.stac.load import load
+    from xchm.stac.load import DEFAULT_CHUNKS, load
     from xchm.stac.search import search
 
     if args.input:
@@ -70,6 +70,6 @@ def stac_image(args: argparse.Namespace) -> Any:
         resolution=args.resolution,
         crs=args.crs,
         bbox=args.bbox,
-        chunks=args.chunks,
+        chunks=DEFAULT_CHUNKS if args.chunks is None else args.chunks,
         combine=args.combine,
     )

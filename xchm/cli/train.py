@@ -18,6 +18,7 @@ from typing import Any
 
 from xchm.cli.common import (
     check_device,
+    default_of,
     device,
     load_config,
     nonnegative_float,
@@ -92,15 +93,23 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     )
     ev.add_argument("model", help="trained checkpoint directory (or a preset name, for testing)")
     ev.add_argument("cube", help="chip cube (.zarr)")
+    from xchm.evaluation.cube import evaluate
+
+    split = default_of(evaluate, "split")
     ev.add_argument(
-        "--split", default="val", help="split to score: val (default), test, train or all"
+        "--split", default=split, help=f"split to score: {split} (default), test, train or all"
     )
     ev.add_argument("--per-scene", action="store_true", help="also score each scene")
     ev.add_argument(
         "--report", metavar="DIR", help="write metrics.json and PNG plots to this directory"
     )
     ev.add_argument("--overwrite", action="store_true", help="replace report files in DIR")
-    ev.add_argument("--batch-size", type=positive_int, default=64, help="chips per model call")
+    ev.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=default_of(evaluate, "batch_size"),
+        help="chips per model call",
+    )
     ev.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -181,7 +190,11 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("cube", help="chip cube (.zarr) with train and val chips")
     p.add_argument("-o", "--output", required=True, help="run directory")
-    p.add_argument("--model", default="dinov3-vitl16-sat", help="preset or checkpoint directory")
+    from xchm.training import train
+
+    p.add_argument(
+        "--model", default=default_of(train, "model"), help="preset or checkpoint directory"
+    )
     p.add_argument("--weights", help="pretrained backbone weights for a preset")
     p.add_argument("--config", help="JSON file of TrainConfig fields")
     p.add_argument("--resume", action="store_true", help="continue the run in --output")

@@ -53,7 +53,7 @@ class BenchConfig:
     size: int | None = None
     """Scene side in pixels (default 256 on the CPU, 8192 on CUDA)."""
     chunk: int = 2048
-    """Dask chunk side of both sources (the CLI's default)."""
+    """Dask chunk side of both sources (``xchm bench --chunk``'s default)."""
     overlaps: tuple[int, ...] = (0, DEFAULT_OVERLAP)
     """Window overlaps (stride = 64 - overlap)."""
     sources: tuple[str, ...] = SOURCES
