@@ -28,3 +28,20 @@ def test_docs__build_strict_without_warnings(tmp_path):
     assert "WARNING" not in done.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "predict_to_zarr" in api and "synthetic_landscape" in api
+
+
+def _documented_names() -> list[str]:
+    page = (ROOT / "docs" / "api.md").read_text()
+    return [line.split()[1] for line in page.splitlines() if line.startswith("::: ")]
+
+
+@pytest.mark.parametrize("name", _documented_names())
+def test_api_docs__every_documented_name_imports(name):
+    """No public name in the API reference may disappear in a reshaping."""
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    try:  # a documented module (``::: xchm.errors``) or a name inside one
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        assert hasattr(importlib.import_module(module), attr), f"{name} is gone"
