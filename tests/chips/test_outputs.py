@@ -17,6 +17,7 @@ import xchm.chips
 import xchm.outputs
 from xchm.chips import writer as writer_module
 from xchm.chips.preview import preview
+from xchm.chips.store import is_chip_cube
 from xchm.errors import (
     InputError,
     OutputError,
@@ -149,7 +150,7 @@ def test_build__a_finished_cube_has_no_marker_file_for_zarr_to_warn_about(
         members = dict(zarr.open_group(str(cube.path), mode="r").members())
     assert {"image", "height", "split"} <= set(members)
     # Its attrs still say whose it is.
-    assert writer_module.is_chip_cube(cube.path)
+    assert is_chip_cube(cube.path)
 
 
 def test_from_directories__overwrite_replaces_a_previous_cube(

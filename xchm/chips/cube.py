@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, store_path
-from xchm.chips.writer import KIND
+from xchm.chips.store import KIND
 from xchm.errors import InputError, PathNotFoundError
 from xchm.models.card import BandStats, ModelCard
 from xchm.outputs import output_kind

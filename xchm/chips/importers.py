@@ -42,7 +42,8 @@ from xchm.chips.cube import ChipCube, open_cube
 from xchm.chips.layout import store_path
 from xchm.chips.sources import _scene_date, resolve_bands
 from xchm.chips.splits import SplitRule
-from xchm.chips.writer import ChipWriter, CubeSettings, check_store
+from xchm.chips.store import check_store
+from xchm.chips.writer import ChipWriter, CubeSettings
 from xchm.errors import InputError, PathNotFoundError, XCHMWarning
 
 __all__ = ["from_directories"]

@@ -30,12 +30,11 @@ leaves a folder recognised as an (incomplete) chip cube, which ``overwrite``
 replaces. The marker file is removed once the cube is complete, because Zarr
 warns about a file it does not know on every listing of the group
 (``xr.open_zarr`` included); from then on the ``xchm`` attrs identify the cube
-(:func:`is_chip_cube`).
+(:func:`xchm.chips.store.is_chip_cube`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,22 +55,17 @@ from xchm.chips.layout import (
     compressors,
 )
 from xchm.chips.splits import SplitRule
+from xchm.chips.store import prepare_store
 from xchm.errors import InputError
 from xchm.models.card import statistics_from_pixels
-from xchm.outputs import MARKER, mark, output_kind, prepare_output_dir
+from xchm.outputs import MARKER
 
 __all__ = [
     "ChipWriter",
     "CubeSettings",
     "FILTER_RULES",
     "UNLABELED_FILTER_RULES",
-    "KIND",
-    "check_store",
-    "is_chip_cube",
 ]
-
-#: The output kind of a chip cube in :mod:`xchm.outputs` markers.
-KIND = "chip cube"
 
 #: Filter rules, in the order they are applied; each chip is counted by the first.
 FILTER_RULES = {
@@ -175,7 +169,7 @@ class ChipWriter:
         self.settings = settings
         self.inputs = list(inputs)
         self.created_by = created_by
-        _prepare_store(self.path, overwrite)
+        prepare_store(self.path, overwrite)
         # zarr.json and the attrs that make the folder a (still incomplete) cube: one write.
         self.group: Any = zarr.create_group(
             str(self.path),
@@ -594,61 +588,3 @@ def _given_labels(split: np.ndarray, k: int) -> np.ndarray:
     if unknown:
         raise InputError(f"split labels must be among {SPLITS}, got {unknown}")
     return labels
-
-
-def is_chip_cube(path: Path) -> bool:
-    """Tell whether ``path`` is a Zarr group with xchm chip cube attrs (complete or not).
-
-    Reads ``zarr.json`` directly: cheap, and a foreign or broken store is simply
-    not a chip cube.
-    """
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-        xchm = meta["attributes"]["xchm"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return isinstance(xchm, dict) and xchm.get("format") == FORMAT_NAME
-
-
-def _holds_cube(path: Path) -> bool:
-    kind = output_kind(path)
-    return kind == KIND or (kind is None and is_chip_cube(path))
-
-
-def _hint(path: Path) -> str:
-    """Return what the refusal of an existing cube at ``path`` tells the user to do."""
-    try:
-        complete = json.loads((path / "zarr.json").read_text())["attributes"]["xchm"]["complete"]
-    except (OSError, ValueError, KeyError, TypeError):
-        complete = False
-    if complete is True:
-        return "pass overwrite=True (CLI: --overwrite) to replace it"
-    return (
-        "its build did not finish (interrupted or failed); pass overwrite=True "
-        "(CLI: --overwrite) to build it again"
-    )
-
-
-def check_store(path: Path, overwrite: bool) -> None:
-    """Raise now, changing nothing, what :class:`ChipWriter` would raise for ``path``.
-
-    For importers, which read many files before the writer starts.
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    if path.is_dir() and (not any(path.iterdir()) or (overwrite and _holds_cube(path))):
-        return
-    # Anything else is refused before prepare_output_dir changes anything (one rule,
-    # one wording), except a folder holding only a chip cube's marker, which it takes
-    # as new (it only rewrites the marker).
-    prepare_output_dir(path, KIND, overwrite=overwrite, legacy=is_chip_cube, hint=_hint(path))
-
-
-def _prepare_store(path: Path, overwrite: bool) -> None:
-    """Make ``path`` new, empty, or a chip cube replaced (``overwrite``); see xchm.outputs."""
-    if overwrite and path.is_dir() and output_kind(path) is None and is_chip_cube(path):
-        # A finished cube has no marker file; mark it first so that a kill while it
-        # is being cleared leaves a folder still recognised as ours.
-        mark(path, KIND)
-    prepare_output_dir(path, KIND, overwrite=overwrite, legacy=is_chip_cube, hint=_hint(path))
