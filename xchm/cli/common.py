@@ -30,6 +30,8 @@ __all__ = [
     "HOST_HELP",
     "SCHEDULER_TIMEOUT_S",
     "Parser",
+    "add_run_arguments",
+    "run_config",
     "check_device",
     "check_writable",
     "connect",
@@ -207,6 +209,50 @@ def load_config(path: str, kind: str) -> dict[str, Any]:
             f"fields {example}"
         )
     return data
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser,
+    function: Callable[..., Any],
+    config_name: str,
+    options: dict[str, Any],
+    *,
+    weights_help: str,
+) -> None:
+    """Add the options ``xchm train`` and ``xchm pretrain`` share.
+
+    Run folder, model, weights, config file, resume, device, one option per
+    ``options`` field (help: ``config_name.field``) and ``-q``.
+    """
+    p.add_argument("-o", "--output", required=True, help="run directory")
+    p.add_argument(
+        "--model", default=default_of(function, "model"), help="preset or checkpoint directory"
+    )
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--config", help=f"JSON file of {config_name} fields")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.add_argument(
+        "--device", type=device, help="torch device (default: CUDA if present, else CPU)"
+    )
+    for name, kind in options.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{config_name}.{name}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def run_config(
+    args: argparse.Namespace, config_type: Any, options: dict[str, Any], **fixed: Any
+) -> Any:
+    """Return the run's config: ``--config`` file, then options given, then ``fixed``.
+
+    A bad config fails before the device is checked; both before any work.
+    """
+    settings: dict[str, Any] = {}
+    if args.config:
+        settings.update(load_config(args.config, config_type.__name__))
+    settings.update({n: getattr(args, n) for n in options if getattr(args, n) is not None})
+    config = config_type.from_dict({**settings, **fixed})
+    check_device(args.device)
+    return config
 
 
 def check_writable(folder: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

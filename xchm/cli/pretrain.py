@@ -13,14 +13,12 @@ import os
 from typing import Any
 
 from xchm.cli.common import (
-    check_device,
-    default_of,
-    device,
-    load_config,
+    add_run_arguments,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    run_config,
 )
 
 __all__ = ["add_pretrain_parser"]
@@ -47,15 +45,7 @@ _OPTIONS: dict[str, Any] = {
 def _pretrain(args: argparse.Namespace) -> int:
     from xchm.pretraining import PretrainConfig, pretrain
 
-    settings: dict[str, Any] = {}
-    if args.config:
-        settings.update(load_config(args.config, "PretrainConfig"))
-    for name in _OPTIONS:
-        value = getattr(args, name)
-        if value is not None:
-            settings[name] = value
-    config = PretrainConfig.from_dict(settings)  # a bad --config fails before the device check
-    check_device(args.device)
+    config = run_config(args, PretrainConfig, _OPTIONS)
     result = pretrain(
         args.cube,
         model=args.model,
@@ -96,20 +86,14 @@ def add_pretrain_parser(sub: Any) -> argparse.ArgumentParser:
         "override --config. DDP: torchrun --nproc_per_node=N -m xchm pretrain ...",
     )
     p.add_argument("cube", help="chip cube (.zarr), labeled or not")
-    p.add_argument("-o", "--output", required=True, help="run directory")
     from xchm.pretraining import pretrain
 
-    p.add_argument(
-        "--model", default=default_of(pretrain, "model"), help="preset or checkpoint directory"
+    add_run_arguments(
+        p,
+        pretrain,
+        "PretrainConfig",
+        _OPTIONS,
+        weights_help="pretrained backbone weights for a preset (the start)",
     )
-    p.add_argument("--weights", help="pretrained backbone weights for a preset (the start)")
-    p.add_argument("--config", help="JSON file of PretrainConfig fields")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output")
-    p.add_argument(
-        "--device", type=device, help="torch device (default: CUDA if present, else CPU)"
-    )
-    for name, kind in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"PretrainConfig.{name}")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_pretrain)
     return p

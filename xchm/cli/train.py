@@ -17,14 +17,15 @@ import os
 from typing import Any
 
 from xchm.cli.common import (
+    add_run_arguments,
     check_device,
     default_of,
     device,
-    load_config,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
+    run_config,
 )
 
 __all__ = ["add_evaluate_parser", "add_train_parser"]
@@ -120,17 +121,8 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from xchm.training import TrainConfig, train
 
-    settings: dict[str, Any] = {}
-    if args.config:
-        settings.update(load_config(args.config, "TrainConfig"))
-    for name in _TRAIN_OPTIONS:
-        value = getattr(args, name)
-        if value is not None:
-            settings[name] = value
-    if args.no_augment:
-        settings["augment"] = False
-    config = TrainConfig.from_dict(settings)  # a bad --config fails before the device check
-    check_device(args.device)
+    fixed = {"augment": False} if args.no_augment else {}
+    config = run_config(args, TrainConfig, _TRAIN_OPTIONS, **fixed)
     result = train(
         args.cube,
         model=args.model,
@@ -189,21 +181,15 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         "validating on its val split (see docs/training.md). Options override --config.",
     )
     p.add_argument("cube", help="chip cube (.zarr) with train and val chips")
-    p.add_argument("-o", "--output", required=True, help="run directory")
     from xchm.training import train
 
-    p.add_argument(
-        "--model", default=default_of(train, "model"), help="preset or checkpoint directory"
-    )
-    p.add_argument("--weights", help="pretrained backbone weights for a preset")
-    p.add_argument("--config", help="JSON file of TrainConfig fields")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output")
-    p.add_argument(
-        "--device", type=device, help="torch device (default: CUDA if present, else CPU)"
+    add_run_arguments(
+        p,
+        train,
+        "TrainConfig",
+        _TRAIN_OPTIONS,
+        weights_help="pretrained backbone weights for a preset",
     )
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
-    for name, kind in _TRAIN_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"TrainConfig.{name}")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
     return p
