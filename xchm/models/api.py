@@ -6,7 +6,6 @@ This module imports torch only inside its functions, so ``import xchm`` stays li
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -119,13 +118,11 @@ def _seeded(seed: int | None) -> Iterator[None]:
 
 
 def _file_identity(path: Path) -> dict[str, Any]:
+    from xchm.models.checkpoint import file_sha256
+
     info: dict[str, Any] = {"weights": path.name}
     if path.is_file() and path.stat().st_size < (4 << 30):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        info["weights_sha256"] = digest.hexdigest()
+        info["weights_sha256"] = file_sha256(path)
     return info
 
 
@@ -144,8 +141,7 @@ def create_model(
 ) -> CanopyHeightModel:
     """Build a new (untrained decoder) model from a preset; see :func:`load_model`."""
     from xchm.models.backbone import adapt_patch_embed, build_backbone
-    from xchm.models.decoder import CHMDecoder
-    from xchm.models.network import CanopyHeightModel
+    from xchm.models.network import assemble
     from xchm.models.weights import load_backbone_weights
 
     spec = get_preset(preset)
@@ -189,9 +185,7 @@ def create_model(
                 stacklevel=3,
             )
         adapt_patch_embed(backbone, card.band_map)
-        levels = max(len(card.feature_indices), 1)
-        decoder = CHMDecoder(spec.embed_dim, levels, spec.decoder, output_bias=output_bias)
-    return CanopyHeightModel(backbone, decoder, card, spec.decoder).eval()
+        return assemble(backbone, card, output_bias=output_bias)
 
 
 def _from_checkpoint_backbone(
@@ -213,9 +207,7 @@ def _from_checkpoint_backbone(
     its bands, band map and (unless given) statistics carry over from its card.
     """
     from xchm.models.backbone import build_backbone, get_rope_periods, set_rope_periods
-    from xchm.models.checkpoint import load_checkpoint
-    from xchm.models.decoder import CHMDecoder
-    from xchm.models.network import CanopyHeightModel
+    from xchm.models.network import assemble, load_checkpoint
 
     source = load_checkpoint(path)
     card = source.card
@@ -254,9 +246,7 @@ def _from_checkpoint_backbone(
         backbone.patch_embed.proj = source.backbone.patch_embed.proj
         backbone.load_state_dict(source.backbone.state_dict(), strict=True)
         set_rope_periods(backbone, get_rope_periods(source.backbone))
-        levels = max(len(new_card.feature_indices), 1)
-        decoder = CHMDecoder(spec.embed_dim, levels, spec.decoder, output_bias=output_bias)
-    return CanopyHeightModel(backbone, decoder, new_card, spec.decoder).eval()
+        return assemble(backbone, new_card, output_bias=output_bias)
 
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
@@ -360,7 +350,7 @@ def load_model(
         )
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        from xchm.models.checkpoint import load_checkpoint
+        from xchm.models.network import load_checkpoint
 
         model = load_checkpoint(path)
         given = [k for k, v in options.items() if v is not None]

@@ -4,24 +4,29 @@
 weights file, so a card and weights from different runs are never mixed silently.
 Files are written to a temporary name and renamed, so an interrupted save leaves
 the previous checkpoint intact.
+
+This module is the file format only: it reads and writes tensors and the card and
+never builds a network (:func:`xchm.models.network.load_checkpoint` does), so the
+network module can import it without a cycle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from xchm.errors import InputError, ModelNotFoundError, OutputExistsError, WeightsError
-from xchm.models.backbone import adapt_patch_embed, build_backbone, set_rope_periods
+from xchm.errors import ModelNotFoundError, OutputExistsError, WeightsError
 from xchm.models.card import ModelCard
-from xchm.models.decoder import CHMDecoder
-from xchm.models.network import CanopyHeightModel
 from xchm.models.presets import DecoderSpec, get_preset
 from xchm.outputs import write_atomic
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CARD_FILE", "WEIGHTS_FILE"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["save_checkpoint", "read_checkpoint", "read_card", "CARD_FILE", "WEIGHTS_FILE"]
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -31,7 +36,8 @@ _FORMAT_VERSION = 1
 _PERIODS_KEY = "backbone.rope.periods"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -39,8 +45,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
+def save_checkpoint(model: Any, directory: str | Path) -> Path:
     """Save ``model`` to ``directory`` (created if needed); return the directory.
+
+    ``model`` is a :class:`~xchm.models.network.CanopyHeightModel` (anything with its
+    ``state_dict()``, ``card``, ``decoder_spec`` and ``backbone.rope``).
 
     ``directory`` must be new, empty or an xchm checkpoint (whose two files are
     replaced, atomically each); a folder holding anything else is refused untouched.
@@ -65,7 +74,7 @@ def save_checkpoint(model: CanopyHeightModel, directory: str | Path) -> Path:
         "format_version": _FORMAT_VERSION,
         "card": model.card.to_dict(),
         "decoder": model.decoder_spec.to_dict(),
-        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
+        "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(weights)},
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     write_atomic(directory / CARD_FILE, lambda p: p.write_text(text))
@@ -136,27 +145,36 @@ def read_card(directory: str | Path) -> tuple[ModelCard, dict[str, Any]]:
     return card, meta
 
 
-def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
-    """Load a model saved by :func:`save_checkpoint` (outputs are bit-identical).
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint directory holds, verified: the card, the decoder widths, tensors."""
+
+    directory: Path
+    card: ModelCard
+    decoder_spec: DecoderSpec
+    tensors: dict[str, torch.Tensor]
+    #: RoPE periods as saved (Meta's values; timm recomputes others), if present.
+    rope_periods: torch.Tensor | None
+
+
+def read_checkpoint(directory: str | Path) -> Checkpoint:
+    """Read a directory written by :func:`save_checkpoint`, checking the weights' SHA-256.
 
     Raises
     ------
     ModelNotFoundError
         If ``directory`` does not exist.
     WeightsError
-        If the card or the weights are missing, corrupt, from different checkpoints
-        or do not fit together.
+        If the card or the weights are missing, corrupt or from different checkpoints.
     """
     from safetensors.torch import load_file
 
     directory = Path(directory).expanduser()
     card, meta = read_card(directory)
-    preset = get_preset(card.preset)
-    spec = DecoderSpec.from_dict(meta["decoder"])
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise WeightsError(f"{str(directory)!r} has a card but no {WEIGHTS_FILE}")
-    if _sha256(weights) != meta["weights"]["sha256"]:
+    if file_sha256(weights) != meta["weights"]["sha256"]:
         raise WeightsError(
             f"{WEIGHTS_FILE} in {str(directory)!r} does not match its {CARD_FILE} (SHA-256 "
             "differs): the file is corrupt or comes from another checkpoint"
@@ -171,24 +189,4 @@ def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
             "safetensors file that model.save() writes"
         ) from err
     periods = tensors.pop(_PERIODS_KEY, None)
-
-    try:
-        backbone = build_backbone(preset, card.window, empty=True)
-        adapt_patch_embed(backbone, card.band_map)
-        levels = max(len(card.feature_indices), 1)
-        decoder = CHMDecoder(preset.embed_dim, levels, spec, output_bias=0.0)
-    except (InputError, RuntimeError, TypeError, ValueError) as err:
-        raise WeightsError(
-            f"the {CARD_FILE} in {str(directory)!r} describes a model that cannot be built: {err}"
-        ) from err
-    model = CanopyHeightModel(backbone, decoder, card, spec)
-    try:
-        model.load_state_dict(tensors, strict=True)
-        if periods is not None:
-            set_rope_periods(backbone, periods)
-    except (RuntimeError, WeightsError) as err:
-        raise WeightsError(
-            f"{WEIGHTS_FILE} in {str(directory)!r} does not fit the architecture its card "
-            f"describes: {str(err)[:400]}"
-        ) from err
-    return model.eval()
+    return Checkpoint(directory, card, DecoderSpec.from_dict(meta["decoder"]), tensors, periods)

@@ -1,4 +1,8 @@
-"""The canopy height model: a DINOv3 backbone, a CHM decoder and the model card."""
+"""The canopy height model: a DINOv3 backbone, a CHM decoder and the model card.
+
+:func:`assemble` is the one place a backbone, a decoder and a card become a model
+(``create_model``, checkpoints and test builders all go through it).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from xchm.errors import InputError
-from xchm.models.backbone import backbone_features
+from xchm.errors import InputError, WeightsError
+from xchm.models.backbone import (
+    adapt_patch_embed,
+    backbone_features,
+    build_backbone,
+    set_rope_periods,
+)
 from xchm.models.card import ModelCard
+from xchm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, read_checkpoint, save_checkpoint
 from xchm.models.decoder import CHMDecoder
-from xchm.models.presets import DecoderSpec
+from xchm.models.presets import DecoderSpec, get_preset
 
-__all__ = ["CanopyHeightModel"]
+__all__ = ["CanopyHeightModel", "assemble", "load_checkpoint"]
 
 
 class CanopyHeightModel(nn.Module):
@@ -117,8 +127,6 @@ class CanopyHeightModel(nn.Module):
     # -- persistence and description -----------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``card.json`` to ``directory`` (see ``load_model``)."""
-        from xchm.models.checkpoint import save_checkpoint
-
         return save_checkpoint(self, directory)
 
     def num_parameters(self, part: str = "all") -> int:
@@ -133,3 +141,54 @@ class CanopyHeightModel(nn.Module):
             f"preset={c.preset!r}, bands={c.bands}, window={c.window}, "
             f"blocks={self.feature_indices}"
         )
+
+
+def assemble(
+    backbone: Any,
+    card: ModelCard,
+    *,
+    decoder_spec: DecoderSpec | None = None,
+    output_bias: float = 0.0,
+) -> CanopyHeightModel:
+    """Put a new decoder for ``card`` (its preset, feature levels) on ``backbone``.
+
+    ``decoder_spec`` defaults to the preset's; the model is returned in eval mode.
+    """
+    spec = get_preset(card.preset)
+    decoder_spec = spec.decoder if decoder_spec is None else decoder_spec
+    levels = max(len(card.feature_indices), 1)
+    decoder = CHMDecoder(spec.embed_dim, levels, decoder_spec, output_bias=output_bias)
+    return CanopyHeightModel(backbone, decoder, card, decoder_spec).eval()
+
+
+def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
+    """Load a model saved by ``model.save(directory)`` (outputs are bit-identical).
+
+    Raises
+    ------
+    ModelNotFoundError
+        If ``directory`` does not exist.
+    WeightsError
+        If the card or the weights are missing, corrupt, from different checkpoints
+        or do not fit together.
+    """
+    saved = read_checkpoint(directory)
+    card, where = saved.card, str(saved.directory)
+    try:
+        backbone = build_backbone(get_preset(card.preset), card.window, empty=True)
+        adapt_patch_embed(backbone, card.band_map)
+        model = assemble(backbone, card, decoder_spec=saved.decoder_spec)
+    except (InputError, RuntimeError, TypeError, ValueError) as err:
+        raise WeightsError(
+            f"the {CARD_FILE} in {where!r} describes a model that cannot be built: {err}"
+        ) from err
+    try:
+        model.load_state_dict(saved.tensors, strict=True)
+        if saved.rope_periods is not None:
+            set_rope_periods(backbone, saved.rope_periods)
+    except (RuntimeError, WeightsError) as err:
+        raise WeightsError(
+            f"{WEIGHTS_FILE} in {where!r} does not fit the architecture its card "
+            f"describes: {str(err)[:400]}"
+        ) from err
+    return model
