@@ -20,6 +20,7 @@ LAYERS = {
     # Leaf utilities: errors first, then what needs only errors.
     "_version": 0,
     "errors": 0,
+    "_compat": 0,
     "_optional": 1,
     "outputs": 1,
     "datasets": 1,
