@@ -24,6 +24,7 @@ LAYERS = {
     "_optional": 1,
     "outputs": 1,
     "datasets": 1,
+    "storage": 1,
     "cluster": 2,
     "models": 3,
     "inference": 4,

@@ -22,6 +22,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "PathNotFoundError",
+    "StorageError",
     "NonFiniteLossError",
     "XCHMWarning",
     "RandomWeightsWarning",
@@ -81,6 +82,14 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class PathNotFoundError(XCHMError, FileNotFoundError):
     """An input path (image, chip cube, checkpoint, run to resume) does not exist."""
+
+
+class StorageError(XCHMError, OSError):
+    """An object store or URL refused access or could not be reached.
+
+    The message names the URL as typed and, for S3, the endpoint in use (never the
+    credentials): check them, and the network.
+    """
 
 
 class NonFiniteLossError(XCHMError, FloatingPointError):
