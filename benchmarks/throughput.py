@@ -65,7 +65,7 @@ from one run.
 
 Run it from the repository root::
 
-    .venv/bin/python benchmarks/throughput.py --json /tmp/throughput.json
+    .venv/bin/python benchmarks/throughput.py -o /tmp/throughput.json
     .venv/bin/python benchmarks/throughput.py --presets test-tiny --size 128 --repeats 1
     .venv/bin/python benchmarks/throughput.py --presets dinov3-vitl16-sat --size 16384  # GPU
 """
@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{env['loadavg_end']} at end; {env['seconds']} s\n"
     )
     print(format_tables(result))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump({"environment": env, **result}, f, indent=2)
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {args.output}")
     return 0
 
 

@@ -41,7 +41,7 @@ def test_demo__synthetic_run_learns_more_than_the_mean_and_writes_everything(
     tmp_path, capsys, cluster_sockets
 ):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--size", "512", "--epochs", "8", "-q"])
+    code = main(["demo", "-o", str(out), "--size", "512", "--epochs", "8", "-q"])
     printed = capsys.readouterr()
     assert code == 0, printed.out + printed.err
     for step in range(1, 7):
@@ -87,8 +87,8 @@ def test_demo__a_previous_demo_is_replaced_only_with_overwrite(tmp_path, capsys)
     old = tmp_path / "old"  # a demo written before output folders were marked
     (old / "chips.zarr").mkdir(parents=True)
     (old / "summary.json").write_text("{}")
-    assert main(["demo", "--out", str(old), "--size", "100"]) == 2  # usage: before any work
-    assert main(["demo", "--out", str(old), "--size", str(MIN_SIZE), "--seed", "-1"]) == 2
+    assert main(["demo", "-o", str(old), "--size", "100"]) == 2  # usage: before any work
+    assert main(["demo", "-o", str(old), "--size", str(MIN_SIZE), "--seed", "-1"]) == 2
     capsys.readouterr()
     with pytest.raises(OutputExistsError, match="holds an xchm demo.*--overwrite"):
         run_demo(old, size=MIN_SIZE)
@@ -117,7 +117,7 @@ def test_demo__smallest_scene_gives_train_and_val_chips_for_any_seed(tmp_path, s
         tmp_path / "c.zarr",
         bands=("nir", "red", "green"),
         stride=32,
-        split=split,
+        split_by=split,
         drop_no_positive=False,
         seed=seed,
         progress=False,
@@ -129,7 +129,7 @@ def test_demo__smallest_scene_gives_train_and_val_chips_for_any_seed(tmp_path, s
 
 def test_demo__smallest_size_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "d"
-    code = main(["demo", "--out", str(out), "--size", str(MIN_SIZE), "--epochs", "1", "-q"])
+    code = main(["demo", "-o", str(out), "--size", str(MIN_SIZE), "--epochs", "1", "-q"])
     printed = capsys.readouterr()
     assert code in (0, 3), printed.err  # 3: one epoch need not beat the mean
     assert "Traceback" not in printed.err

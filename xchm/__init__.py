@@ -24,7 +24,7 @@ from xchm.errors import (
     XCHMError,
     XCHMWarning,
 )
-from xchm.evaluation import evaluate, evaluate_raster
+from xchm.evaluation import EvaluationResult, evaluate, evaluate_raster
 from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr, write_cog
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 from xchm.pretraining import PretrainConfig, PretrainResult, pretrain
@@ -34,6 +34,7 @@ __all__ = [
     "BandError",
     "BandStats",
     "DeviceError",
+    "EvaluationResult",
     "InputError",
     "MissingDependencyError",
     "ModelCard",

@@ -4,11 +4,11 @@ Steps: a scene (synthetic, or real image/CHM pairs with ``real=DIR``) -> a chip 
 -> training ``test-tiny`` for a bounded number of steps -> a lazy, resumable
 prediction of the whole scene on a local Dask cluster -> evaluation on data the
 model never saw, next to predicting the training mean -> ``chm.tif`` (COG) and
-``report/`` (metrics and pictures). Everything goes under ``out``.
+``report/`` (metrics and pictures). Everything goes under ``output``.
 
 Held-out data: in the synthetic scene, chips come from the northern 60 % only and
 scores from the southern 35 % (a 5 % gap between them, so no training chip borders
-a scored pixel); with real pairs, whole scenes are held out (``split="scene"``).
+a scored pixel); with real pairs, whole scenes are held out (``split_by="scene"``).
 
 Validation (the epoch kept): in the synthetic scene, the eastern strip of the
 northern part (a fifth of the width, at least 96 px) is its own scene, and the
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.errors import InputError
 
 __all__ = ["run_demo", "DEMO_SIZE", "MIN_SIZE"]
@@ -90,7 +91,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
         OUTPUT_KIND,
         overwrite=overwrite,
         legacy=_is_old_demo,
-        hint="pass overwrite=True (--overwrite) to replace it, or choose another --out",
+        hint="pass overwrite=True (--overwrite) to replace it, or choose another -o/--output",
     )
 
 
@@ -172,8 +173,9 @@ def _real_pairs(real: Path) -> list[Any]:
     return pairs
 
 
+@renamed_keywords(out="output")
 def run_demo(
-    out: str | Path = "out/demo",
+    output: str | Path = "out/demo",
     *,
     size: int = DEMO_SIZE,
     seed: int = 0,
@@ -186,12 +188,14 @@ def run_demo(
     progress: bool = True,
     host: str = "127.0.0.1",
 ) -> dict[str, Any]:
-    """Run the demo pipeline; return the summary (also written to ``out/summary.json``).
+    """Run the demo pipeline; return the summary (also written to ``output/summary.json``).
 
     Parameters
     ----------
-    out
-        Output folder: new, empty, or a previous demo's (replaced with ``overwrite``).
+    output
+        Folder to write: new, empty, or a previous demo's (replaced with
+        ``overwrite``). Formerly ``out=``, which still works for one release with a
+        ``FutureWarning``.
     size
         Side of the synthetic scene in pixels (at 2 m), at least :data:`MIN_SIZE`.
     seed
@@ -208,9 +212,9 @@ def run_demo(
     workers
         CPU worker processes of the local cluster (GPUs: one worker each).
     overwrite
-        Replace a previous demo in ``out``.
+        Replace a previous demo in ``output``.
     progress
-        Progress bars.
+        Progress bars; on by default, as in every long-running xchm function.
     host
         Interface the local Dask cluster (scheduler, workers, dashboard) listens on;
         the default keeps it on this machine (see :func:`xchm.cluster.start`).
@@ -231,7 +235,7 @@ def run_demo(
     import xchm.chips
     import xchm.cluster
 
-    out = Path(out)
+    out = Path(output)
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
         raise InputError(f"size must be an integer >= {MIN_SIZE} pixels, got {size!r}")
     real_dir = None if real is None else Path(real)
@@ -252,7 +256,7 @@ def run_demo(
             bands=("nir", "red", "green"),
             window=_WINDOW,
             stride=_STRIDE,
-            split=_scene_split(
+            split_by=_scene_split(
                 seed,
                 _FRACTIONS,
                 {"north-west": "train", "north-east": "val"},
@@ -268,7 +272,9 @@ def run_demo(
             stride=16,
             resolution=resolution,
             nodata=None,
-            split=_scene_split(seed, {"train": 0.75, "val": 0.25}, None, [p.scene for p in pairs]),
+            split_by=_scene_split(
+                seed, {"train": 0.75, "val": 0.25}, None, [p.scene for p in pairs]
+            ),
         )
     _say(1, total, f"scene: {info['scene']}")
 
@@ -424,7 +430,7 @@ def _evaluate(
     from xchm.evaluation.metrics import height_metrics
 
     if real:  # whole held-out plots, chip by chip
-        m = xchm.evaluate(checkpoint, cube, split="val", report=out / "report", progress=False)
+        m = xchm.evaluate(checkpoint, cube, split="val", output=out / "report", progress=False)
         base = m["baseline"]
         return {
             "model": {k: float(m[k]) for k in _METRICS},
@@ -435,7 +441,7 @@ def _evaluate(
     pred = chm.isel(y=rows).load()
     ref = truth.isel(y=rows).rio.write_crs(chm.rio.crs)
     pred = pred.assign_coords(x=ref.x, y=ref.y)  # same grid; exact coordinates
-    m = xchm.evaluate_raster(pred, ref, report=out / "report")
+    m = xchm.evaluate_raster(pred, ref, output=out / "report")
     base = height_metrics(np.full(ref.shape, mean, dtype=np.float32), ref.values)
     return {
         "model": {k: float(m[k]) for k in _METRICS},

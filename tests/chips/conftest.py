@@ -65,7 +65,7 @@ def build(tmp_path):
     def run(pairs, **kwargs):
         kwargs.setdefault("bands", ("nir", "red", "green"))
         kwargs.setdefault("progress", False)
-        store = kwargs.pop("store", tmp_path / f"cube{next(counter)}.zarr")
-        return xchm.chips.build(pairs, store, **kwargs)
+        output = kwargs.pop("output", tmp_path / f"cube{next(counter)}.zarr")
+        return xchm.chips.build(pairs, output, **kwargs)
 
     return run

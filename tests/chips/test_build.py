@@ -74,7 +74,7 @@ def test_build__chips_equal_the_source_at_their_origin(pair_files, build):
 
 
 def test_build__stride_makes_overlapping_chips(pair_files, build):
-    cube = build([pair_files], stride=32, split="random")
+    cube = build([pair_files], stride=32, split_by="random")
     assert len(cube) == 9 * 11
 
 
@@ -243,7 +243,7 @@ def test_build__random_split_leaks_between_neighbours(tmp_path, build):
     cube = build(
         [write_pair(tmp_path, image, chm)],
         stride=32,
-        split="random",
+        split_by="random",
         fractions={"train": 0.5, "val": 0.5},
     )
     assert cube.filters["removed"]["split_buffer"] == 0
@@ -259,7 +259,7 @@ def test_build__scene_split_keeps_each_scene_whole(tmp_path, build):
                 *write_pair(tmp_path, image, chm, f"s{i}"), date="2020-07-0" + str(i + 1)
             )
         )
-    cube = build(pairs, split="scene", fractions={"train": 0.5, "val": 0.5})
+    cube = build(pairs, split_by="scene", fractions={"train": 0.5, "val": 0.5})
     labels = {}
     for scene, label in zip(cube.coord("scene"), cube.coord("split"), strict=True):
         labels.setdefault(scene, set()).add(label)
@@ -292,12 +292,12 @@ def test_build__interrupted_build_never_looks_complete(tmp_path, monkeypatch, pa
     with monkeypatch.context() as m:
         m.setattr(writer_module.ChipWriter, "finish", fail)
         with pytest.raises(KeyboardInterrupt):
-            build([pair_files], store=store)
+            build([pair_files], output=store)
     with pytest.raises(InputError, match="incomplete"):
         xchm.chips.open(store)
     with pytest.raises(FileExistsError, match="overwrite"):
-        build([pair_files], store=store)
-    assert len(build([pair_files], store=store, overwrite=True)) == 30
+        build([pair_files], output=store)
+    assert len(build([pair_files], output=store, overwrite=True)) == 30
 
 
 # A store that is not a chip cube is refused: tests/chips/test_outputs.py
@@ -311,7 +311,7 @@ def test_build__interrupted_build_never_looks_complete(tmp_path, monkeypatch, pa
         ({"bands": ("nir", "red")}, BandError, "has 3 bands"),
         ({"bands": {"nir": 4, "red": 9}}, BandError, "'red' <- band 9"),
         ({"bands": None}, BandError, "without names"),
-        ({"split": "chips"}, InputError, "split must be one of"),
+        ({"split_by": "chips"}, InputError, "split method .split_by=. must be one of"),
         ({"fractions": {"train": 0.5}}, InputError, "sum to 1"),
         ({"min_valid": 0}, InputError, "min_valid"),
         ({"chm_resampling": "fancy"}, InputError, "chm_resampling"),

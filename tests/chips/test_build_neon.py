@@ -21,7 +21,7 @@ def test_build__neon_chips_match_the_lidar_chm_at_their_origins(tmp_path, neon_d
         stride=16,
         nodata=None,
         bands=("red", "green", "blue"),
-        split="scene",
+        split_by="scene",
         progress=False,
     )
     assert len(cube) + sum(cube.filters["removed"].values()) == 4 * len(PLOTS)  # 80 px plots

@@ -83,7 +83,7 @@ def test_chips_build__band_map_selects_and_orders_bands(scene, cube, tmp_path):
 def test_chips_build__bands_and_options_reach_build(scene, tmp_path):
     store = tmp_path / "named.zarr"
     args = ["chips", "build", "-o", str(store), "--pair", *map(str, scene), "-q"]
-    options = ["--bands", "r", "g", "b", "--split", "random", "--val-fraction", "0.3"]
+    options = ["--bands", "r", "g", "b", "--split-by", "random", "--val-fraction", "0.3"]
     assert main([*args, *options, "--test-fraction", "0.1", "--keep-no-positive"]) == 0
     built = xchm.chips.open(store)
     assert built.bands == ("red", "green", "blue")

@@ -177,7 +177,7 @@ def test_from_directories__tif_without_crs_is_not_georeferenced(tmp_path):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         write_tif(images / "a.tif", image, georef=False, long_name=("nir", "red", "green"))
     np.save(labels / "a.npy", height)
-    cube = import_dirs(images, labels, tmp_path / "c.zarr", split="scene")
+    cube = import_dirs(images, labels, tmp_path / "c.zarr", split_by="scene")
     assert cube.pixel_size is None and list(cube.coord("crs")) == [""]
 
 
@@ -220,11 +220,11 @@ def test_from_directories__caps_the_list_of_bad_files(tmp_path):
 
 def test_from_directories__asks_for_bands_without_descriptions(npy_dirs, tmp_path):
     with pytest.raises(BandError, match="bands="):
-        import_dirs(*npy_dirs, tmp_path / "c.zarr", split="random")
+        import_dirs(*npy_dirs, tmp_path / "c.zarr", split_by="random")
 
 
 def test_from_directories__without_georeferencing_falls_back_to_random(npy_dirs, tmp_path):
-    with pytest.warns(XCHMWarning, match="falling back to split='random'.*optimistic"):
+    with pytest.warns(XCHMWarning, match="falling back to split_by='random'.*optimistic"):
         cube = import_dirs(*npy_dirs, tmp_path / "c.zarr", bands=("nir", "red", "green"))
     assert cube.attrs["split"]["method"] == "random"
     assert cube.pixel_size is None and set(cube.coord("crs")) == {""}
@@ -232,7 +232,7 @@ def test_from_directories__without_georeferencing_falls_back_to_random(npy_dirs,
 
 
 def test_from_directories__explicit_random_split_does_not_warn(npy_dirs, tmp_path):
-    cube = import_dirs(*npy_dirs, tmp_path / "c.zarr", bands=("a", "b", "c"), split="random")
+    cube = import_dirs(*npy_dirs, tmp_path / "c.zarr", bands=("a", "b", "c"), split_by="random")
     assert cube.attrs["split"]["method"] == "random"
 
 
@@ -266,7 +266,7 @@ def test_from_hf_dataset__imports_rows_and_filters(tmp_path):
     label[1, 0, 0] = np.nan
     label[4] = 0.0
     path = save_hf(tmp_path / "hf", data=(image, label))
-    cube = import_hf(path, tmp_path / "c.zarr", split="random")
+    cube = import_hf(path, tmp_path / "c.zarr", split_by="random")
     assert len(cube) == 4 and cube.filters["removed"]["missing"] == 1
     for i, scene in enumerate(cube.coord("scene")):
         np.testing.assert_array_equal(cube.image[i], image[int(scene)])
@@ -275,7 +275,7 @@ def test_from_hf_dataset__imports_rows_and_filters(tmp_path):
 
 def test_from_hf_dataset__keeps_source_splits(tmp_path):
     path = save_hf(tmp_path / "hf", train=hf_rows(5, 1), validation=hf_rows(3, 2))
-    cube = import_hf(path, tmp_path / "c.zarr", split="source")
+    cube = import_hf(path, tmp_path / "c.zarr", split_by="source")
     assert cube.splits == {"train": 5, "val": 3}
     assert cube.attrs["split"]["method"] == "source"
     assert cube.attrs["provenance"]["inputs"][0]["splits"] == {"train": 5, "validation": 3}
@@ -288,7 +288,7 @@ def test_from_hf_dataset__source_split_from_a_column(tmp_path):
     image, label = hf_rows(4)
     rows = {"image": list(image), "label": list(label), "part": ["train", "test"] * 2}
     datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "hf")
-    cube = import_hf(tmp_path / "hf", tmp_path / "c.zarr", split="source", split_column="part")
+    cube = import_hf(tmp_path / "hf", tmp_path / "c.zarr", split_by="source", split_column="part")
     assert cube.splits == {"test": 2, "train": 2}
 
 
@@ -305,7 +305,7 @@ def test_from_hf_dataset__keeps_the_array_feature_dtype(tmp_path):
     )
     rows = {"image": list(image), "label": list(label)}
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "hf")
-    cube = import_hf(tmp_path / "hf", tmp_path / "c.zarr", split="random")
+    cube = import_hf(tmp_path / "hf", tmp_path / "c.zarr", split_by="random")
     assert cube.image.dtype == np.uint16 and len(cube) == 3
 
 
@@ -326,13 +326,13 @@ def test_from_hf_dataset__wrong_image_shape_raises(tmp_path):
     image, label = hf_rows(2)
     path = save_hf(tmp_path / "hf", data=(image[:, 0], label))  # (h, w) images
     with pytest.raises(InputError, match=r"must be \(band, h, w\)"):
-        import_hf(path, tmp_path / "c.zarr", split="random")
+        import_hf(path, tmp_path / "c.zarr", split_by="random")
 
 
 def test_from_hf_dataset__source_split_needs_split_names(tmp_path):
     path = save_hf(tmp_path / "hf", data=hf_rows(2))
     with pytest.raises(InputError, match="split_column="):
-        import_hf(path, tmp_path / "c.zarr", split="source")
+        import_hf(path, tmp_path / "c.zarr", split_by="source")
 
 
 def test_from_hf_dataset__without_datasets_raises_missing_dependency(tmp_path, monkeypatch):

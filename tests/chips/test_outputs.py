@@ -72,7 +72,7 @@ def npy_dirs(tmp_path):
 
 def import_dirs(dirs, store, **kwargs):
     return xchm.chips.from_directories(
-        *dirs, store, bands=("nir", "red", "green"), split="random", progress=False, **kwargs
+        *dirs, store, bands=("nir", "red", "green"), split_by="random", progress=False, **kwargs
     )
 
 
@@ -83,7 +83,7 @@ def test_build__refuses_a_folder_xchm_did_not_write(request, pair_files, build, 
     store = request.getfixturevalue(target)
     before = snapshot(store)
     with pytest.raises(OutputExistsError, match="not written by xchm; nothing in it is touched"):
-        build([pair_files], store=store, overwrite=overwrite)
+        build([pair_files], output=store, overwrite=overwrite)
     assert snapshot(store) == before
 
 
@@ -113,7 +113,7 @@ def test_build__refuses_a_file_and_another_kind_of_xchm_output(tmp_path, pair_fi
     a_file = tmp_path / "cube.zarr"
     a_file.write_text("keep me")
     with pytest.raises(OutputExistsError, match="is a file"):
-        build([pair_files], store=a_file, overwrite=True)
+        build([pair_files], output=a_file, overwrite=True)
     assert a_file.read_text() == "keep me"
     run = tmp_path / "run"
     run.mkdir()
@@ -121,21 +121,21 @@ def test_build__refuses_a_file_and_another_kind_of_xchm_output(tmp_path, pair_fi
     (run / "metrics.csv").write_text("epoch,loss\n")
     before = snapshot(run)
     with pytest.raises(OutputExistsError, match="holds an xchm training run, not a chip cube"):
-        build([pair_files], store=run, overwrite=True)
+        build([pair_files], output=run, overwrite=True)
     assert snapshot(run) == before
 
 
 # -- a previous cube --------------------------------------------------------------------
 def test_build__overwrite_replaces_a_previous_cube(tmp_path, pair_files, build):
     store = tmp_path / "cube.zarr"
-    first = build([pair_files], store=store, window=32)
+    first = build([pair_files], output=store, window=32)
     assert first.window == 32
     with pytest.raises(OutputExistsError, match="pass overwrite=True") as err:
-        build([pair_files], store=store)
+        build([pair_files], output=store)
     assert "did not finish" not in str(err.value)
-    second = build([pair_files], store=store, window=64, overwrite=True)
+    second = build([pair_files], output=store, window=64, overwrite=True)
     assert second.window == 64 and len(second) == 30
-    fresh = build([pair_files], store=tmp_path / "fresh.zarr", window=64)
+    fresh = build([pair_files], output=tmp_path / "fresh.zarr", window=64)
     # Nothing of the first cube is left (its 32 px arrays had other chunk files).
     assert sorted(snapshot(store)) == sorted(snapshot(fresh.path))
 
@@ -143,7 +143,7 @@ def test_build__overwrite_replaces_a_previous_cube(tmp_path, pair_files, build):
 def test_build__a_finished_cube_has_no_marker_file_for_zarr_to_warn_about(
     tmp_path, pair_files, build
 ):
-    cube = build([pair_files], store=tmp_path / "cube.zarr")
+    cube = build([pair_files], output=tmp_path / "cube.zarr")
     assert not (cube.path / MARKER).exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -157,7 +157,7 @@ def test_from_directories__overwrite_replaces_a_previous_cube(
     tmp_path, npy_dirs, pair_files, build
 ):
     store = tmp_path / "cube.zarr"
-    build([pair_files], store=store)  # a cube of another source, window 64
+    build([pair_files], output=store)  # a cube of another source, window 64
     with pytest.raises(OutputExistsError, match="overwrite"):
         import_dirs(npy_dirs, store)
     cube = import_dirs(npy_dirs, store, overwrite=True)
@@ -174,8 +174,8 @@ def _rerun_after_kill(store, pair_files, build):
     with pytest.raises(InputError, match="incomplete"):
         xchm.chips.open(store)
     with pytest.raises(OutputExistsError, match="did not finish.*overwrite=True"):
-        build([pair_files], store=store)
-    cube = build([pair_files], store=store, overwrite=True)
+        build([pair_files], output=store)
+    cube = build([pair_files], output=store, overwrite=True)
     assert len(cube) == 30 and len(xchm.chips.open(store)) == 30
 
 
@@ -188,12 +188,12 @@ def test_build__killed_before_zarr_json_is_redone(tmp_path, monkeypatch, pair_fi
     with monkeypatch.context() as m:
         m.setattr(zarr, "create_group", killed)
         with pytest.raises(Killed):
-            build([pair_files], store=store)
+            build([pair_files], output=store)
     assert sorted(p.name for p in store.iterdir()) == [MARKER]
     with pytest.raises(InputError, match="incomplete: its build was cut off"):
         xchm.chips.open(store)
     # Nothing was written but the marker: the same call simply runs again.
-    assert len(build([pair_files], store=store)) == 30
+    assert len(build([pair_files], output=store)) == 30
 
 
 def test_build__killed_while_adding_chips_is_redone(tmp_path, monkeypatch, pair_files, build):
@@ -210,7 +210,7 @@ def test_build__killed_while_adding_chips_is_redone(tmp_path, monkeypatch, pair_
     with monkeypatch.context() as m:
         m.setattr(writer_module.ChipWriter, "add", killed_after_a_batch)
         with pytest.raises(Killed):
-            build([pair_files], store=store)
+            build([pair_files], output=store)
     assert seen == ["chip cube"]
     assert (store / "zarr.json").is_file()
     _rerun_after_kill(store, pair_files, build)
@@ -227,7 +227,7 @@ def test_build__killed_while_finishing_is_redone(tmp_path, monkeypatch, pair_fil
     with monkeypatch.context() as m:
         m.setattr(writer_module.ChipWriter, "_attrs", killed)
         with pytest.raises(Killed):
-            build([pair_files], store=store)
+            build([pair_files], output=store)
     _rerun_after_kill(store, pair_files, build)
 
 
@@ -235,7 +235,7 @@ def test_build__killed_while_clearing_a_previous_cube_is_redone(
     tmp_path, monkeypatch, pair_files, build
 ):
     store = tmp_path / "cube.zarr"
-    build([pair_files], store=store)
+    build([pair_files], output=store)
 
     def killed_after_zarr_json(folder):
         (folder / "zarr.json").unlink()  # the worst moment: attrs gone, arrays still there
@@ -244,7 +244,7 @@ def test_build__killed_while_clearing_a_previous_cube_is_redone(
     with monkeypatch.context() as m:
         m.setattr(xchm.outputs, "_clear", killed_after_zarr_json)
         with pytest.raises(Killed):
-            build([pair_files], store=store, overwrite=True)
+            build([pair_files], output=store, overwrite=True)
     assert (store / "image").is_dir()
     _rerun_after_kill(store, pair_files, build)
 
@@ -267,7 +267,7 @@ def test_from_hf_dataset__missing_dataset_raises_path_not_found(tmp_path):
 
 def test_preview__output_errors_are_xchm_errors(tmp_path, pair_files, build):
     pytest.importorskip("PIL")
-    cube = build([pair_files], store=tmp_path / "cube.zarr")
+    cube = build([pair_files], output=tmp_path / "cube.zarr")
     existing = tmp_path / "p.png"
     existing.write_text("keep me")
     with pytest.raises(OutputExistsError, match="overwrite"):

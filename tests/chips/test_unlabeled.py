@@ -138,7 +138,7 @@ def test_build__splits_work_as_for_a_labeled_cube(cubes):
 def test_build__scene_split_holds_out_whole_images(scene, tmp_path):
     image, _, _ = scene
     images = [ScenePair(image, None, scene=f"s{i}") for i in range(4)]
-    cube = _build(images, tmp_path / "c.zarr", split="scene", seed=3)
+    cube = _build(images, tmp_path / "c.zarr", split_by="scene", seed=3)
     by_split = {s: set(cube.sel(split=s).coord("scene")) for s in cube.splits}
     assert set().union(*by_split.values()) == {"s0", "s1", "s2", "s3"}
     assert sum(len(v) for v in by_split.values()) == 4  # no scene in two splits

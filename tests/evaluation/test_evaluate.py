@@ -65,7 +65,7 @@ def cube(tmp_path_factory):
         bands=("nir", "red", "green"),
         stride=32,
         min_valid=0.9,
-        split="random",
+        split_by="random",
         fractions={"train": 0.8, "val": 0.2},
         progress=False,
     )
@@ -79,7 +79,7 @@ def small(tmp_path_factory):
         [(img, chm)],
         tmp_path_factory.mktemp("small") / "v.zarr",
         bands=("nir", "red", "green"),
-        split="random",
+        split_by="random",
         fractions={"val": 1.0},
         progress=False,
     )
@@ -126,7 +126,7 @@ def report_dir(tmp_path_factory):
 def result(model, cube, report_dir):
     """One evaluation of the val split (batches of 24 across the chunk boundary)."""
     return evaluate(
-        model, cube, split="val", batch_size=24, per_scene=True, report=report_dir, progress=False
+        model, cube, split="val", batch_size=24, per_scene=True, output=report_dir, progress=False
     )
 
 
@@ -237,17 +237,17 @@ def test_evaluate__refuses_non_empty_report_dir(small, model, tmp_path):
     (out / "metrics.json").write_text('{"mine": 1}')
     for overwrite in (False, True):  # not a report: never touched, even with overwrite
         with pytest.raises(OutputExistsError, match="not written by xchm"):
-            evaluate(model, small, report=out, overwrite=overwrite, progress=False)
+            evaluate(model, small, output=out, overwrite=overwrite, progress=False)
     assert (out / "metrics.json").read_text() == '{"mine": 1}'
     assert {p.name for p in out.iterdir()} == {"notes.txt", "metrics.json"}
 
 
 def test_evaluate__replaces_an_earlier_report_only_with_overwrite(small, model, tmp_path):
     out = tmp_path / "report"
-    evaluate(model, small, report=out, progress=False)
+    evaluate(model, small, output=out, progress=False)
     with pytest.raises(OutputExistsError, match="overwrite"):
-        evaluate(model, small, report=out, progress=False)
-    evaluate(model, small, report=out, overwrite=True, progress=False)
+        evaluate(model, small, output=out, progress=False)
+    evaluate(model, small, output=out, overwrite=True, progress=False)
     assert {p.name for p in out.iterdir()} == REPORT_FILES | {MARKER}
 
 
@@ -303,7 +303,7 @@ def test_evaluate_raster__geotiffs_with_nodata_and_report(rasters, tmp_path):
     ref_file = ref.fillna(-9999.0).rio.write_nodata(-9999.0)
     ref_file.rio.to_raster(tmp_path / "ref.tif")
     pred.rio.to_raster(tmp_path / "pred.tif")
-    result = evaluate_raster(tmp_path / "pred.tif", tmp_path / "ref.tif", report=tmp_path / "r")
+    result = evaluate_raster(tmp_path / "pred.tif", tmp_path / "ref.tif", output=tmp_path / "r")
     assert_close(result, height_metrics(pred.values, ref.values), rtol=1e-10)
     assert {p.name for p in (tmp_path / "r").iterdir()} == REPORT_FILES - {"examples.png"} | {
         MARKER

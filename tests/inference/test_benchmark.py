@@ -41,7 +41,7 @@ def bench_main(argv):
 def test_throughput_script__reports_rates_shares_and_lattice_windows(tmp_path):
     out = tmp_path / "throughput.json"
     args = ["--presets", "test-tiny", "--size", "128", "--repeats", "1"]
-    args += ["--sources", "memory", "cog", "--workers", "1", "--json", str(out)]
+    args += ["--sources", "memory", "cog", "--workers", "1", "-o", str(out)]
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), *args],
         check=True,
@@ -73,7 +73,7 @@ def test_xchm_bench__prints_tables_and_counts_border_windows(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--presets", "test-tiny", "--size", "192", "--chunk", "96"]
     argv += ["--overlaps", "16", "--sources", "memory", "--repeats", "1", "--workers"]
-    assert bench_main([*argv, "--peak-tflops", "1", "--json", str(out)]) == 0
+    assert bench_main([*argv, "--peak-tflops", "1", "-o", str(out)]) == 0
     (row,) = json.loads(out.read_text())["results"]
     # 2 x 2 chunks: windows near the chunk borders run once per chunk they touch
     assert row["windows"] == lattice_windows(192, 192, 48) == 25

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.chips.layout import store_path
 from xchm.chips.sources import OpenScene, ScenePair, as_pairs, open_scene, pairs_labeled
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 _STRIP_BYTES = 64 * 2**20
 
 
+@renamed_keywords(store="output", split="split_by")
 def build(
     pairs: Sequence[ScenePair | tuple[Any, Any] | Mapping[str, Any] | Any] | ScenePair | Any,
-    store: str | Path,
+    output: str | Path,
     *,
     window: int = 64,
     stride: int | None = None,
@@ -44,7 +46,7 @@ def build(
     nodata: float | str | None = "auto",
     min_valid: float = 1.0,
     drop_no_positive: bool | None = None,
-    split: str | SplitRule = "block",
+    split_by: str | SplitRule = "block",
     fractions: Mapping[str, float] | None = None,
     block_size: int = 8,
     seed: int = 0,
@@ -68,8 +70,9 @@ def build(
         differ). A bare image (path or DataArray), a pair whose CHM is None or a
         dict without ``chm`` is an image alone; either every scene has a CHM or none
         has.
-    store
-        Directory of the new Zarr v3 store.
+    output
+        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
+        still works for one release with a ``FutureWarning``.
     window
         Chip side in pixels (a multiple of 16).
     stride
@@ -82,7 +85,9 @@ def build(
     resolution
         Resample the image to this pixel size (its CRS units, metres) by area average.
     nodata
-        Image value marking missing pixels: ``"auto"`` (the file's), a number, or None.
+        Image value marking missing pixels besides NaN: ``"auto"`` (the default: the
+        file's or array's own, if it has one), a number, or None (none). The same
+        meaning as in :func:`xchm.predict`.
     min_valid
         Smallest fraction of valid pixels (image valid in every band, and height
         finite if there are heights) a chip needs; 1.0, the default, drops any chip
@@ -91,10 +96,13 @@ def build(
         Drop chips without a single height > 0 (the reference). Default (None):
         True for labeled scenes; it does not apply to images alone, where only
         None or False is accepted.
-    split
-        ``"block"`` (square blocks of ``block_size`` chips, the default: neighbouring
-        chips never land on both sides), ``"scene"``, ``"random"`` (chip by chip like
-        the reference; optimistic, since neighbours leak), or a :class:`SplitRule`.
+    split_by
+        How chips are split into train/val/test: ``"block"`` (square blocks of
+        ``block_size`` chips, the default: neighbouring chips never land on both
+        sides), ``"scene"``, ``"random"`` (chip by chip like the reference;
+        optimistic, since neighbours leak), or a :class:`SplitRule`. Formerly
+        ``split=`` (a name now kept for split labels, as in ``cube.sel(split="val")``),
+        which still works for one release with a ``FutureWarning``.
     fractions
         Share of each label, default ``{"train": 0.8, "val": 0.2}``.
     block_size
@@ -107,11 +115,12 @@ def build(
         rasterio resampling name for aligning the CHM (``average``, ``bilinear``,
         ``max``, ...).
     overwrite
-        Replace an existing chip cube at ``store`` (complete or not). A folder that
+        Replace an existing chip cube at ``output`` (complete or not). A folder that
         is not a chip cube (a user's own Zarr store, any other files) is refused
         with or without it, and nothing in it is touched.
     progress
-        Show a progress bar (chips).
+        Show a progress bar (chips); on by default, as in every long-running xchm
+        function.
 
     Returns
     -------
@@ -124,7 +133,7 @@ def build(
         For invalid settings or inputs, among them scenes that mix images with and
         without a CHM, or ``drop_no_positive=True`` for images alone.
     OutputExistsError
-        If ``store`` holds a chip cube and ``overwrite`` is False, or holds anything
+        If ``output`` holds a chip cube and ``overwrite`` is False, or holds anything
         else (see :mod:`xchm.outputs`).
 
     Examples
@@ -144,16 +153,16 @@ def build(
     stride = window if stride is None else stride
     _check_geometry(window, stride, resolution)
     rule = (
-        split
-        if isinstance(split, SplitRule)
+        split_by
+        if isinstance(split_by, SplitRule)
         else SplitRule(
-            method=split,
+            method=split_by,
             fractions=fractions if fractions is not None else {"train": 0.8, "val": 0.2},
             block_size=block_size,
             seed=seed,
         )
     )
-    path = store_path(store)
+    path = store_path(output)
     with ExitStack() as stack:
         scenes = []
         for i, pair in enumerate(pair_list):
@@ -219,7 +228,7 @@ def _warn_if_nodata_looks_saturated(cube: ChipCube, filters: Mapping[str, Any]) 
             f"declared nodata {value:g}, the largest {dtype} value: if that is saturated "
             "white rather than missing data, build again with nodata=None (CLI: --nodata none)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # build's caller (past renamed_keywords' wrapper)
         )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, store_path
 from xchm.chips.store import KIND
 from xchm.errors import InputError, PathNotFoundError
@@ -253,10 +254,13 @@ class ChipCube:
             options["pixel_size"] = self.pixel_size
         return ModelCard(preset=preset, **{**options, **kwargs})
 
-    def preview(self, path: str | Path, **kwargs: Any) -> Path:
+    @renamed_keywords(path="output")
+    def preview(self, output: str | Path, **kwargs: Any) -> Path:
         """Write a PNG grid of image/height chip pairs (images only if unlabeled).
 
-        See :func:`xchm.chips.preview.preview`.
+        See :func:`xchm.chips.preview.preview` (``output``: the ``.png`` file;
+        formerly ``path=``, which still works for one release with a
+        ``FutureWarning``).
 
         Examples
         --------
@@ -265,7 +269,7 @@ class ChipCube:
         """
         from xchm.chips.preview import preview
 
-        return preview(self, path, **kwargs)
+        return preview(self, output, **kwargs)
 
     def summary(self) -> str:
         """Describe the cube in a few lines (what ``xchm chips info`` prints)."""

@@ -2,8 +2,9 @@
 
 The reference's second layout (docs REFERENCE.md). Rows are read in batches and
 handed to the writer through the helpers of :mod:`xchm.chips.importers`; rows carry
-no georeferencing, so ``split="block"`` falls back to ``"random"`` with a warning,
-and ``split="source"`` keeps the dataset's own train/validation/test splits.
+no georeferencing, so ``split_by="block"`` falls back to ``"random"`` with a
+warning, and ``split_by="source"`` keeps the dataset's own train/validation/test
+splits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube
 from xchm.chips.importers import (
     _BATCH,
@@ -34,9 +36,10 @@ from xchm.errors import InputError, PathNotFoundError
 __all__ = ["from_hf_dataset"]
 
 
+@renamed_keywords(store="output", split="split_by")
 def from_hf_dataset(
     path: str | Path,
-    store: str | Path,
+    output: str | Path,
     *,
     image_column: str = "image",
     label_column: str = "label",
@@ -44,7 +47,7 @@ def from_hf_dataset(
     nodata: float | str | None = "auto",
     min_valid: float = 1.0,
     drop_no_positive: bool = True,
-    split: str | SplitRule = "block",
+    split_by: str | SplitRule = "block",
     fractions: Mapping[str, float] | None = None,
     block_size: int = 8,
     seed: int = 0,
@@ -62,8 +65,9 @@ def from_hf_dataset(
     ----------
     path
         Directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``.
-    store
-        Directory of the new Zarr v3 store.
+    output
+        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
+        still works for one release with a ``FutureWarning``.
     image_column, label_column
         Columns holding image chips ``(band, h, w)`` (arrays, nested lists or
         ``Array3D``) and height chips ``(h, w)`` in metres (NaN for missing).
@@ -71,19 +75,22 @@ def from_hf_dataset(
         Names of the image bands in order, or ``{name: 1-based band number}``;
         required (datasets do not name bands).
     nodata
-        Image value marking missing pixels: ``"auto"`` (NaN for float chips, none for
-        integers), a number, or None.
-    split
-        ``"source"`` keeps the dataset's own split (``split_column``, or the
-        DatasetDict's split names train/val/validation/test; ``validation`` becomes
-        ``val``); ``"scene"`` and ``"random"`` label each row; ``"block"`` falls back
-        to ``"random"`` with a warning (rows have no georeferencing).
+        Image value marking missing pixels besides NaN: ``"auto"`` (the default;
+        datasets carry no nodata value, so none), a number, or None (none).
+    split_by
+        How rows are split: ``"source"`` keeps the dataset's own split
+        (``split_column``, or the DatasetDict's split names train/val/validation/test;
+        ``validation`` becomes ``val``); ``"scene"`` and ``"random"`` label each row;
+        ``"block"`` falls back to ``"random"`` with a warning (rows have no
+        georeferencing). Formerly ``split=``, which still works for one release with a
+        ``FutureWarning``.
     split_column
-        Column of per-row split labels, for ``split="source"``.
+        Column of per-row split labels, for ``split_by="source"``.
     min_valid, drop_no_positive, fractions, block_size, seed, stats_sample, overwrite
         As for :func:`xchm.chips.build`.
     progress
-        Show a progress bar (chips).
+        Show a progress bar (chips); on by default, as in every long-running xchm
+        function.
 
     Returns
     -------
@@ -97,7 +104,7 @@ def from_hf_dataset(
         If ``datasets`` is not installed.
     InputError
         If a column is missing (the message lists those that exist), chips have the
-        wrong shape, or ``split="source"`` has no split to keep. A shape error found
+        wrong shape, or ``split_by="source"`` has no split to keep. A shape error found
         after writing began leaves an incomplete store (rerun with overwrite=True).
     PathNotFoundError
         If ``path`` is not a folder.
@@ -107,7 +114,7 @@ def from_hf_dataset(
     Examples
     --------
     >>> cube = xchm.chips.from_hf_dataset(  # doctest: +SKIP
-    ...     "chips_hf", "chips.zarr", bands=("nir", "red", "green"), split="source"
+    ...     "chips_hf", "chips.zarr", bands=("nir", "red", "green"), split_by="source"
     ... )
     >>> cube.splits  # doctest: +SKIP
     {'train': 342771, 'val': 85693}
@@ -115,8 +122,8 @@ def from_hf_dataset(
     from xchm._optional import require
 
     datasets = require("datasets")
-    rule = _rule(split, fractions, block_size, seed, allow_source=True)
-    _check_store(store, overwrite)
+    rule = _rule(split_by, fractions, block_size, seed, allow_source=True)
+    _check_store(output, overwrite)
     if not Path(path).expanduser().is_dir():
         raise PathNotFoundError(
             f"no dataset folder at {path}; pass the folder written by datasets' save_to_disk"
@@ -136,7 +143,7 @@ def from_hf_dataset(
                 f"{', '.join(map(repr, missing))}; its columns are {ds.column_names}: pass "
                 "image_column=, label_column= or split_column="
             )
-    source = _source_labels(split, split_column, [n for n, _ in parts], path)
+    source = _source_labels(split_by, split_column, [n for n, _ in parts], path)
     rule = _fallback(rule, georeferenced=False)  # "source" has a random placeholder rule
     row = parts[0][1].select_columns([image_column, label_column]).with_format("numpy")[0]
     image, label = np.asarray(row[image_column]), np.asarray(row[label_column])
@@ -163,7 +170,7 @@ def from_hf_dataset(
     columns = (image_column, label_column, split_column)
     batches = _hf_batches(parts, columns, shape, picks, settings, source)
     total, by = sum(len(ds) for _, ds in parts), "xchm.chips.from_hf_dataset"
-    return _write(store, settings, batches, total, [inputs], overwrite, progress, by)
+    return _write(output, settings, batches, total, [inputs], overwrite, progress, by)
 
 
 # -- Hugging Face datasets -------------------------------------------------------------
@@ -171,19 +178,19 @@ _SOURCE_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "t
 
 
 def _source_labels(
-    split: Any, split_column: str | None, names: list[str], path: Any
+    split_by: Any, split_column: str | None, names: list[str], path: Any
 ) -> dict[str, str] | None:
-    """For ``split="source"``: the label of each DatasetDict split ({}: from the column)."""
-    if split != "source":
+    """For ``split_by="source"``: the label of each DatasetDict split ({}: from the column)."""
+    if split_by != "source":
         return None
     if split_column is not None:
         return {}
     bad = [n for n in names if n not in _SOURCE_NAMES]
     if bad:
         raise InputError(
-            f"split='source' keeps the dataset's splits, but {path} has "
+            f"split_by='source' keeps the dataset's splits, but {path} has "
             f"{'no splits' if names == [''] else f'splits {names}'}; it needs a DatasetDict "
-            f"with splits among {sorted(_SOURCE_NAMES)} or split_column=, or pass another split"
+            f"with splits among {sorted(_SOURCE_NAMES)} or split_column=, or pass another split_by"
         )
     return {n: _SOURCE_NAMES[n] for n in names}
 

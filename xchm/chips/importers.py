@@ -18,8 +18,8 @@ chip reaching into a block of another split is dropped (``split_buffer``), so th
 overlapping chips never put the same ground on both sides; chips on a grid aligned
 with the blocks lose none.
 Chips without georeferencing (``.npy``, GeoTIFFs without CRS, Hugging Face
-datasets) cannot be blocked; ``split="block"`` then falls back to ``"random"`` with
-an :class:`~xchm.errors.XCHMWarning`. Each file (or dataset row) is its own scene
+datasets) cannot be blocked; ``split_by="block"`` then falls back to ``"random"``
+with an :class:`~xchm.errors.XCHMWarning`. Each file (or dataset row) is its own scene
 unless a GeoTIFF carries a ``scene`` tag.
 """
 
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.chips.layout import store_path
 from xchm.chips.sources import _scene_date, resolve_bands
@@ -76,16 +77,17 @@ class _Chip:
         return None if self.transform is None else round(abs(self.transform[0]), 9)
 
 
+@renamed_keywords(store="output", split="split_by")
 def from_directories(
     images: str | Path,
     labels: str | Path,
-    store: str | Path,
+    output: str | Path,
     *,
     bands: Bands = None,
     nodata: float | str | None = "auto",
     min_valid: float = 1.0,
     drop_no_positive: bool = True,
-    split: str | SplitRule = "block",
+    split_by: str | SplitRule = "block",
     fractions: Mapping[str, float] | None = None,
     block_size: int = 8,
     seed: int = 0,
@@ -105,23 +107,28 @@ def from_directories(
     images, labels
         Directories of image chips and of height chips (metres; the GeoTIFF nodata
         value, or NaN, marks missing heights).
-    store
-        Directory of the new Zarr v3 store.
+    output
+        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
+        still works for one release with a ``FutureWarning``.
     bands
         Names of the image bands in order, or ``{name: 1-based band number or
         description}`` to select and reorder. Default: the GeoTIFF band descriptions.
     nodata
-        Image value marking missing pixels: ``"auto"`` (the GeoTIFFs'; NaN for float
-        chips without one), a number, or None.
+        Image value marking missing pixels besides NaN: ``"auto"`` (the default: the
+        GeoTIFFs' own, if they have one), a number, or None (none). As for
+        :func:`xchm.chips.build` and :func:`xchm.predict`.
     min_valid, drop_no_positive, fractions, block_size, seed, stats_sample, overwrite
         As for :func:`xchm.chips.build`.
-    split
-        ``"block"`` (blocks of ``block_size`` chips in map units, keyed by CRS; chips
-        reaching into a block of another split are dropped, see the module
-        docstring), ``"scene"``, ``"random"`` or a :class:`SplitRule`. Without
-        georeferencing ``"block"`` falls back to ``"random"`` with a warning.
+    split_by
+        How chips are split: ``"block"`` (blocks of ``block_size`` chips in map
+        units, keyed by CRS; chips reaching into a block of another split are
+        dropped, see the module docstring), ``"scene"``, ``"random"`` or a
+        :class:`SplitRule`. Without georeferencing ``"block"`` falls back to
+        ``"random"`` with a warning. Formerly ``split=``, which still works for one
+        release with a ``FutureWarning``.
     progress
-        Show a progress bar (chips).
+        Show a progress bar (chips); on by default, as in every long-running xchm
+        function.
 
     Returns
     -------
@@ -139,7 +146,7 @@ def from_directories(
     PathNotFoundError
         If ``images`` or ``labels`` is not a directory.
     OutputExistsError
-        If ``store`` exists and is not a chip cube (with or without ``overwrite``)
+        If ``output`` exists and is not a chip cube (with or without ``overwrite``)
         or is one and ``overwrite`` is False; checked before any chip is read.
 
     Examples
@@ -152,8 +159,8 @@ def from_directories(
     """
     from rasterio.errors import NotGeoreferencedWarning
 
-    rule = _rule(split, fractions, block_size, seed)
-    _check_store(store, overwrite)
+    rule = _rule(split_by, fractions, block_size, seed)
+    _check_store(output, overwrite)
     problems: list[str] = []
     image_files, label_files = _list_chips(images, problems), _list_chips(labels, problems)
     names = sorted(image_files.keys() | label_files.keys())
@@ -196,24 +203,24 @@ def from_directories(
             "chips": len(pairs),
         }
         by = "xchm.chips.from_directories"
-        return _write(store, settings, batches, len(pairs), [inputs], overwrite, progress, by)
+        return _write(output, settings, batches, len(pairs), [inputs], overwrite, progress, by)
 
 
 # -- shared ----------------------------------------------------------------------------
 def _rule(
-    split: str | SplitRule,
+    split_by: str | SplitRule,
     fractions: Mapping[str, float] | None,
     block_size: int,
     seed: int,
     *,
     allow_source: bool = False,
 ) -> SplitRule:
-    if isinstance(split, SplitRule):
-        return split
-    if split == "source" and not allow_source:
-        raise InputError("split='source' is only for Hugging Face datasets that carry splits")
+    if isinstance(split_by, SplitRule):
+        return split_by
+    if split_by == "source" and not allow_source:
+        raise InputError("split_by='source' is only for Hugging Face datasets that carry splits")
     return SplitRule(
-        method="random" if split == "source" else split,  # "source": a placeholder rule
+        method="random" if split_by == "source" else split_by,  # "source": a placeholder
         fractions=fractions if fractions is not None else {"train": 0.8, "val": 0.2},
         block_size=block_size,
         seed=seed,
@@ -225,12 +232,12 @@ def _fallback(rule: SplitRule, *, georeferenced: bool) -> SplitRule:
     if georeferenced or rule.method != "block":
         return rule
     warnings.warn(
-        "the chips have no georeferencing, so split='block' cannot keep neighbouring chips "
-        "apart; falling back to split='random' (chip by chip like the reference: neighbours "
-        "land on both sides, so validation scores are optimistic). Pass split='random' or "
-        "split='scene' to choose explicitly",
+        "the chips have no georeferencing, so split_by='block' cannot keep neighbouring "
+        "chips apart; falling back to split_by='random' (chip by chip like the reference: "
+        "neighbours land on both sides, so validation scores are optimistic). Pass "
+        "split_by='random' or split_by='scene' to choose explicitly",
         XCHMWarning,
-        stacklevel=3,
+        stacklevel=4,  # the importer's caller (past renamed_keywords' wrapper)
     )
     return SplitRule(method="random", fractions=rule.fractions, seed=rule.seed)
 

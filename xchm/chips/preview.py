@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.errors import InputError, MissingDependencyError
 from xchm.outputs import prepare_output_file
 
@@ -68,9 +69,10 @@ _RAMP = np.array(
 _COMPOSITES = (("red", "green", "blue"), ("nir", "red", "green"))
 
 
+@renamed_keywords(path="output")
 def preview(
     cube: ChipCube,
-    path: str | Path,
+    output: str | Path,
     *,
     n: int = 16,
     split: str | None = None,
@@ -87,8 +89,10 @@ def preview(
     ----------
     cube
         An open chip cube (:func:`xchm.chips.open`) or a selection of one.
-    path
-        Output ``.png`` file. Its directory must exist; nothing else is created.
+    output
+        The ``.png`` file to write. Its directory must exist; nothing else is created.
+        Formerly ``path=``, which still works for one release with a
+        ``FutureWarning``.
     n
         Chips to show (all chips of the selection if it has fewer).
     split
@@ -100,21 +104,21 @@ def preview(
     scale
         Nearest-neighbour upscaling factor of each chip.
     overwrite
-        Replace an existing file at ``path``.
+        Replace an existing file at ``output``.
 
     Returns
     -------
     Path
-        ``path``.
+        ``output``.
 
     Raises
     ------
     OutputExistsError
-        If ``path`` exists and ``overwrite`` is False, or is a folder.
+        If ``output`` exists and ``overwrite`` is False, or is a folder.
     OutputError
-        If the directory of ``path`` does not exist or is not writable.
+        If the directory of ``output`` does not exist or is not writable.
     InputError
-        If ``n``, ``columns`` or ``scale`` is not a positive integer, ``path`` does
+        If ``n``, ``columns`` or ``scale`` is not a positive integer, ``output`` does
         not end in ``.png``, ``split`` is not in the cube, or there are no chips.
     MissingDependencyError
         If Pillow is not installed.
@@ -123,7 +127,7 @@ def preview(
     -----
     Reads only the ``n`` picked chips (eagerly); the PNG is built in memory, about
     ``6 * n * (window * scale) ** 2`` bytes. The file is written to a temporary name
-    next to ``path`` and renamed, so a reader never sees a half-written PNG.
+    next to ``output`` and renamed, so a reader never sees a half-written PNG.
 
     Examples
     --------
@@ -137,9 +141,9 @@ def preview(
     for name, value in (("n", n), ("columns", columns), ("scale", scale)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    out = Path(path).expanduser()
+    out = Path(output).expanduser()
     if out.suffix.lower() != ".png":
-        raise InputError(f"preview path must end in .png, got {str(out)!r}")
+        raise InputError(f"preview output must end in .png, got {str(out)!r}")
     prepare_output_file(out, overwrite=overwrite)
 
     chosen = cube.sel(split=split) if split is not None else cube

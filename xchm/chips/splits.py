@@ -48,7 +48,9 @@ class SplitRule:
 
     def __post_init__(self) -> None:
         if self.method not in SPLIT_METHODS:
-            raise InputError(f"split must be one of {SPLIT_METHODS}, got {self.method!r}")
+            raise InputError(
+                f"the split method (split_by=) must be one of {SPLIT_METHODS}, got {self.method!r}"
+            )
         fractions = dict(self.fractions)
         unknown = set(fractions) - set(SPLITS)
         if unknown:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from xchm.cli.common import (
+    add_deprecated_alias,
     check_device,
     check_writable,
     device,
@@ -107,7 +108,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--peak-tflops", type=positive_float, help="device peak for MFU (default: from a table)"
     )
-    p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument(
+        "-o", "--output", metavar="PATH", help="also write the results to this JSON file"
+    )
+    add_deprecated_alias(p, "--json", "-o/--output", dest="output", metavar="PATH")
     return p
 
 
@@ -233,8 +237,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_device(args.device)
-    if args.json:  # before the minutes of measuring, not after
-        check_writable(Path(args.json).absolute().parent, args.json)
+    if args.output:  # before the minutes of measuring, not after
+        check_writable(Path(args.output).absolute().parent, args.output)
     env = environment()
     start = time.perf_counter()
     result = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -245,10 +249,10 @@ def _bench(args: argparse.Namespace) -> int:
         f"\n{env['seconds']} s; load average (1, 5, 15 min) {env['loadavg_start']} at start, "
         f"{env['loadavg_end']} at end"
     )
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.output:
+        with open(args.output, "w") as f:
             json.dump({"environment": env, **result}, f, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.output}")
     return 0
 
 

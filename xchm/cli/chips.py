@@ -21,8 +21,11 @@ from typing import Any
 
 from xchm.chips.builder import build as build_cube
 from xchm.chips.preview import preview
+from xchm.chips.splits import SPLIT_METHODS
 from xchm.cli.common import (
+    add_deprecated_alias,
     default_of,
+    nodata,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -146,17 +149,6 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     return pairs
 
 
-def _nodata(text: str) -> float | str | None:
-    from xchm.errors import InputError
-
-    if text.lower() in ("auto", "none"):
-        return None if text.lower() == "none" else "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise InputError(f"--nodata must be a number, 'none' or 'auto', got {text!r}") from None
-
-
 def _build(args: argparse.Namespace) -> int:
     import xchm.chips
     from xchm.errors import InputError
@@ -188,11 +180,11 @@ def _build(args: argparse.Namespace) -> int:
         stride=args.stride,
         bands=bands,
         resolution=args.resolution,
-        nodata=_nodata(args.nodata),
+        nodata=args.nodata,
         min_valid=args.min_valid,
         # None: the default (drop for labeled scenes; not applicable to images alone).
         drop_no_positive=False if args.keep_no_positive else None,
-        split=args.split,
+        split_by=args.split_by,
         fractions={k: v for k, v in fractions.items() if v > 0},
         block_size=args.block_size,
         seed=args.seed,
@@ -318,9 +310,10 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--nodata",
+        type=nodata,
         default=default_of(build_cube, "nodata"),
         metavar="V",
-        help="image nodata: a number, none or auto",
+        help="image nodata: a number, none, or auto (default: the file's own)",
     )
     build.add_argument(
         "--min-valid",
@@ -335,8 +328,13 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         help="keep chips without a height > 0 (images without CHM: always kept)",
     )
     build.add_argument(
-        "--split", choices=("block", "scene", "random"), default=default_of(build_cube, "split")
+        "--split-by",
+        choices=SPLIT_METHODS,
+        default=default_of(build_cube, "split_by"),
+        help="how chips are split into train/val/test: blocks of chips, whole scenes, or chip "
+        "by chip (default: %(default)s)",
     )
+    add_deprecated_alias(build, "--split", "--split-by", dest="split_by", choices=SPLIT_METHODS)
     build.add_argument("--val-fraction", type=nonnegative_float, default=0.2, metavar="F")
     build.add_argument("--test-fraction", type=nonnegative_float, default=0.0, metavar="F")
     build.add_argument(

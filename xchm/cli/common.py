@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "HOST_HELP",
     "SCHEDULER_TIMEOUT_S",
     "Parser",
+    "add_deprecated_alias",
     "add_run_arguments",
     "run_config",
     "check_device",
@@ -39,6 +41,7 @@ __all__ = [
     "device",
     "int_at_least",
     "load_config",
+    "nodata",
     "nonnegative_float",
     "nonnegative_int",
     "positive_float",
@@ -69,6 +72,79 @@ class Parser(argparse.ArgumentParser):
         """Print ``message`` as one line and exit with status 2."""
         line = " ".join(message.split())
         self.exit(EXIT_USAGE, f"xchm: error: {line} (see '{self.prog} --help')\n")
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: hidden from ``--help``, says what replaced it."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"xchm: warning: {option_string} is deprecated and will be removed in a future "
+            f"release; use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    parser: argparse.ArgumentParser, old: str, new: str, *, dest: str, **kwargs: Any
+) -> None:
+    """Keep the option spelling ``old`` working for one release as a hidden alias of ``new``.
+
+    It stores into ``dest`` (the new option's) with the same ``type``/``choices``
+    given in ``kwargs``, and prints a one-line deprecation warning when used.
+
+    Examples
+    --------
+    >>> parser = Parser(prog="xchm demo")
+    >>> _ = parser.add_argument("-o", "--output", default="out/demo")
+    >>> add_deprecated_alias(parser, "--out", "-o/--output", dest="output")
+    >>> parser.parse_args([]).output
+    'out/demo'
+    >>> "--out " in parser.format_help()  # hidden (only --output is listed)
+    False
+    """
+    parser.add_argument(
+        old,
+        dest=dest,
+        action=_DeprecatedAlias,
+        new=new,
+        default=argparse.SUPPRESS,  # the new option's default stands
+        help=argparse.SUPPRESS,
+        **kwargs,
+    )
+
+
+def nodata(text: str) -> float | str | None:
+    """Parse ``--nodata`` (an argparse type): a number, ``auto`` or ``none``.
+
+    ``auto`` is the input's own nodata value and ``none`` no value (NaN is always
+    missing), as for ``nodata=`` in the library.
+
+    Examples
+    --------
+    >>> nodata("0"), nodata("auto"), nodata("None")
+    (0.0, 'auto', None)
+    """
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'auto' (the file's own) or 'none', got {text!r}"
+        ) from None
 
 
 def default_of(function: Callable[..., Any], name: str) -> Any:

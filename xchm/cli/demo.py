@@ -11,6 +11,7 @@ from typing import Any
 
 from xchm.cli.common import (
     HOST_HELP,
+    add_deprecated_alias,
     check_device,
     default_of,
     device,
@@ -28,7 +29,7 @@ __all__ = ["add_demo_parser"]
 def _demo(args: argparse.Namespace) -> int:
     check_device(args.device)
     summary = run_demo(
-        args.out,
+        args.output,
         size=args.size,
         seed=args.seed,
         device=args.device,
@@ -52,9 +53,10 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         "and evaluate it on held-out data; writes chm.tif, report/ and summary.json. Exits 3 if "
         "the model is not better than predicting the training mean.",
     )
-    out, seed = default_of(run_demo, "out"), default_of(run_demo, "seed")
+    output, seed = default_of(run_demo, "output"), default_of(run_demo, "seed")
     resolution, workers = default_of(run_demo, "resolution"), default_of(run_demo, "workers")
-    demo.add_argument("--out", default=out, help=f"output folder ({out})")
+    demo.add_argument("-o", "--output", default=output, help=f"output folder ({output})")
+    add_deprecated_alias(demo, "--out", "-o/--output", dest="output")
     demo.add_argument(
         "--size",
         type=int_at_least(MIN_SIZE),
@@ -80,7 +82,9 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         "--workers", type=positive_int, default=workers, help=f"CPU worker processes ({workers})"
     )
     demo.add_argument("--host", default=LOOPBACK, help=HOST_HELP)
-    demo.add_argument("--overwrite", action="store_true", help="replace a previous demo in --out")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace a previous demo in --output"
+    )
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
     return demo

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ from xchm.cli.common import (
     connect,
     default_of,
     device,
+    nodata,
     nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
 from xchm.cluster import LOOPBACK
-from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP
+from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP, predict
 from xchm.inference.scenes import merge_scenes
 from xchm.inference.to_zarr import DEFAULT_REGION_SIZE
 from xchm.stac.dates import DEFAULT_MONTHS
@@ -151,7 +153,9 @@ def _predict(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
-        nodata=args.nodata,
+        # "none": NaN only. (predict's nodata=None still means the file's own value for
+        # one release, with a FutureWarning; NaN, always missing anyway, means none now.)
+        nodata=math.nan if args.nodata is None else args.nodata,
     )
     with _scheduler(args.scheduler, args.host) as client:
         if client is not None:
@@ -233,7 +237,13 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     )
     pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
     pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
-    pred.add_argument("--nodata", type=float, help="input nodata value (default: from the file)")
+    pred.add_argument(
+        "--nodata",
+        type=nodata,
+        default=default_of(predict, "nodata"),
+        metavar="V",
+        help="input nodata: a number, none, or auto (default: the file's own)",
+    )
     pred.add_argument("--int16-dm", action="store_true", help="write int16 decimetres, -9999")
     pred.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pred.add_argument(

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from xchm.cli.common import (
+    add_deprecated_alias,
     add_run_arguments,
     check_device,
     default_of,
@@ -33,7 +34,7 @@ __all__ = ["add_evaluate_parser", "add_train_parser"]
 
 def _evaluate(args: argparse.Namespace) -> int:
     from xchm.evaluation.cube import evaluate
-    from xchm.evaluation.report import format_metrics, jsonable
+    from xchm.evaluation.report import format_metrics
     from xchm.models.presets import PRESETS
 
     if args.model in PRESETS:
@@ -50,16 +51,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         per_scene=args.per_scene,
-        report=args.report,
+        output=args.output,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if args.json:
-        print(json.dumps(jsonable(result), indent=2, allow_nan=False))
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
         print(format_metrics(result))
-        if args.report:
-            print(f"wrote report to {result['report']}")
+        if result.report is not None:
+            print(f"wrote report to {result.report}")
     return 0
 
 
@@ -102,9 +103,13 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     )
     ev.add_argument("--per-scene", action="store_true", help="also score each scene")
     ev.add_argument(
-        "--report", metavar="DIR", help="write metrics.json and PNG plots to this directory"
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="report folder to write: metrics.json and PNG plots (default: none)",
     )
-    ev.add_argument("--overwrite", action="store_true", help="replace report files in DIR")
+    add_deprecated_alias(ev, "--report", "-o/--output", dest="output", metavar="DIR")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier report in DIR")
     ev.add_argument(
         "--batch-size",
         type=positive_int,

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import BandError, InputError, XCHMWarning
 from xchm.evaluation.metrics import (
@@ -40,8 +41,9 @@ from xchm.evaluation.metrics import (
 )
 from xchm.evaluation.raster import evaluate_raster
 from xchm.evaluation.report import prepare_report_dir, write_report
+from xchm.evaluation.result import EvaluationResult
 
-__all__ = ["evaluate", "evaluate_raster"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_raster"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ BASELINE_MAX_CHIPS = 16384
 N_EXAMPLES = 8
 
 
+@renamed_keywords(report="output")
 def evaluate(
     model: Any,
     cube: ChipCube | str | os.PathLike[str],
@@ -60,11 +63,11 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     per_scene: bool = False,
-    report: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     classes: Classes = DEFAULT_CLASSES,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Accuracy of a canopy height model on a split of a chip cube.
 
     Parameters
@@ -83,27 +86,32 @@ def evaluate(
         Torch device; default the model object's device, else CUDA if available.
     per_scene
         Add ``scenes``: the metrics of each scene's chips.
-    report
-        Directory for ``metrics.json``, ``density.png``, ``error_by_class.png`` and
-        ``examples.png``; it must be absent or empty unless ``overwrite``.
+    output
+        Report folder to write: ``metrics.json``, ``density.png``,
+        ``error_by_class.png`` and ``examples.png``; it must be absent or empty unless
+        ``overwrite``. Default: no report. Formerly ``report=``, which still works for
+        one release with a ``FutureWarning``.
     overwrite
-        Replace an earlier report in ``report`` (a folder holding anything else is
+        Replace an earlier report in ``output`` (a folder holding anything else is
         refused, with or without it).
     classes
         Reference height classes ``(lo, hi)`` in metres (``lo <= ref < hi``).
     progress
-        Show a progress bar (tqdm).
+        Show a progress bar (tqdm); on by default, as in every long-running xchm
+        function.
 
     Returns
     -------
-    dict
-        The keys of :func:`~xchm.evaluation.metrics.height_metrics` (``mae``, ``rmse``,
-        ``bias``, ``r2``, ``pearson_r2``, ``n_pixels``, ``classes``), plus ``model``
-        (preset name or checkpoint path), ``cube`` (path), ``split``, ``n_chips``,
-        ``baseline`` (the same metrics for predicting the constant ``height``, the
-        mean reference height of ``baseline_source``'s chips: the train split if the
-        cube has one, else the evaluated split), ``baseline_source``, ``scenes`` with
-        ``per_scene``, ``report`` with ``report``.
+    EvaluationResult
+        A dict with the metrics also as attributes (``result.mae``) and
+        ``to_dict()`` for JSON. The keys of
+        :func:`~xchm.evaluation.metrics.height_metrics` (``mae``, ``rmse``, ``bias``,
+        ``r2``, ``pearson_r2``, ``n_pixels``, ``classes``), plus ``model`` (preset name
+        or checkpoint path), ``cube`` (path), ``split``, ``n_chips``, ``baseline`` (the
+        same metrics for predicting the constant ``height``, the mean reference height
+        of ``baseline_source``'s chips: the train split if the cube has one, else the
+        evaluated split), ``baseline_source``, ``scenes`` with ``per_scene``, and
+        ``report`` (the folder) with ``output``.
 
     Raises
     ------
@@ -112,7 +120,7 @@ def evaluate(
     InputError
         If the split is not in the cube, windows differ, or the card has no statistics.
     OutputExistsError
-        If ``report`` holds an earlier report and ``overwrite`` is False, or holds
+        If ``output`` holds an earlier report and ``overwrite`` is False, or holds
         anything that is not a report.
 
     Warns
@@ -131,7 +139,7 @@ def evaluate(
     Examples
     --------
     >>> result = xchm.evaluate("runs/a/best", "chips.zarr")  # doctest: +SKIP
-    >>> result["mae"], result["baseline"]["mae"]  # doctest: +SKIP
+    >>> result.mae, result.baseline["mae"]  # doctest: +SKIP
     (1.31, 3.87)
     """
     import torch
@@ -141,7 +149,7 @@ def evaluate(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    report_dir = None if report is None else prepare_report_dir(report, overwrite=overwrite)
+    report_dir = None if output is None else prepare_report_dir(output, overwrite=overwrite)
     full = cube if isinstance(cube, ChipCube) else open_cube(Path(cube))
     chosen = full.sel(split=split) if split is not None else full
     overall = MetricAccumulator(classes=classes)  # checks classes before any work
@@ -186,15 +194,17 @@ def evaluate(
                     examples[int(pos[k])] = (image[k].copy(), ref[k].copy(), pred[k].copy())
             bar.update(len(pos))
 
-    result: dict[str, Any] = {
-        "model": model_name,
-        "cube": str(full.path),
-        "split": split if split is not None else "all",
-        "n_chips": n,
-        **overall.result(),
-        "baseline_source": base_source,
-        "baseline": {"height": base_height, **baseline.result()},
-    }
+    result = EvaluationResult(
+        {
+            "model": model_name,
+            "cube": str(full.path),
+            "split": split if split is not None else "all",
+            "n_chips": n,
+            **overall.result(),
+            "baseline_source": base_source,
+            "baseline": {"height": base_height, **baseline.result()},
+        }
+    )
     if per_scene:
         result["scenes"] = {s: scenes[s].result() for s in sorted(scenes)}
     if report_dir is not None:
@@ -260,7 +270,7 @@ def _check_compatible(card: Any, cube: ChipCube) -> None:
                 f"{card.pixel_size:g} m; heights from imagery at another resolution are "
                 "unreliable: resample the imagery (xchm.chips.build(..., resolution=...))",
                 XCHMWarning,
-                stacklevel=3,
+                stacklevel=4,  # evaluate's caller (past renamed_keywords' wrapper)
             )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from xchm._compat import renamed_keywords
 from xchm.errors import InputError, PathNotFoundError
 from xchm.evaluation.metrics import (
     DEFAULT_CLASSES,
@@ -24,6 +25,7 @@ from xchm.evaluation.metrics import (
     HistogramAccumulator,
     MetricAccumulator,
 )
+from xchm.evaluation.result import EvaluationResult
 
 __all__ = ["evaluate_raster"]
 
@@ -128,16 +130,17 @@ def _merge(*parts: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np
     return sums, counts
 
 
+@renamed_keywords(report="output")
 def evaluate_raster(
     pred: Any,
     reference: Any,
     *,
     classes: Classes = DEFAULT_CLASSES,
-    report: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     max_height: float = 60.0,
     bin_size: float = 0.5,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Accuracy of a predicted canopy height raster against an aligned reference raster.
 
     Parameters
@@ -148,21 +151,25 @@ def evaluate_raster(
         :data:`RASTER_CHUNKS`-pixel blocks, nodata masked).
     classes
         Reference height classes ``(lo, hi)`` in metres (``lo <= ref < hi``).
-    report
-        Directory for ``metrics.json``, ``density.png`` and ``error_by_class.png``;
-        absent or empty unless ``overwrite``.
+    output
+        Report folder to write: ``metrics.json``, ``density.png`` and
+        ``error_by_class.png``; absent or empty unless ``overwrite``. Default: no
+        report. Formerly ``report=``, which still works for one release with a
+        ``FutureWarning``.
     overwrite
-        Replace an earlier report in ``report`` (a folder holding anything else is
+        Replace an earlier report in ``output`` (a folder holding anything else is
         refused, with or without it).
     max_height, bin_size
         Range and bin width of the density plot's histogram, metres.
 
     Returns
     -------
-    dict
-        The keys of :func:`~xchm.evaluation.metrics.height_metrics` plus ``pred``,
-        ``reference`` (paths or names), ``shape``, ``crs`` and, with ``report``,
-        ``report``. Pixels NaN or nodata in either raster are left out.
+    EvaluationResult
+        A dict with the metrics also as attributes (``result.mae``) and
+        ``to_dict()`` for JSON: the keys of
+        :func:`~xchm.evaluation.metrics.height_metrics` plus ``pred``, ``reference``
+        (paths or names), ``shape``, ``crs`` and, with ``output``, ``report`` (the
+        folder). Pixels NaN or nodata in either raster are left out.
 
     Raises
     ------
@@ -180,12 +187,12 @@ def evaluate_raster(
     Examples
     --------
     >>> m = xchm.evaluate_raster("chm_pred.tif", "lidar_chm.tif")  # doctest: +SKIP
-    >>> m["mae"], m["classes"][-1]["bias"]  # doctest: +SKIP
+    >>> m.mae, m.classes[-1]["bias"]  # doctest: +SKIP
     (2.4, -3.1)
     """
     from xchm.evaluation.report import prepare_report_dir, write_report
 
-    report_dir = None if report is None else prepare_report_dir(report, overwrite=overwrite)
+    report_dir = None if output is None else prepare_report_dir(output, overwrite=overwrite)
     p_arr, p_name = _open(pred, "pred")
     r_arr, r_name = _open(reference, "reference")
     _check_aligned(p_arr, r_arr)
@@ -212,13 +219,15 @@ def evaluate_raster(
     else:
         sums, counts = _block(np.asarray(p_data), np.asarray(r_data), nodata, acc.classes, bins)
     acc.merge(MetricAccumulator.from_array(sums, classes=acc.classes))
-    result: dict[str, Any] = {
-        "pred": p_name,
-        "reference": r_name,
-        "shape": list(p_arr.shape),
-        "crs": None if r_arr.rio.crs is None else str(r_arr.rio.crs),
-        **acc.result(),
-    }
+    result = EvaluationResult(
+        {
+            "pred": p_name,
+            "reference": r_name,
+            "shape": list(p_arr.shape),
+            "crs": None if r_arr.rio.crs is None else str(r_arr.rio.crs),
+            **acc.result(),
+        }
+    )
     if report_dir is not None and counts is not None:
         hist = HistogramAccumulator.from_array(counts, max_height=max_height, bin_size=bin_size)
         result["report"] = str(report_dir)

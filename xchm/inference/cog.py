@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xchm._compat import renamed_keywords
 from xchm.errors import InputError, XCHMWarning
 from xchm.outputs import prepare_output_file
 
@@ -160,9 +161,10 @@ def _to_int16_dm(layers: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     return dm.rio.write_nodata(INT16_DM_NODATA, encoded=False), outside
 
 
+@renamed_keywords(path="output")
 def write_cog(
     chm: Any,
-    path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     int16_dm: bool = False,
     overwrite: bool = False,
@@ -176,8 +178,9 @@ def write_cog(
         band), or the Dataset of ``uncertainty=True`` (bands ``chm`` and ``chm_std``).
         Any Dataset of (y, x) layers works, e.g. a :func:`xchm.predict_to_zarr` store;
         ``chm`` is band 1. Band descriptions are the layer names.
-    path
-        Output file (``.tif``/``.tiff``). Its folder must exist.
+    output
+        The file to write (``.tif``/``.tiff``). Its folder must exist. Formerly
+        ``path=``, which still works for one release with a ``FutureWarning``.
     int16_dm
         Write int16 decimetres with nodata -9999 (the reference's format) instead
         of float32 metres with NaN. Heights outside :data:`INT16_DM_RANGE_M`
@@ -194,9 +197,9 @@ def write_cog(
     Raises
     ------
     OutputExistsError
-        The file exists (without ``overwrite``) or ``path`` is a folder.
+        The file exists (without ``overwrite``) or ``output`` is a folder.
     OutputError
-        The folder does not exist or is not writable, or ``path`` does not end in
+        The folder does not exist or is not writable, or ``output`` does not end in
         .tif/.tiff.
     InputError
         ``chm`` is not a height map (not (y, x) layers).
@@ -208,7 +211,7 @@ def write_cog(
 
     Notes
     -----
-    Checks the path before any work. Computes the map (on the active ``distributed``
+    Checks ``output`` before any work. Computes the map (on the active ``distributed``
     client if any). Memory: a few chunks per thread; disk: the COG plus a temporary
     tiled GeoTIFF (and, on a cluster, a temporary Zarr store) of similar size, named
     ``.NAME.partial-HOST-PID...`` next to the output. A write that was killed leaves
@@ -231,14 +234,14 @@ def write_cog(
 
     from xchm.cluster import active_client
 
-    output = prepare_output_file(path, overwrite=overwrite, suffixes=(".tif", ".tiff"))
+    target = prepare_output_file(output, overwrite=overwrite, suffixes=(".tif", ".tiff"))
     layers = _layers(chm)
-    for leftover in _stale_partials(output):
+    for leftover in _stale_partials(target):
         _remove(leftover)
-    stem = f".{output.name}.partial-{_host()}-{os.getpid()}"
-    tmp = output.with_name(stem)
-    staged = output.with_name(f"{stem}.zarr")
-    tiled = output.with_name(f"{stem}.tiled.tif")
+    stem = f".{target.name}.partial-{_host()}-{os.getpid()}"
+    tmp = target.with_name(stem)
+    staged = target.with_name(f"{stem}.zarr")
+    tiled = target.with_name(f"{stem}.tiled.tif")
     try:
         if active_client() is not None and dask.is_dask_collection(layers):
             layers = _stage(layers, staged)
@@ -264,7 +267,7 @@ def write_cog(
             elif write is not None:
                 dask.compute(write)
         rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
-        os.replace(tmp, output)
+        os.replace(tmp, target)
     finally:
         for leftover in (tmp, staged, tiled):
             _remove(leftover)
@@ -275,10 +278,10 @@ def write_cog(
         )
         low, high = INT16_DM_RANGE_M
         warnings.warn(
-            f"{output}: {counts} pixels were outside the int16 decimetre range "
+            f"{target}: {counts} pixels were outside the int16 decimetre range "
             f"[{low}, {high}] m and were clipped to it; write float32 metres "
             "(int16_dm=False, CLI: without --int16-dm) to keep them",
             XCHMWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of write_cog (past renamed_keywords' wrapper)
         )
-    return output
+    return target

@@ -30,7 +30,7 @@ from xchm.inference.kernel import KernelConfig, predict_block
 from xchm.inference.progress import PREDICT_PREFIX
 from xchm.inference.runtime import spec_for
 
-__all__ = ["predict", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
+__all__ = ["predict", "AUTO", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
 
 #: Pixels shared by neighbouring windows (stride = window - overlap); see benchmarks/RESULTS.md.
 DEFAULT_OVERLAP = 16
@@ -38,13 +38,35 @@ DEFAULT_OVERLAP = 16
 DEFAULT_CHUNK = 1024
 
 
-def _nodata(da: xr.DataArray, nodata: float | None) -> float | None:
-    if nodata is not None:
-        return float(nodata)
+#: ``nodata`` default everywhere in xchm: the input's own nodata value, if it has one.
+AUTO = "auto"
+
+
+def _own_nodata(da: xr.DataArray) -> float | None:
+    """Return the nodata value the input carries: ``rio.nodata``, else ``_FillValue``."""
     for value in (da.rio.nodata, da.attrs.get("_FillValue"), da.encoding.get("_FillValue")):
         if value is not None:
             return float(value)
     return None
+
+
+def _check_nodata(nodata: Any) -> None:
+    if nodata is None or nodata == AUTO:
+        return
+    if isinstance(nodata, bool) or not isinstance(nodata, int | float | np.number):
+        raise InputError(f"nodata must be a number, None or 'auto', got {nodata!r}")
+
+
+def _nodata(da: xr.DataArray, nodata: float | str | None) -> float | None:
+    """Return the value predict masks besides NaN (None: NaN only).
+
+    None still means the input's own value, as ``"auto"`` does, for one release (see
+    :func:`predict`, which warns when the two meanings differ).
+    """
+    _check_nodata(nodata)
+    if nodata is None or nodata == AUTO:
+        return _own_nodata(da)
+    return float(nodata)
 
 
 def _spatial_chunks(sizes: tuple[int, ...], depth: int, target: int) -> tuple[tuple[int, ...], ...]:
@@ -80,7 +102,7 @@ def predict(
     batch_size: int | None = None,
     device: str | None = None,
     bands: BandsArg = None,
-    nodata: float | None = None,
+    nodata: float | str | None = AUTO,
     uncertainty: bool = False,
     weights: str | os.PathLike[str] | None = None,
 ) -> xr.DataArray | xr.Dataset:
@@ -106,8 +128,12 @@ def predict(
         coordinate value, name, or position; Dataset variable name), or a sequence
         naming every input band in order. Default: match by name.
     nodata
-        Value marking missing pixels (default ``rio.nodata`` or ``_FillValue``); NaN
-        is always missing.
+        Value marking missing pixels besides NaN (always missing): ``"auto"`` (the
+        default: the input's own, ``rio.nodata`` or else ``_FillValue``, if it has
+        one), a number, or None (none). The same meaning everywhere in xchm
+        (:func:`xchm.chips.build`, ``xchm predict --nodata``). For one release None
+        still uses the input's own value when it has one, with a ``FutureWarning``;
+        pass ``float("nan")`` for no nodata value meanwhile.
     uncertainty
         Also return ``chm_std``: the weighted standard deviation of the overlapping
         window predictions at each pixel (0 where a single window counts).
@@ -153,6 +179,7 @@ def predict(
         raise InputError(f"overlap must be an integer in [0, {window}), got {overlap!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_nodata(nodata)
     card.require_statistics()
     image = as_band_array(obj, card, bands)
     check_dtype(image)
@@ -164,6 +191,16 @@ def predict(
             "use a larger area (xchm does not pad scenes smaller than a window)"
         )
     check_georeferencing(image, card, steps)
+    own = _own_nodata(image)
+    if nodata is None and own is not None and not np.isnan(own):  # NaN: masked anyway
+        warnings.warn(
+            f"nodata=None uses the input's own nodata value ({own:g}) as 'auto' does, but "
+            "will mean 'no nodata value' in a future release, as it does in xchm.chips.build; "
+            "pass nodata='auto' (the default) to keep masking it, or nodata=float('nan') to "
+            "mask NaN only",
+            FutureWarning,
+            stacklevel=2,
+        )
     config = KernelConfig(
         window=window,
         stride=window - overlap,

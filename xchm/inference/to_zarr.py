@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xchm._compat import renamed_keywords
 from xchm.errors import InputError, ResumeError
 from xchm.inference.job import differences, job_fingerprint
 from xchm.inference.predict import DEFAULT_CHUNK, predict
@@ -274,15 +275,16 @@ def _summary(
     )
 
 
+@renamed_keywords(store="output")
 def predict_to_zarr(
     obj: xr.DataArray | xr.Dataset,
     model: Any,
-    store: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     *,
     region_size: int | tuple[int, int] = DEFAULT_REGION_SIZE,
     resume: bool = True,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool = True,
     in_flight: int | None = None,
     **predict_kwargs: Any,
 ) -> xr.Dataset:
@@ -296,9 +298,11 @@ def predict_to_zarr(
     model
         A checkpoint directory (what a cluster needs: every worker loads it from the
         path), a preset name, or a model object (in-process schedulers only).
-    store
-        Path of the Zarr store (local or shared file system). It holds ``chm`` [and
-        ``chm_std``] on the input grid with its CRS, plus a ``xchm_progress`` sub-group.
+    output
+        Path of the Zarr store to write (local or shared file system), ending in
+        ``.zarr``. It holds ``chm`` [and ``chm_std``] on the input grid with its CRS,
+        plus a ``xchm_progress`` sub-group. Formerly ``store=``, which still works
+        for one release with a ``FutureWarning``.
     region_size
         Side (pixels) of the blocks written and recorded as one unit, rounded to whole
         chunks. Smaller regions lose less work on a crash; larger ones reread fewer
@@ -312,7 +316,9 @@ def predict_to_zarr(
         Replace an existing store (``resume`` is then moot). Only an xchm prediction
         store is ever replaced; any other folder is refused, with or without it.
     progress
-        Show a bar (windows/s, km2/h, ETA) and print a one-line summary at the end.
+        Show a bar (windows/s, km2/h, ETA) and print a one-line summary to stderr at
+        the end (default: on, as in every long-running xchm function; the summary is
+        in ``attrs["xchm_run"]`` either way).
     in_flight
         Regions submitted to a distributed cluster at once (default: 2 per worker).
     **predict_kwargs
@@ -333,10 +339,10 @@ def predict_to_zarr(
         computed), bands, nodata, model, overlap, grid or layout differ. The message
         names each difference.
     OutputExistsError
-        ``store`` exists and is a file, a folder xchm did not write, another kind of
+        ``output`` exists and is a file, a folder xchm did not write, another kind of
         xchm output, or a store while ``resume=False`` (and no ``overwrite``).
     OutputError
-        ``store`` cannot be created or written.
+        ``output`` cannot be created or written.
     InputError
         Bad options.
 
@@ -355,7 +361,7 @@ def predict_to_zarr(
     ...     coords={"band": ["nir", "red", "green"], "y": 2.0 * np.arange(128)[::-1],
     ...             "x": 2.0 * np.arange(128)}).rio.write_crs("EPSG:32606")  # 2 m pixels
     >>> ds = xchm.predict_to_zarr(image, "test-tiny", getfixture("tmp_path") / "chm.zarr",
-    ...                           region_size=64)
+    ...                           region_size=64, progress=False)
     >>> chm = ds["chm"]  # not ds.chm: that is the .chm accessor
     >>> chm.shape, ds.attrs["xchm_status"], chm.rio.crs.to_epsg()
     ((128, 128), 'complete', 32606)
@@ -369,9 +375,9 @@ def predict_to_zarr(
         isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1
     ):
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
-    store = Path(store)
+    store = Path(output)
     if store.suffix != ".zarr":
-        raise InputError(f"store must be a path ending in .zarr, got {str(store)!r}")
+        raise InputError(f"output must be a path ending in .zarr, got {str(store)!r}")
     variables = [obj] if isinstance(obj, xr.DataArray) else list(obj.data_vars.values())
     if not all(isinstance(v.variable._data, dsa.Array) for v in variables):
         from xchm.inference.inputs import spatial_dims

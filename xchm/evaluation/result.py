@@ -1,0 +1,105 @@
+"""What :func:`xchm.evaluate` and :func:`xchm.evaluate_raster` return.
+
+An :class:`EvaluationResult` is the metrics dict those functions have always
+returned (so ``result["mae"]``, ``"scenes" in result``, ``json.dumps(result)`` and
+``dict(result)`` keep working), with the metrics as attributes (``result.mae``) and
+:meth:`~EvaluationResult.to_dict` for the plain, JSON-ready dict that a report's
+``metrics.json`` holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from xchm.evaluation.report import jsonable
+
+__all__ = ["EvaluationResult"]
+
+
+class EvaluationResult(dict[str, Any]):
+    """Accuracy of a canopy height model: metrics as attributes and as dict keys.
+
+    The keys are those of :func:`~xchm.evaluation.metrics.height_metrics` (``mae``,
+    ``rmse``, ``bias``, ``r2``, ``pearson_r2``, ``n_pixels``, ``classes``) plus what
+    was scored: for :func:`xchm.evaluate` ``model``, ``cube``, ``split``, ``n_chips``,
+    ``baseline_source``, ``baseline`` (and ``scenes``, ``report`` when asked for); for
+    :func:`xchm.evaluate_raster` ``pred``, ``reference``, ``shape``, ``crs`` (and
+    ``report``). Attributes of keys a result lacks are None.
+
+    Examples
+    --------
+    >>> result = EvaluationResult({"mae": 1.5, "rmse": 2.0, "r2": float("nan")})
+    >>> result.mae, result["rmse"], result.baseline
+    (1.5, 2.0, None)
+    >>> result.to_dict()
+    {'mae': 1.5, 'rmse': 2.0, 'r2': None}
+    >>> result
+    EvaluationResult(mae=1.5, rmse=2.0, r2=nan)
+    """
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as a plain, JSON-ready dict (NaN and inf as None).
+
+        What a report's ``metrics.json`` holds; ``json.dumps(result.to_dict(),
+        allow_nan=False)`` works.
+        """
+        return dict(jsonable(dict(self)))
+
+    def __repr__(self) -> str:
+        shown = [k for k in ("mae", "rmse", "bias", "r2", "n_pixels") if k in self]
+        more = ", ..." if len(self) > len(shown) else ""
+        return f"{type(self).__name__}({', '.join(f'{k}={self[k]!r}' for k in shown)}{more})"
+
+    @property
+    def mae(self) -> float:
+        """Mean absolute error, metres."""
+        return float(self["mae"])
+
+    @property
+    def rmse(self) -> float:
+        """Root mean squared error, metres."""
+        return float(self["rmse"])
+
+    @property
+    def bias(self) -> float:
+        """Mean error (prediction - reference), metres; negative: heights too low."""
+        return float(self["bias"])
+
+    @property
+    def r2(self) -> float:
+        """Coefficient of determination, 1 - SSres / SStot (NaN if the reference is flat)."""
+        return float(self["r2"])
+
+    @property
+    def pearson_r2(self) -> float:
+        """Squared Pearson correlation of prediction and reference."""
+        return float(self["pearson_r2"])
+
+    @property
+    def n_pixels(self) -> int:
+        """Pixels scored (finite in both prediction and reference)."""
+        return int(self["n_pixels"])
+
+    @property
+    def classes(self) -> list[dict[str, Any]]:
+        """The metrics by reference height class, one dict per class."""
+        return list(self.get("classes", []))
+
+    @property
+    def baseline(self) -> dict[str, Any] | None:
+        """:func:`xchm.evaluate`: the metrics of predicting one constant ``height``."""
+        return self.get("baseline")
+
+    @property
+    def scenes(self) -> dict[str, Any] | None:
+        """:func:`xchm.evaluate` with ``per_scene``: the metrics of each scene."""
+        return self.get("scenes")
+
+    @property
+    def report(self) -> Path | None:
+        """The report folder written (``output=``), else None."""
+        folder = self.get("report")
+        return None if folder is None else Path(folder)
