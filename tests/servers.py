@@ -202,6 +202,29 @@ def start_moto(*, timeout: float = 60.0) -> MotoServer:
     return server
 
 
+def close_s3_clients() -> None:
+    """Close the HTTP sessions of every cached s3fs filesystem, then drop them.
+
+    zarr's ``FsspecStore`` (and ``xr.open_zarr("s3://...")``) make s3fs filesystems with
+    ``asynchronous=True``, which nothing closes: dropped, they warn "Unclosed client
+    session" (an error under pytest's ``-W error``). Their clients live on zarr's
+    event loop, so they are closed there. Call it where a test's S3 use ends.
+    """
+    import s3fs
+    from zarr.core.sync import sync
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        creator = getattr(fs, "_s3creator", None)
+        if fs.asynchronous and creator is not None:
+            with contextlib.suppress(Exception):
+                if hasattr(creator, "__aexit__"):
+                    sync(creator.__aexit__(None, None, None))
+                elif hasattr(creator, "clear"):
+                    sync(creator.clear())
+            fs._s3creator = fs._s3 = None
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 # -- HTTP: nginx ------------------------------------------------------------------------
 
 NGINX = "/usr/sbin/nginx"

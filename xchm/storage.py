@@ -94,6 +94,9 @@ _BACKEND_PACKAGE = {"s3": "s3fs", "gcs": "gcsfs", "azure": "adlfs", "http": "aio
 #: GDAL's virtual file system prefix of each backend.
 _GDAL_PREFIX = {"s3": "/vsis3/", "gcs": "/vsigs/", "azure": "/vsiaz/", "http": "/vsicurl/"}
 
+#: GDAL options that rasterio.Env refuses as keyword arguments.
+_GDAL_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
 #: Top-level packages whose exceptions are storage failures (network, access, service).
 _BACKEND_MODULES = frozenset(
     {"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "google", "azure", "fsspec"}
@@ -690,6 +693,7 @@ def gdal_env(*locations: PathOrURL, **options: str) -> Iterator[dict[str, str]]:
     'minio:9000'
     """
     import rasterio
+    import rasterio.env
 
     merged: dict[str, str] = {}
     locs = [location(loc) for loc in locations] or [Location("s3://environment")]
@@ -702,8 +706,13 @@ def gdal_env(*locations: PathOrURL, **options: str) -> Iterator[dict[str, str]]:
                 )
             merged[key] = value
     merged.update(options)
+    # rasterio.Env refuses AWS credentials as options (it wants boto3 sessions); set
+    # them in the environment it made, which drops them on exit.
+    credentials = {k: merged.pop(k) for k in _GDAL_CREDENTIALS if k in merged}
     with rasterio.Env(**merged):
-        yield merged
+        if credentials:
+            rasterio.env.setenv(**credentials)
+        yield {**merged, **credentials}
 
 
 def default_cache_dir() -> Path:
@@ -731,9 +740,10 @@ def fetch_cached(
 
     The copy lives at ``<cache_dir>/sha256/<digest>/<name>``. A present copy is returned
     without any request (copies are verified before they appear). Otherwise the file
-    is streamed into a temporary file beside it while its digest is computed, and
-    renamed into place only if the digest matches; processes fetching the same file
-    on one machine take turns on a lock file, so it is downloaded once.
+    is streamed (one request) into a temporary file beside it, hashed, and renamed
+    into place only if the digest matches; processes fetching the same file on one
+    machine take turns on a lock file (``<cache_dir>/locks/``), so it is downloaded
+    once. Local paths are copied into the cache too.
 
     Parameters
     ----------
@@ -889,18 +899,24 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _download(loc: Location, target: Path, digest: str) -> None:
-    """Stream ``loc`` into ``target`` if its SHA-256 is ``digest`` (else keep nothing)."""
+    """Copy ``loc`` to ``target`` if its SHA-256 is ``digest`` (else keep nothing).
+
+    The backend's ``get_file`` streams the file in one request (one GET for S3 and
+    HTTP) into a temporary file beside ``target``, which is hashed, synced and renamed.
+    """
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
-    hasher = hashlib.sha256()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as out, loc.open("rb") as src:
-            with loc._errors("download"):
-                while block := src.read(_BLOCK):
-                    hasher.update(block)
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+        with loc._errors("download"):
+            if loc.is_local:
+                shutil.copyfile(loc.path, tmp)
+            else:
+                fs, path = loc.filesystem()
+                fs.get_file(path, str(tmp))
+        hasher = hashlib.sha256()
+        with open(tmp, "rb") as file:
+            while block := file.read(_BLOCK):
+                hasher.update(block)
+            os.fsync(file.fileno())
         got = hasher.hexdigest()
         if got != digest:
             raise InputError(

@@ -100,16 +100,14 @@ def aws_env(
 
 @pytest.fixture
 def s3(moto_server: servers.MotoServer, aws_env: dict[str, str]) -> Iterator[S3]:
-    """A fresh bucket on the test server; s3fs's cached clients dropped before and after."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
+    """A fresh bucket on the test server; s3fs's cached clients closed before and after."""
+    servers.close_s3_clients()
     bucket = f"xchm-test-{next(_BUCKETS)}"
     moto_server.create_bucket(bucket)
     try:
         yield S3(moto_server, bucket)
     finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+        servers.close_s3_clients()
 
 
 @pytest.fixture(scope="session")
