@@ -52,3 +52,68 @@ def test_cli__clusters_xchm_starts_listen_on_loopback_unless_host_says(monkeypat
     monkeypatch.setattr(xchm.cluster, "start", lambda *a, **k: calls.append((a, k)))
     cli.predict._scheduler("auto", "0.0.0.0")
     assert calls == [(("auto",), {"host": "0.0.0.0"})]
+
+
+# -- one vocabulary: -o/--output writes, old spellings still parse (with a warning) ----------
+def _subparser(*names):
+    from xchm.cli import build_parser
+    from xchm.cli.reference import _subparsers
+
+    parser = build_parser()
+    for name in names:
+        parser = dict(_subparsers(parser))[name]
+    return parser
+
+
+WRITERS = [
+    ("predict",),
+    ("demo",),
+    ("chips", "build"),
+    ("chips", "preview"),
+    ("train",),
+    ("pretrain",),
+    ("evaluate",),
+    ("bench",),
+]
+
+
+def test_cli__every_command_that_writes_takes_dash_o_output():
+    for names in WRITERS:
+        options = {s for a in _subparser(*names)._actions for s in a.option_strings}
+        assert {"-o", "--output"} <= options, names
+
+
+OLD_SPELLINGS = [
+    (["demo", "--out", "d"], "output", "d", "--out"),
+    (["evaluate", "m", "c.zarr", "--report", "r"], "output", "r", "--report"),
+    (["bench", "--json", "b.json"], "output", "b.json", "--json"),
+    (["chips", "build", "-o", "c.zarr", "--split", "scene"], "split_by", "scene", "--split"),
+]
+
+
+def test_cli__old_spellings_still_parse_and_say_what_replaced_them(capsys):
+    from xchm.cli import build_parser
+
+    for argv, dest, value, old in OLD_SPELLINGS:
+        assert getattr(build_parser().parse_args(argv), dest) == value, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"xchm: warning: {old} is deprecated") and err.count("\n") == 1
+        assert f"{old} " not in _subparser(*argv[: 2 if argv[0] == "chips" else 1]).format_help()
+
+
+def test_cli__split_by_and_nodata_defaults_are_the_librarys():
+    from xchm.cli import build_parser
+
+    parser = build_parser()
+    built = parser.parse_args(["chips", "build", "-o", "c.zarr"])
+    assert (built.split_by, built.nodata) == ("block", "auto")
+    predicted = parser.parse_args(["predict", "a.tif", "-o", "c.tif", "--model", "m"])
+    assert predicted.nodata == "auto"
+    for text, value in (("none", None), ("auto", "auto"), ("255", 255.0)):
+        args = ["predict", "a.tif", "-o", "c.tif", "--model", "m", "--nodata", text]
+        assert parser.parse_args(args).nodata == value
+
+
+def test_cli__bad_nodata_is_a_usage_error(capsys):
+    assert main(["chips", "build", "-o", "c.zarr", "--nodata", "white"]) == 2
+    assert "expected a number, 'auto'" in capsys.readouterr().err

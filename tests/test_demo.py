@@ -95,6 +95,20 @@ def test_demo__a_previous_demo_is_replaced_only_with_overwrite(tmp_path, capsys)
     assert (old / "summary.json").read_text() == "{}"
 
 
+def test_demo__output_and_its_old_names_out_and_dash_dash_out(tmp_path, capsys):
+    with pytest.warns(FutureWarning, match=r"^run_demo\(out=\.\.\.\).*use output="):
+        with pytest.raises(InputError, match="size"):  # checked before anything is written
+            run_demo(out=tmp_path / "x", size=100)
+    with pytest.raises(InputError, match="size"):
+        run_demo(output=tmp_path / "x", size=100)
+    assert not (tmp_path / "x").exists()
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo", "-o", "a"]).output == "a"
+    assert parser.parse_args(["demo", "--out", "b"]).output == "b"
+    assert "--out is deprecated" in capsys.readouterr().err
+    assert parser.parse_args(["demo"]).output == "out/demo"
+
+
 def test_demo__parser_minimum_size_is_the_demos():
     parser = cli.build_parser()
     assert parser.parse_args(["demo", "--size", str(MIN_SIZE)]).size == MIN_SIZE

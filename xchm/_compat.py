@@ -12,6 +12,7 @@ A leaf module: it imports nothing from xchm, so every layer may use it.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,8 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def renamed_keywords(**old_to_new: str) -> Callable[[F], F]:
     """Accept the old keyword names ``old_to_new`` (old name -> new name), with a warning.
 
-    Raises ``TypeError`` when a call gives both the old and the new name, as Python
-    does for a repeated argument.
+    Raises ``TypeError`` when a call gives both the old and the new name (by keyword
+    or by position), as Python does for a repeated argument.
 
     Examples
     --------
@@ -43,13 +44,14 @@ def renamed_keywords(**old_to_new: str) -> Callable[[F], F]:
 
     def decorate(function: F) -> F:
         name = function.__qualname__
+        signature = inspect.signature(function)
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             for old, new in old_to_new.items():
                 if old not in kwargs:
                     continue
-                if new in kwargs:
+                if new in kwargs or new in signature.bind_partial(*args).arguments:
                     raise TypeError(
                         f"{name}() got both {new}= and its deprecated name {old}=; pass {new}= only"
                     )

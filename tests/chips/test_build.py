@@ -357,10 +357,34 @@ def test_build__warns_when_a_declared_nodata_255_removes_bright_chips(tmp_path):
     bright[:, :128] = 255  # rows 0-127 saturated: chip rows 0-1 removed, rows 2-4 kept
     bright[:, 128:, ::40] = 120  # no more saturated pixels below
     paths = write_pair(tmp_path, image.copy(data=bright), chm, name="half")
-    with pytest.warns(UserWarning, match=r"12 of 30 chips .*nodata 255.*--nodata none"):
+    with pytest.warns(UserWarning, match=r"12 of 30 chips .*nodata 255.*--nodata none") as said:
         assert len(xchm.chips.build([paths], tmp_path / "b.zarr", **rgb)) == 18
+    (warned,) = [w for w in said if "declared nodata" in str(w.message)]
+    assert warned.filename == __file__  # the caller, past renamed_keywords' wrapper
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*declared nodata")
         # nodata given explicitly: the user chose, so no warning
         assert len(xchm.chips.build([paths], tmp_path / "c.zarr", nodata=255, **rgb)) == 18
         assert len(xchm.chips.build([paths], tmp_path / "d.zarr", nodata=None, **rgb)) == 30
+
+
+# -- names: output= and split_by= (formerly store= and split=) --------------------------------
+def test_build__output_and_split_by_and_their_old_names(tmp_path, pair_files):
+    options = {"bands": ("nir", "red", "green"), "progress": False}
+    new = xchm.chips.build([pair_files], output=tmp_path / "new.zarr", split_by="scene", **options)
+    with pytest.warns(FutureWarning) as caught:
+        old = xchm.chips.build([pair_files], store=tmp_path / "old.zarr", split="scene", **options)
+    said = sorted(str(w.message) for w in caught if w.category is FutureWarning)
+    assert said == [
+        "build(split=...) is deprecated and will be removed in a future release; use split_by=...",
+        "build(store=...) is deprecated and will be removed in a future release; use output=...",
+    ]
+    assert new.path.name == "new.zarr" and old.path.name == "old.zarr"
+    assert new.attrs["split"]["method"] == old.attrs["split"]["method"] == "scene"
+    assert new.splits == old.splits
+
+
+def test_build__old_and_new_name_together_is_a_type_error(tmp_path, pair_files):
+    with pytest.raises(TypeError, match="both split_by= and its deprecated name split="):
+        xchm.chips.build([pair_files], tmp_path / "c.zarr", split="scene", split_by="block")
+    assert not (tmp_path / "c.zarr").exists()

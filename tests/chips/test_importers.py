@@ -231,6 +231,35 @@ def test_from_directories__without_georeferencing_falls_back_to_random(npy_dirs,
     assert np.isnan(cube.coord("origin_x")).all() and len(cube) == 6
 
 
+def test_from_directories__fallback_warning_points_at_the_caller(npy_dirs, tmp_path):
+    """The warning's stack level skips renamed_keywords' wrapper: it names this file."""
+    with pytest.warns(XCHMWarning, match="falling back") as caught:
+        xchm.chips.from_directories(
+            *npy_dirs, tmp_path / "c.zarr", bands=("nir", "red", "green"), progress=False
+        )
+    (warned,) = [w for w in caught if "falling back" in str(w.message)]
+    assert warned.filename == __file__
+
+
+def test_from_directories__output_and_split_by_and_their_old_names(npy_dirs, tmp_path):
+    options = {"bands": ("a", "b", "c"), "progress": False}
+    new = xchm.chips.from_directories(
+        *npy_dirs, output=tmp_path / "new.zarr", split_by="scene", **options
+    )
+    with pytest.warns(FutureWarning) as caught:
+        old = xchm.chips.from_directories(
+            *npy_dirs, store=tmp_path / "old.zarr", split="scene", **options
+        )
+    said = sorted(str(w.message) for w in caught if w.category is FutureWarning)
+    assert len(said) == 2
+    assert said[0].startswith("from_directories(split=...) is deprecated")
+    assert said[0].endswith("use split_by=...")
+    assert said[1].startswith("from_directories(store=...)") and said[1].endswith("output=...")
+    assert new.path.name == "new.zarr" and old.path.name == "old.zarr"
+    assert new.attrs["split"]["method"] == old.attrs["split"]["method"] == "scene"
+    assert new.splits == old.splits
+
+
 def test_from_directories__explicit_random_split_does_not_warn(npy_dirs, tmp_path):
     cube = import_dirs(*npy_dirs, tmp_path / "c.zarr", bands=("a", "b", "c"), split_by="random")
     assert cube.attrs["split"]["method"] == "random"
@@ -255,10 +284,18 @@ def save_hf(path, **splits):
     return path
 
 
-def import_hf(path, store, **kwargs):
+def import_hf(path, *args, **kwargs):
     kwargs.setdefault("progress", False)
     kwargs.setdefault("bands", ("nir", "red", "green"))
-    return xchm.chips.from_hf_dataset(path, store, **kwargs)
+    return xchm.chips.from_hf_dataset(path, *args, **kwargs)
+
+
+def test_from_hf_dataset__output_and_split_by_and_their_old_names(tmp_path):
+    path = save_hf(tmp_path / "hf", data=hf_rows(6))
+    new = import_hf(path, output=tmp_path / "new.zarr", split_by="random")
+    with pytest.warns(FutureWarning, match=r"from_hf_dataset\((store|split)=\.\.\.\)"):
+        old = import_hf(path, store=tmp_path / "old.zarr", split="random")
+    assert len(new) == len(old) and new.attrs["split"]["method"] == "random"
 
 
 def test_from_hf_dataset__imports_rows_and_filters(tmp_path):

@@ -182,3 +182,12 @@ def test_preview__bad_arguments_raise_input_error(cube, tmp_path, kwargs, messag
 def test_preview__path_must_be_png(cube, tmp_path):
     with pytest.raises(InputError, match=r"\.png"):
         preview(cube, tmp_path / "p.jpg")
+
+
+def test_preview__output_keyword_and_its_old_name_path(cube, tmp_path):
+    assert preview(cube, output=tmp_path / "a.png", n=2).name == "a.png"
+    assert cube.preview(output=tmp_path / "b.png", n=2).name == "b.png"
+    with pytest.warns(FutureWarning, match=r"^preview\(path=\.\.\.\) is deprecated.*output="):
+        assert preview(cube, path=tmp_path / "c.png", n=2).name == "c.png"
+    with pytest.warns(FutureWarning, match=r"^ChipCube.preview\(path=\.\.\.\).*output="):
+        assert cube.preview(path=tmp_path / "d.png", n=2).name == "d.png"

@@ -212,8 +212,10 @@ def test_evaluate__band_mismatch_names_both(cube):
 
 def test_evaluate__warns_on_other_pixel_size(small):
     fine = xchm.load_model("test-tiny", pixel_size=0.5)
-    with pytest.warns(XCHMWarning, match="2 m but the model was made for 0.5 m"):
+    with pytest.warns(XCHMWarning, match="2 m but the model was made for 0.5 m") as said:
         evaluate(fine, small, progress=False)
+    (warned,) = [w for w in said if "the model was made for" in str(w.message)]
+    assert warned.filename == __file__  # the caller, past renamed_keywords' wrapper
 
 
 def test_evaluate__unknown_split(small, model):
@@ -228,6 +230,30 @@ def test_evaluate__report_folder(result, report_dir):
     assert saved["classes"][-1]["hi"] is None and saved["report"] == str(report_dir)
     for name in REPORT_FILES - {"metrics.json"}:
         assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate__returns_an_evaluation_result(result, report_dir):
+    assert isinstance(result, xchm.EvaluationResult) and isinstance(result, dict)
+    assert (result.mae, result.rmse, result.bias) == (result["mae"], result["rmse"], result["bias"])
+    assert result.r2 == result["r2"] and result.n_pixels == result["n_pixels"] > 0
+    assert result.classes == result["classes"] and result.baseline is result["baseline"]
+    assert result.scenes is result["scenes"] and result.report == report_dir
+    assert "mae" in result and result.get("nothing") is None  # still a dict
+    # to_dict(): the plain, strict-JSON dict that the report's metrics.json holds
+    plain = result.to_dict()
+    assert type(plain) is dict and plain["baseline"]["pearson_r2"] is None  # NaN -> None
+    assert json.loads(json.dumps(plain, allow_nan=False)) == plain
+    assert plain == json.loads((report_dir / "metrics.json").read_text())
+    assert repr(result).startswith("EvaluationResult(mae=")
+
+
+def test_evaluate__output_and_its_old_name_report(small, model, tmp_path):
+    new = evaluate(model, small, output=tmp_path / "new", progress=False)
+    with pytest.warns(FutureWarning, match=r"^evaluate\(report=\.\.\.\).*use output="):
+        old = evaluate(model, small, report=tmp_path / "old", progress=False)
+    assert (new.report, old.report) == (tmp_path / "new", tmp_path / "old")
+    assert (tmp_path / "old" / "metrics.json").is_file() and old.mae == new.mae
+    assert evaluate(model, small, progress=False).report is None  # no output: no report
 
 
 def test_evaluate__refuses_non_empty_report_dir(small, model, tmp_path):
@@ -268,6 +294,16 @@ def test_evaluate_raster__equals_numpy(rasters):
     result = evaluate_raster(pred, ref)
     assert_close(result, height_metrics(pred.values, ref.values), rtol=1e-10)
     assert result["shape"] == [96, 80] and result["crs"] == CRS
+
+
+def test_evaluate_raster__result_and_the_old_report_keyword(rasters, tmp_path):
+    pred, ref = rasters
+    result = evaluate_raster(pred, ref, output=tmp_path / "new")
+    assert isinstance(result, xchm.EvaluationResult) and result.report == tmp_path / "new"
+    assert result.mae == result["mae"] and result.baseline is None  # evaluate's only
+    with pytest.warns(FutureWarning, match=r"^evaluate_raster\(report=\.\.\.\).*output="):
+        old = evaluate_raster(pred, ref, report=tmp_path / "old")
+    assert old.to_dict() == {**result.to_dict(), "report": str(tmp_path / "old")}
 
 
 def test_evaluate_raster__dask_chunks_equal_eager(rasters):
@@ -318,6 +354,16 @@ def test_cli_evaluate__json_equals_function(small, model, checkpoint, capsys):
     want = evaluate(model, small, per_scene=True, progress=False)
     assert printed["mae"] == pytest.approx(want["mae"], rel=1e-6)
     assert printed["baseline_source"] == "val" and set(printed["scenes"]) == set(want["scenes"])
+
+
+def test_cli_evaluate__output_writes_the_report_and_report_still_works(small, tmp_path, capsys):
+    args = ["evaluate", "test-tiny", str(small.path), "-q"]
+    assert main([*args, "-o", str(tmp_path / "new")]) == 0
+    assert f"wrote report to {tmp_path / 'new'}" in capsys.readouterr().out
+    assert main([*args, "--report", str(tmp_path / "old")]) == 0  # the old spelling
+    captured = capsys.readouterr()
+    assert "--report is deprecated" in captured.err and "use -o/--output" in captured.err
+    assert (tmp_path / "old" / "metrics.json").is_file()
 
 
 def test_cli_evaluate__table(small, capsys):

@@ -157,6 +157,21 @@ def test_write_cog__output_path_is_checked_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.tif", "file", "old.tif"]
 
 
+def test_write_cog__output_keyword_and_its_old_name_path(tmp_path):
+    chm = _map(np.full((8, 8), 3.0))
+    assert xchm.write_cog(chm, output=tmp_path / "a.tif").name == "a.tif"
+    with pytest.warns(FutureWarning, match=r"^write_cog\(path=\.\.\.\) is deprecated.*output="):
+        assert xchm.write_cog(chm, path=tmp_path / "b.tif").name == "b.tif"
+    np.testing.assert_array_equal(_read(tmp_path / "a.tif")[0], _read(tmp_path / "b.tif")[0])
+
+
+def test_write_cog__clipping_warning_names_the_caller(tmp_path):
+    with pytest.warns(XCHMWarning, match="clipped") as said:
+        xchm.write_cog(_map(np.full((8, 8), 5000.0)), tmp_path / "dm.tif", int16_dm=True)
+    (warned,) = [w for w in said if "clipped" in str(w.message)]
+    assert warned.filename == __file__  # past renamed_keywords' wrapper
+
+
 def test_write_cog__refuses_what_is_not_a_height_map(tmp_path):
     image = make_image(64, 64)
     with pytest.raises(InputError, match=r"a \(y, x\) height map, got dims \('band', 'y', 'x'\)"):

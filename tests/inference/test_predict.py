@@ -101,6 +101,21 @@ def test_predict__accessor_equals_function(model, image):
     np.testing.assert_array_equal(chunked.chm.predict(model).values, by_function)
 
 
+def test_accessor__spells_out_predicts_signature():
+    """``da.chm.predict`` lists xchm.predict's arguments, defaults and types (not **kwargs).
+
+    Red when either gains, loses or changes a parameter the other does not.
+    """
+    import inspect
+
+    def described(function, skip):
+        params = list(inspect.signature(function).parameters.values())[skip:]
+        return [(p.name, p.kind, p.default, p.annotation) for p in params]
+
+    assert described(xchm.accessor.CHMAccessor.predict, 1) == described(xchm.predict, 1)
+    assert "overlap" in (xchm.accessor.CHMAccessor.predict.__doc__ or "")
+
+
 def test_predict__output_varies_and_is_metres(model, image):
     chm = xchm.predict(image, model)
     assert chm.dtype == np.float32 and chm.name == "chm"
@@ -354,6 +369,35 @@ def test_predict__nodata_from_rio(model, image):
     data[:, :10, :] = 0
     chm = xchm.predict(data.rio.write_nodata(0), model)
     assert np.isnan(chm.values[:10]).all() and np.isfinite(chm.values[10:]).all()
+
+
+def test_predict__nodata_auto_is_the_default_a_number_and_nan(model, image):
+    data = image.copy()
+    data[:, :10, :] = 0
+    declared = data.rio.write_nodata(0)
+    auto = xchm.predict(declared, model)  # "auto": the input's own value
+    assert np.isnan(auto.values[:10]).all() and np.isfinite(auto.values[10:]).all()
+    np.testing.assert_array_equal(xchm.predict(declared, model, nodata="auto").values, auto.values)
+    np.testing.assert_array_equal(xchm.predict(data, model, nodata=0).values, auto.values)
+    assert np.isfinite(xchm.predict(declared, model, nodata=np.nan).values).all()  # NaN only
+
+
+def test_predict__nodata_none_keeps_a_declared_value_for_now_with_a_warning(model, image):
+    data = image.copy()
+    data[:, :10, :] = 0
+    with pytest.warns(FutureWarning, match=r"nodata=None uses the input's own nodata value \(0\)"):
+        chm = xchm.predict(data.rio.write_nodata(0), model, nodata=None)
+    assert np.isnan(chm.values[:10]).all()  # as before; nodata=float("nan") for none
+    with warnings.catch_warnings():  # nothing declared: None and "auto" agree, no warning
+        warnings.simplefilter("error", FutureWarning)
+        none = xchm.predict(data, model, nodata=None).values
+    np.testing.assert_array_equal(none, xchm.predict(data, model).values)
+
+
+@pytest.mark.parametrize("bad", ["none", "file", True, [0]])
+def test_predict__bad_nodata_is_refused(model, image, bad):
+    with pytest.raises(InputError, match="nodata must be a number, None or 'auto'"):
+        xchm.predict(image, model, nodata=bad)
 
 
 def test_predict__all_nodata_never_loads_the_model(tmp_path, image):

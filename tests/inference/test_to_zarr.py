@@ -53,6 +53,23 @@ def test_predict_to_zarr__equals_predict_with_georeferencing(tmp_path, checkpoin
     assert _done(tmp_path / "chm.zarr").all()
 
 
+def test_predict_to_zarr__output_keyword_its_old_name_and_progress_by_default(
+    tmp_path, checkpoint, capsys
+):
+    image = make_image(130, 130)
+    ds = xchm.predict_to_zarr(image, checkpoint, output=tmp_path / "chm.zarr", region_size=128)
+    assert "regions computed" in capsys.readouterr().err  # progress=True: the summary line
+    with pytest.warns(FutureWarning, match=r"^predict_to_zarr\(store=\.\.\.\).*use output="):
+        again = xchm.predict_to_zarr(  # the same job: resumes, nothing left to compute
+            image, checkpoint, store=tmp_path / "chm.zarr", region_size=128, progress=False
+        )
+    assert "0/1 regions computed" in again.attrs["xchm_run"]
+    assert capsys.readouterr().err == ""  # progress=False: quiet
+    np.testing.assert_array_equal(again["chm"].values, ds["chm"].values)
+    with pytest.raises(TypeError, match="both output= and its deprecated name store="):
+        xchm.predict_to_zarr(image, checkpoint, tmp_path / "a.zarr", store=tmp_path / "b.zarr")
+
+
 def test_predict_to_zarr__uncertainty_writes_both_layers(tmp_path, checkpoint):
     image = make_image(200, 150)
     ds = xchm.predict_to_zarr(
