@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/xchm demo --out out/demo --overwrite
 
 test: setup
-	@if [ "$$(id -u)" = 0 ]; then bash scripts/install_stac_test_deps.sh; fi
+	@if [ "$$(id -u)" = 0 ]; then bash scripts/install_stac_test_deps.sh && bash scripts/install_storage_test_deps.sh; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

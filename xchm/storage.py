@@ -12,9 +12,9 @@ Schemes
   are atomic: a temporary file in the same folder, then a rename);
 - ``s3://`` (and ``s3a://``): Amazon S3 or an S3-compatible store (MinIO, Ceph...)
   through s3fs;
-- ``gs://`` / ``gcs://``: Google Cloud Storage through gcsfs (``pip install gcsfs``);
+- ``gs://`` / ``gcs://``: Google Cloud Storage through gcsfs (``pip install 'xchm[gcs]'``);
 - ``az://``, ``abfs://``, ``abfss://``: Azure Blob Storage through adlfs
-  (``pip install adlfs``);
+  (``pip install 'xchm[azure]'``);
 - ``http://`` / ``https://``: read only (range requests), through fsspec's HTTP
   filesystem and GDAL's ``/vsicurl/``;
 - ``memory://``: fsspec's in-process memory filesystem (tests, scratch).
@@ -88,8 +88,13 @@ SCHEMES: dict[str, str] = {
     "memory": "memory",
 }
 
-#: pip package that provides each backend's fsspec filesystem.
-_BACKEND_PACKAGE = {"s3": "s3fs", "gcs": "gcsfs", "azure": "adlfs", "http": "aiohttp"}
+#: How to install each backend's fsspec filesystem.
+_BACKEND_INSTALL = {
+    "s3": "pip install s3fs",
+    "gcs": "pip install 'xchm[gcs]' (gcsfs)",
+    "azure": "pip install 'xchm[azure]' (adlfs)",
+    "http": "pip install aiohttp",
+}
 
 #: GDAL's virtual file system prefix of each backend.
 _GDAL_PREFIX = {"s3": "/vsis3/", "gcs": "/vsigs/", "azure": "/vsiaz/", "http": "/vsicurl/"}
@@ -295,10 +300,10 @@ class Location:
             fs, path = fsspec.core.url_to_fs(self.text, **self.fsspec_options())
             return fs, str(path)
         except ImportError as err:
-            package = _BACKEND_PACKAGE.get(self.backend, self.backend)
+            hint = _BACKEND_INSTALL.get(self.backend, f"pip install {self.backend}")
             raise MissingDependencyError(
-                f"{self.text!r} needs the package {package!r}, which could not be imported "
-                f"({err}); install it with: pip install {package}"
+                f"{self.text!r} needs a package that could not be imported ({err}); install "
+                f"it with: {hint}"
             ) from err
 
     @contextlib.contextmanager

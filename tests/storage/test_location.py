@@ -181,7 +181,8 @@ def test_missing_backend_names_the_package():
         pass
     else:
         pytest.skip("gcsfs is installed here")
-    with pytest.raises(errors.MissingDependencyError, match="'gs://b/k'.*pip install gcsfs"):
+    expected = r"'gs://b/k'.*pip install 'xchm\[gcs\]'"
+    with pytest.raises(errors.MissingDependencyError, match=expected):
         location("gs://b/k").read_bytes()
 
 
