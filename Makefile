@@ -19,7 +19,7 @@ $(VENV)/.xchm-installed: pyproject.toml Makefile
 setup: $(VENV)/.xchm-installed
 
 demo: setup
-	$(BIN)/xchm demo --out out/demo --overwrite
+	$(BIN)/xchm demo -o out/demo --overwrite
 
 test: setup
 	@if [ "$$(id -u)" = 0 ]; then bash scripts/install_stac_test_deps.sh && bash scripts/install_storage_test_deps.sh; fi

@@ -6,7 +6,7 @@ NEON's own product on an offset grid, is left out: 12 TEAK and 2 OSBS plots of 4
 is cut into chips with
 
     xchm.chips.build(pairs, "neon.zarr", bands=("red", "green", "blue"),
-                     resolution=0.5, stride=8, nodata=None, split="scene",
+                     resolution=0.5, stride=8, nodata=None, split_by="scene",
                      fractions={"train": 0.75, "val": 0.25}, seed=0)
 
 (the 0.1 m RGB area-averaged to 0.5 m: 80 x 80 px per plot, so 9 overlapping 64 px
@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         resolution=args.resolution,
         stride=args.stride,
         nodata=None,  # 255 is declared nodata in these files but is real saturated white
-        split="scene",
+        split_by="scene",
         fractions={"train": 1 - args.val_fraction, "val": args.val_fraction},
         seed=args.split_seed,
         progress=False,

@@ -35,7 +35,7 @@ def main() -> None:
         resolution=0.5,
         stride=16,
         nodata=None,  # these RGB files declare 255 as nodata, but it is saturated white
-        split="scene",
+        split_by="scene",
         fractions={"train": 0.75, "val": 0.25},
         overwrite=True,
     )

@@ -80,9 +80,7 @@ def main() -> None:
     # The dashboard link is printed here; a client that is already active would be reused.
     sizing = {} if xchm.cluster.gpu_count() else {"n_workers": args.workers}  # GPUs: 1 each
     with xchm.cluster.start(gpus="auto", dashboard_address=":0", **sizing):
-        ds = xchm.predict_to_zarr(
-            mosaic, model_dir, args.out / "chm.zarr", region_size=128, progress=True
-        )
+        ds = xchm.predict_to_zarr(mosaic, model_dir, args.out / "chm.zarr", region_size=128)
     chm = ds["chm"]  # (ds.chm is the .chm accessor)
     valid = np.isfinite(chm.values)
     print(

@@ -64,7 +64,7 @@ def main() -> None:
         pairs,
         args.out / "neon.zarr",
         stride=16,
-        split="scene",
+        split_by="scene",
         fractions={"train": 0.75, "val": 0.25},
         **COMMON,
     )
@@ -89,10 +89,10 @@ def main() -> None:
         resume=(args.out / "run" / "checkpoints" / "last.pt").exists(),
     )
     metrics = xchm.evaluate(result.best_checkpoint, labeled, split="val", progress=False)
-    base = metrics["baseline"]
+    base = metrics.baseline
     print(
-        f"held-out plots: MAE {metrics['mae']:.2f} m, RMSE {metrics['rmse']:.2f} m, "
-        f"R2 {metrics['r2']:.2f}; train mean {base['height']:.1f} m: MAE {base['mae']:.2f} m"
+        f"held-out plots: MAE {metrics.mae:.2f} m, RMSE {metrics.rmse:.2f} m, "
+        f"R2 {metrics.r2:.2f}; train mean {base['height']:.1f} m: MAE {base['mae']:.2f} m"
     )
 
 

@@ -43,7 +43,7 @@ def main() -> None:
         resolution=0.5,
         stride=16,
         nodata=None,  # 255 is declared nodata in these files but is saturated white
-        split="scene",
+        split_by="scene",
         fractions={"train": 0.75, "val": 0.25},
         overwrite=True,
         progress=False,
@@ -70,15 +70,15 @@ def main() -> None:
         resume=(args.out / "run" / "checkpoints" / "last.pt").exists(),
     )
     metrics = xchm.evaluate(
-        result.best_checkpoint, cube, split="val", report=args.out / "report", overwrite=True
+        result.best_checkpoint, cube, split="val", output=args.out / "report", overwrite=True
     )
-    base = metrics["baseline"]
+    base = metrics.baseline
     print(f"best epoch {result.best_epoch} of {len(result.history)}: {result.best_checkpoint}")
     print(
-        f"held-out plots: MAE {metrics['mae']:.2f} m, RMSE {metrics['rmse']:.2f} m, "
-        f"R2 {metrics['r2']:.2f}; train mean {base['height']:.1f} m: MAE {base['mae']:.2f} m"
+        f"held-out plots: MAE {metrics.mae:.2f} m, RMSE {metrics.rmse:.2f} m, "
+        f"R2 {metrics.r2:.2f}; train mean {base['height']:.1f} m: MAE {base['mae']:.2f} m"
     )
-    print(f"report: {args.out / 'report'}")
+    print(f"report: {metrics.report}")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,23 @@ def test_predict_cli__zarr_input(scene, tmp_path, model):
 def test_predict_cli__preset_model_warns_untrained(scene, tmp_path, caplog):
     assert run(scene, tmp_path / "chm.tif", model="test-tiny") == 0
     assert "untrained" in caplog.text
+
+
+def test_predict_cli__nodata_auto_none_and_a_value(model, tmp_path):
+    image = make_image(128, 128).assign_coords(band=[1, 2, 3])
+    image.attrs["long_name"] = ("NIR", "Red", "Green")
+    image[:, :10, :] = 0
+    image.rio.write_nodata(0).rio.to_raster(tmp_path / "scene.tif")
+    model.save(tmp_path / "model")
+
+    def heights(*options):
+        out = tmp_path / f"chm{len(list(tmp_path.glob('chm*.tif')))}.tif"
+        args = ["predict", str(tmp_path / "scene.tif"), "-o", str(out), "--model"]
+        assert main([*args, str(tmp_path / "model"), "-q", *options]) == 0
+        with rasterio.open(out) as cog:
+            return cog.read(1)
+
+    auto = heights()  # the file's own nodata, 0
+    assert np.isnan(auto[:10]).all() and np.isfinite(auto[10:]).all()
+    np.testing.assert_array_equal(heights("--nodata", "0"), auto)
+    assert np.isfinite(heights("--nodata", "none")).all()  # no nodata value: no warning
