@@ -7,6 +7,7 @@ must be the same bytes, and the coordinates, CRS and attributes identical.
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rasterio
@@ -64,15 +65,25 @@ def test_cog_from_s3_with_explicit_storage_options(s3, cog, monkeypatch):
     assert get_gdal_config("AWS_SECRET_ACCESS_KEY") is None  # dropped on exit
 
 
-def test_cog_from_s3_in_dask_threads_inside_gdal_env(s3, cog):
-    """rasterio's Env is process-wide here: Dask's threads inside the block see it."""
+def test_cog_from_s3_opened_in_other_threads_inside_gdal_env(s3, cog):
+    """rasterio's Env is process-wide here: threads (Dask's) that open files see it."""
+    for i in range(3):
+        s3.put(f"scene-{i}.tif", cog.read_bytes())
+    names = [location(f"{s3.url}/scene-{i}.tif").gdal_path() for i in range(3)]
+    with gdal_env(location(s3.url)), ThreadPoolExecutor(3) as pool:
+        remote = list(pool.map(_read, names))  # each file opened only in a worker thread
+    local = _read(str(cog))
+    for image in remote:
+        _assert_same(image, local)
+
+
+def test_cog_from_s3_with_dask_chunks_inside_gdal_env(s3, cog):
     s3.put("scene.tif", cog.read_bytes())
     loc = location(f"{s3.url}/scene.tif")
     with gdal_env(loc):
         lazy = rioxarray.open_rasterio(loc.gdal_path(), chunks={"x": 256, "y": 256}, lock=False)
         remote = lazy.compute(scheduler="threads", num_workers=4)
-    local = _read(str(cog))
-    np.testing.assert_array_equal(remote.values, local.values)
+    np.testing.assert_array_equal(remote.values, _read(str(cog)).values)
 
 
 def test_cog_over_http_via_vsicurl_is_identical_with_range_requests(nginx, served, cog):
