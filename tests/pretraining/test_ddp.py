@@ -10,7 +10,7 @@ import pytest
 
 import xchm
 import xchm.chips
-from xchm.pretraining.data import ImageBatches
+from xchm.training.data import ChipStream
 
 from ..training.test_trainer import _learnable_scene
 
@@ -50,8 +50,8 @@ def test_pretrain__ddp_two_cpu_processes_share_the_epoch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]  # written once, by rank 0
-    per_rank = len(ImageBatches(cube, batch_size=4, rank=0, world_size=2))
-    assert per_rank < len(ImageBatches(cube, batch_size=4))
+    per_rank = len(ChipStream(cube, split=None, batch_size=4, world_size=2, labels=False))
+    assert per_rank < len(ChipStream(cube, split=None, batch_size=4, labels=False))
     assert rows[0]["steps"] == per_rank  # each rank did its share, not the whole epoch
     model = xchm.load_model("test-tiny", weights=out / "backbone")
     assert model.card.bands == cube.bands

@@ -30,7 +30,7 @@ def unlabeled(tmp_path_factory):
         [scene["image"]],
         tmp_path_factory.mktemp("u") / "u.zarr",
         bands=("nir", "red", "green"),
-        split="random",
+        split_by="random",
         fractions={"train": 1.0},
         progress=False,
     )

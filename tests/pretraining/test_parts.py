@@ -61,55 +61,29 @@ def test_koleo_and_cosine_schedule():
     assert cosine_schedule(0.996, 1.0, 5, 10) == pytest.approx(0.998)
 
 
-def test_image_batches__ranks_split_the_epoch_and_resume_repeats_it(tmp_path):
-    import numpy as np
-
-    import xchm.chips
-    from xchm.pretraining.data import ImageBatches
-
-    from ..training.test_trainer import _learnable_scene
-
-    img, _ = _learnable_scene(384)
-    cube = xchm.chips.build(
-        [img], tmp_path / "u.zarr", bands=("nir", "red", "green"), progress=False
-    )
-    whole = ImageBatches(cube, batch_size=4, seed=1)
-    raw = np.asarray(cube.image[...])
-    order = whole.order(0)
-    assert sorted(order.tolist()) == list(range(len(cube)))  # every chip once
-    assert not np.array_equal(order, whole.order(1))  # reshuffled per epoch
-    batches = list(whole.epoch(0))
-    for b, batch in enumerate(batches):
-        np.testing.assert_array_equal(batch, raw[order[b * 4 : (b + 1) * 4]])
-    resumed = list(whole.epoch(0, start=3))
-    assert all(np.array_equal(a, b) for a, b in zip(resumed, batches[3:], strict=True))
-    ranks = [
-        list(ImageBatches(cube, batch_size=4, seed=1, rank=r, world_size=2).epoch(0))
-        for r in (0, 1)
-    ]
-    assert len(ranks[0]) == len(ranks[1]) == len(batches) // 2
-    for i in range(len(ranks[0])):
-        np.testing.assert_array_equal(ranks[0][i], batches[2 * i])
-        np.testing.assert_array_equal(ranks[1][i], batches[2 * i + 1])
-
-
 def test_param_groups__layer_decay_scales_the_backbone_by_depth():
     import xchm
+    from xchm.pretraining.network import SelfDistillationNet
     from xchm.pretraining.trainer import _param_groups
 
-    net = xchm.load_model("test-tiny")  # 4 blocks; its decoder stands in for the heads
+    heads = PretrainConfig(out_dim=32, head_hidden=16, head_bottleneck=8)
+    net = SelfDistillationNet(xchm.load_model("test-tiny").backbone, heads)  # 4 blocks
+    net.requires_grad_(True)  # as the student: every parameter trains
     cfg = PretrainConfig(layer_decay=0.5, backbone_lr_scale=0.1, weight_decay=0.04)
     scale = {}
     for group in _param_groups(net, cfg):
         for p in group["params"]:
             scale[id(p)] = (group["lr_scale"], group["weight_decay"])
     named = dict(net.named_parameters())
+    # DINOv2/DINOv3's convention: the last block one step below the final norm.
     assert scale[id(named["backbone.patch_embed.proj.weight"])] == (0.1 * 0.5**5, 0.04)
     assert scale[id(named["backbone.cls_token"])] == (0.1 * 0.5**5, 0.0)
     assert scale[id(named["backbone.blocks.0.attn.qkv.weight"])] == (0.1 * 0.5**4, 0.04)
     assert scale[id(named["backbone.blocks.3.norm1.bias"])] == (0.1 * 0.5, 0.0)
     assert scale[id(named["backbone.norm.weight"])] == (0.1, 0.0)
-    assert scale[id(named["decoder.output.weight"])] == (1.0, 0.04)
+    assert scale[id(named["head.mlp.0.weight"])] == (1.0, 0.04)
+    assert scale[id(named["head.prototypes"])] == (1.0, 0.0)
+    assert scale[id(named["mask_token"])] == (1.0, 0.0)
     assert len(scale) == len(named)  # every parameter in exactly one group
     off = _param_groups(net, PretrainConfig())
     assert sorted(g["lr_scale"] for g in off) == [1.0] * 4  # no decay: 4 groups, one rate

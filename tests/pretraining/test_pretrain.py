@@ -26,7 +26,7 @@ from xchm.errors import (
 from xchm.pretraining import PretrainConfig, pretrain
 from xchm.pretraining.heads import IBOTLoss
 from xchm.pretraining.network import SelfDistillationNet, block_masks
-from xchm.pretraining.trainer import _Run
+from xchm.pretraining.trainer import _SelfDistillation, _warn_if_collapsed
 from xchm.runs.state import load_state, save_state
 from xchm.training import TrainConfig
 
@@ -53,7 +53,7 @@ def unlabeled(tmp_path_factory):
         [scene["image"]],
         tmp_path_factory.mktemp("u") / "u.zarr",
         bands=("nir", "red", "green"),
-        split="random",
+        split_by="random",
         fractions={"train": 1.0},
         progress=False,
     )
@@ -147,11 +147,14 @@ def test_pretrain__lowers_the_loss_on_an_unlabeled_cube(unlabeled, tmp_path):
         assert row["teacher_information"] > 0.1  # outputs depend on the chip
     assert (tmp_path / "a" / "backbone" / "card.json").is_file()
     assert len((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()) == 6
+    table = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    assert table[0].startswith("epoch,") and "teacher_information" in table[0]
+    assert len(table) == 1 + 6
 
 
 def test_pretrain__teacher_is_the_ema_of_the_student(unlabeled, tmp_path):
     cfg = PretrainConfig(**{**SMALL, "epochs": 1, "max_steps_per_epoch": 1})
-    start = _Run(unlabeled, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", None)
+    start = _SelfDistillation(unlabeled, cfg, "test-tiny", None, torch.device("cpu"), 1)
     start.build()
     s0, t0 = _tensors(start.student.state_dict()), _tensors(start.teacher.state_dict())
     for k in s0:
@@ -430,17 +433,8 @@ def test_pretrain__student_and_teacher_start_from_the_given_weights(unlabeled, t
 
     rgb = write_meta_weights(tmp_path / "meta.pth", seed=7)  # a backbone unlike seed 0's
     cfg = PretrainConfig(**{**SMALL, "epochs": 1, "max_steps_per_epoch": 1})
-    start = _Run(
-        unlabeled,
-        cfg,
-        tmp_path,
-        torch.device("cpu"),
-        0,
-        1,
-        None,
-        1,
-        "test-tiny",
-        tmp_path / "meta.pth",
+    start = _SelfDistillation(
+        unlabeled, cfg, "test-tiny", tmp_path / "meta.pth", torch.device("cpu"), 1
     )
     start.build()
     given = rgb.state_dict()
@@ -451,9 +445,7 @@ def test_pretrain__student_and_teacher_start_from_the_given_weights(unlabeled, t
                 torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
     # Continuing from an earlier run's backbone: its teacher is the new start.
     run = pretrain(unlabeled, model="test-tiny", config=cfg, output=tmp_path / "a", progress=False)
-    again = _Run(
-        unlabeled, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", run.backbone
-    )
+    again = _SelfDistillation(unlabeled, cfg, "test-tiny", run.backbone, torch.device("cpu"), 1)
     again.build()
     before = xchm.load_model(run.backbone).backbone.state_dict()
     for key, value in again.teacher.backbone.state_dict().items():
@@ -464,7 +456,7 @@ def _student_change(cube, tmp_path, name, **settings):
     """Max |change| of each student tensor over a short run from its seeded start."""
     base = {**SMALL, "epochs": 1, "max_steps_per_epoch": 3, "warmup_epochs": 0}
     cfg = PretrainConfig(**{**base, **settings})
-    start = _Run(cube, cfg, tmp_path, torch.device("cpu"), 0, 1, None, 1, "test-tiny", None)
+    start = _SelfDistillation(cube, cfg, "test-tiny", None, torch.device("cpu"), 1)
     start.build()
     before = _tensors(start.student.state_dict())
     out = tmp_path / name
@@ -519,13 +511,12 @@ def test_entropies__information_is_zero_when_every_chip_looks_alike():
     assert distinct["teacher_information"] == pytest.approx(math.log(8), abs=1e-3)
 
 
-def test_pretrain__warns_when_the_teacher_ignores_its_input(tmp_path, caplog):
+def test_pretrain__warns_when_the_teacher_ignores_its_input(caplog):
     import logging
 
-    run = _Run(None, PretrainConfig(), tmp_path, torch.device("cpu"), 0, 1, None, 1, "x", None)
     row = {"epoch": 3, "loss": 1.0, "teacher_information": 1e-4}
     with caplog.at_level(logging.WARNING, logger="xchm.pretraining.trainer"):
-        run.log(row)
-        run.log({**row, "epoch": 4, "teacher_information": 0.5})
+        _warn_if_collapsed(row)
+        _warn_if_collapsed({**row, "epoch": 4, "teacher_information": 0.5})
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "epoch 3" in warned[0] and "collapsed" in warned[0]

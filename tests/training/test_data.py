@@ -343,3 +343,43 @@ def test_chipstream__accepts_a_path_and_reports_bad_settings_at_once(cube):
         ChipStream(cube, split="val", batch_size=1000)
     with pytest.raises(InputError, match="start_batch"):
         ChipStream(cube, batch_size=8).set_position(10_000)
+
+
+# -- images only (labels=False: unlabeled cubes, xchm.pretrain) ----------------------------
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chipstream__images_only_yields_the_same_images_alone(cube, workers):
+    labeled = _loader_batches(ChipStream(cube, batch_size=8, augment=True), workers, epoch=1)
+    images = _loader_batches(
+        ChipStream(cube, batch_size=8, augment=True, labels=False), workers, epoch=1
+    )
+    assert len(images) == len(labeled) > 1
+    for image, (expected, _) in zip(images, labeled, strict=True):
+        assert isinstance(image, torch.Tensor)  # the batch is the image tensor alone
+        assert torch.equal(image, expected)  # same order, dtype and augmentation
+
+
+def test_chipstream__images_only_streams_an_unlabeled_cube_exactly(tmp_path):
+    image, _ = make_pair(height=448, width=448)
+    source = tmp_path / "src"
+    source.mkdir()
+    image.rio.to_raster(source / "image.tif")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(writer, "CHIPS_PER_CHUNK", 8)
+        mp.setattr(writer, "CHIPS_PER_SHARD", 16)
+        cube = xchm.chips.build(
+            [source / "image.tif"], tmp_path / "u.zarr", bands=BANDS, stride=32, progress=False
+        )
+    assert not cube.labeled
+    with pytest.raises(InputError, match="labels=False"):
+        ChipStream(cube, split=None)
+    every = set(_keys(cube.image[...]))
+    ranks = [
+        ChipStream(cube, split=None, batch_size=8, rank=r, world_size=2, labels=False)
+        for r in (0, 1)
+    ]
+    seen = [k for s in ranks for batch in _loader_batches(s, 0, epoch=3) for k in _keys(batch)]
+    assert len(seen) == len(set(seen)) and set(seen) <= every  # each chip at most once
+    assert len(every) - len(seen) < 8 * 2  # only the end of the epoch order left out
+    whole = _loader_batches(ranks[0], 2, epoch=3)
+    rest = _loader_batches(ranks[0], 2, epoch=3, start=4)
+    assert all(torch.equal(a, b) for a, b in zip(rest, whole[4:], strict=True))

@@ -37,7 +37,7 @@ def test_train__neon_test_tiny_beats_the_train_mean_on_held_out_plots(tmp_path, 
         resolution=0.5,
         stride=16,
         nodata=None,  # 255 is declared nodata in these files but is real saturated white
-        split="scene",  # the split hashes the scene ids (plot names): 4 TEAK val plots
+        split_by="scene",  # the split hashes the scene ids (plot names): 4 TEAK val plots
         fractions={"train": 0.75, "val": 0.25},
         progress=False,
     )

@@ -61,7 +61,7 @@ def cube(tmp_path_factory):
         [xchm.chips.ScenePair(img, chm, scene="learnable")],
         tmp_path_factory.mktemp("cube") / "c.zarr",
         bands=("nir", "red", "green"),
-        split="block",
+        split_by="block",
         block_size=1,
         fractions={"train": 0.75, "val": 0.25},
         progress=False,

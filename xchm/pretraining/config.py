@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-from xchm.errors import InputError
+from xchm.runs.config import (
+    RunConfig,
+    in_range_problems,
+    nonnegative_int_problems,
+    nonnegative_problems,
+    positive_int_problems,
+    positive_problems,
+)
 
 __all__ = ["PretrainConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     """Settings of :func:`xchm.pretrain` (DINO self-distillation with iBOT and KoLeo).
 
     Defaults follow DINO/DINOv2 scaled to 64 x 64 px chips; radiometric jitter
-    acts on normalised values (z-scores of the cube's statistics).
+    acts on normalised values (z-scores of the cube's statistics). The fields every
+    run has (``seed``, ``max_steps_per_epoch``, ``checkpoint_every``,
+    ``mixed_precision``, ``tensorboard``, ...) are :class:`~xchm.runs.config.RunConfig`'s.
 
     Examples
     --------
@@ -108,82 +115,44 @@ class PretrainConfig:
     are read either way)."""
     buffer_chunks: int = 4
     """Zarr chunks whose chips are mixed in the shuffle (memory: that many decoded chunks)."""
-    mixed_precision: bool = True
-    """bf16 autocast on CUDA (ignored on the CPU)."""
-    max_steps_per_epoch: int | None = None
-    """Cap on optimisation steps per epoch (bounded runs, tests)."""
-    checkpoint_every: int | None = None
-    """Also save the state every this many steps; it is always saved after each epoch."""
-    seed: int = 0
-    """Seed of the head, data order and augmentation."""
 
-    def __post_init__(self) -> None:
-        problems = []
-        positive = ("epochs", "batch_size", "out_dim", "head_hidden", "head_bottleneck")
-        for name in (*positive, "head_layers", "local_size", "buffer_chunks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        for name in ("local_crops", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("lr", "student_temp", "teacher_temp", "teacher_temp_warmup"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
-        nonneg = (
-            *("min_lr", "warmup_epochs", "weight_decay", "grad_clip", "koleo_weight"),
-            *("ibot_weight", "backbone_lr_scale", "teacher_temp_warmup_epochs"),
-            "freeze_prototypes_epochs",
-            *("gain_std", "offset_std", "noise_std"),
+    def problems(self) -> list[str]:
+        """Every invalid value, in words (the shared fields' first)."""
+        widths = ("out_dim", "head_hidden", "head_bottleneck", "head_layers", "local_size")
+        problems = [
+            *super().problems(),
+            *positive_int_problems(self, *widths),
+            *nonnegative_int_problems(self, "local_crops"),
+            *positive_problems(self, "student_temp", "teacher_temp", "teacher_temp_warmup"),
+            *nonnegative_problems(
+                self,
+                *("warmup_epochs", "koleo_weight", "ibot_weight", "backbone_lr_scale"),
+                *("teacher_temp_warmup_epochs", "freeze_prototypes_epochs"),
+                *("gain_std", "offset_std", "noise_std"),
+            ),
+        ]
+        if self.weight_decay_end is not None:
+            problems += nonnegative_problems(self, "weight_decay_end")
+        problems += in_range_problems(self, "layer_decay", low=0, high=1, open_low=True)
+        problems += in_range_problems(
+            self,
+            *("momentum_start", "momentum_end", "center_momentum", "mask_probability"),
+            low=0,
+            high=1,
+            open_low=False,
         )
-        if self.weight_decay_end is not None and not self.weight_decay_end >= 0:
-            problems.append(f"weight_decay_end must be >= 0, got {self.weight_decay_end!r}")
-        for name in nonneg:
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.layer_decay <= 1:
-            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay!r}")
-        for name in ("momentum_start", "momentum_end", "center_momentum", "mask_probability"):
-            if not 0 <= getattr(self, name) <= 1:
-                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        for name in (
-            "global_scale_min",
-            "local_scale_min",
-            "local_scale_max",
-            "mask_ratio_min",
-            "mask_ratio_max",
-        ):
-            if not 0 < getattr(self, name) <= 1:
-                problems.append(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
-        if not self.local_scale_min <= self.local_scale_max:
-            problems.append(
-                f"local_scale_min ({self.local_scale_min!r}) must be <= local_scale_max "
-                f"({self.local_scale_max!r})"
-            )
-        if not self.mask_ratio_min <= self.mask_ratio_max:
-            problems.append(
-                f"mask_ratio_min ({self.mask_ratio_min!r}) must be <= mask_ratio_max "
-                f"({self.mask_ratio_max!r})"
-            )
-        for name in ("max_steps_per_epoch", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                problems.append(f"{name} must be a positive integer or None, got {value!r}")
-        if problems:
-            raise InputError("invalid PretrainConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON-ready), for checkpoints and logs."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        """Rebuild a config; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown PretrainConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        problems += in_range_problems(
+            self,
+            *("global_scale_min", "local_scale_min", "local_scale_max"),
+            *("mask_ratio_min", "mask_ratio_max"),
+            low=0,
+            high=1,
+            open_low=True,
+        )
+        ordered = (("local_scale_min", "local_scale_max"), ("mask_ratio_min", "mask_ratio_max"))
+        for low, high in ordered:
+            if not getattr(self, low) <= getattr(self, high):
+                problems.append(
+                    f"{low} ({getattr(self, low)!r}) must be <= {high} ({getattr(self, high)!r})"
+                )
+        return problems

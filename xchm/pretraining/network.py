@@ -96,6 +96,23 @@ class SelfDistillationNet(nn.Module):
             out["patch"] = self.patch_head(tokens[:, self.prefix :])
         return out
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Return the layers of layer-wise lr decay: DINOv2/DINOv3's map, in timm's form.
+
+        timm's ``param_groups_layer_decay`` reads it (a model's ``group_matcher``):
+        the embeddings and tokens are layer 0, block ``i`` is layer ``i + 1``, and
+        every parameter matched by neither (the final norm, the heads, the mask
+        token) is the top layer, at the full rate. It is the map of DINOv2's and
+        DINOv3's ``get_vit_lr_decay_rate``. timm's own map for its ViTs puts the final
+        norm in the last block's layer instead, one step lower than DINO did for
+        every layer: the rates would change for runs with ``layer_decay < 1``.
+        ``coarse`` (timm's option to group blocks in stages) does not apply.
+        """
+        return {
+            "embed": r"^backbone\.(?:cls_token|reg_token|pos_embed|patch_embed|norm_pre)",
+            "blocks": r"^backbone\.blocks\.(\d+)\.",
+        }
+
 
 def block_masks(
     n: int,

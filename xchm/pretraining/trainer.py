@@ -2,12 +2,17 @@
 
 A student network (backbone + heads) learns to match an EMA teacher on multi-crop
 views of unlabeled chips (:mod:`.augment`): the DINO loss on CLS tokens, the
-iBOT loss on masked patches and optionally KoLeo. Chips stream from the cube
-(:class:`~.data.ImageBatches`) and are normalised with the cube's statistics, so
-the backbone adapts to exactly the inputs fine-tuning will give it. After every
-epoch the teacher backbone is saved as an xchm checkpoint (``backbone/``, with a
-new, untrained decoder) that ``xchm.train(..., weights=...)`` accepts, and the
-full state (``checkpoints/last.pt``) lets ``resume=True`` continue exactly.
+iBOT loss on masked patches and optionally KoLeo. Chips stream from the cube as
+images only (:class:`~xchm.training.data.ChipStream` with ``labels=False``) and are
+normalised with the cube's statistics, so the backbone adapts to exactly the
+inputs fine-tuning will give it. After every epoch the teacher backbone is saved as
+an xchm checkpoint (``backbone/``, with a new, untrained decoder) that
+``xchm.train(..., weights=...)`` accepts, and the full state
+(``checkpoints/last.pt``) lets ``resume=True`` continue exactly.
+
+The run directory, resume, checkpoints, logs, the non-finite loss check and DDP are
+the shared run skeleton's (:class:`xchm.runs.run.Run`); this module holds what is
+pretraining's own: the student and teacher, their losses, schedules and step.
 
 Every random choice of a step (crops, jitter, masks) comes from a generator seeded
 by (seed, epoch, step, rank), so a resumed run sees the very same views.
@@ -16,7 +21,6 @@ by (seed, epoch, step, rank), so a resumed run sees the very same views.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.errors import InputError, NonFiniteLossError, ResumeError
 from xchm.pretraining.config import PretrainConfig
 from xchm.runs.precision import autocast
-from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
+from xchm.runs.result import RunResult
+from xchm.runs.run import Run
 
 __all__ = ["pretrain", "PretrainResult"]
 
@@ -37,13 +41,11 @@ __all__ = ["pretrain", "PretrainResult"]
 COLLAPSED_NATS = 0.01
 
 log = logging.getLogger(__name__)
-_STATE = Path("checkpoints") / "last.pt"
-_FORMAT = "xchm-pretrain-state"
 
 
 @dataclass(frozen=True)
-class PretrainResult:
-    """What :func:`pretrain` returns."""
+class PretrainResult(RunResult):
+    """What :func:`pretrain` returns (``to_dict()``: the same as plain JSON)."""
 
     backbone: Path
     """xchm checkpoint of the teacher backbone (pass it as ``weights=`` to ``xchm.train``)."""
@@ -78,8 +80,9 @@ def pretrain(
         Pretraining settings (:class:`PretrainConfig`).
     output
         Run directory: ``backbone/`` (xchm checkpoint of the teacher backbone),
-        ``checkpoints/last.pt``, ``metrics.jsonl``, ``config.json``. It must be new,
-        empty or a pretraining run (see ``xchm.outputs``); nothing else is touched.
+        ``checkpoints/last.pt``, ``metrics.jsonl``, ``metrics.csv``, ``config.json``
+        (and ``tensorboard/`` with ``config.tensorboard``). It must be new, empty or
+        a pretraining run (see ``xchm.outputs``); nothing else is touched.
     resume
         Continue the run in ``output`` from its last checkpoint; the cube, model,
         weights and config must be the run's own (:mod:`xchm.runs.job`).
@@ -114,69 +117,108 @@ def pretrain(
     >>> xchm.train("chips.zarr", model="dinov3-vitl16-sat", weights=run.backbone,  # doctest: +SKIP
     ...            output="runs/ft")
     """
-    import torch
-
-    from xchm.pretraining.data import ImageBatches
-    from xchm.runs.distributed import process_group, resolve_device
-    from xchm.runs.job import fingerprint
+    from xchm.runs.distributed import place
+    from xchm.training.data import ChipStream
 
     cfg = config or PretrainConfig()
     cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
     if cfg.split is not None:
         cube = cube.sel(split=cfg.split)
-    rank, world, local = process_group()
-    dev = resolve_device(device, local)  # before the run directory is created
-    batches = ImageBatches(  # checks the batch size before the run directory is made
+    where = place(device)  # before the run directory is created
+    stream = ChipStream(  # checks the batch size before the run directory is made
         cube,
+        split=None,
         batch_size=cfg.batch_size,
         buffer_chunks=cfg.buffer_chunks,
         seed=cfg.seed,
-        rank=rank,
-        world_size=world,
+        rank=where.rank,
+        world_size=where.world,
+        labels=False,
     )
-    out = Path(output)
-    job = fingerprint(cube, model, weights, world)
-    state = open_run(
-        out,
-        out / _STATE,
-        cfg.to_dict(),
-        job=job,
-        resume=resume,
-        rank=rank,
-        expected_format=_FORMAT,
-        config_type=PretrainConfig,
-        kind="pretraining",
+    run = Run.start(
+        "pretraining", cube, cfg, output, place=where, model=model, weights=weights, resume=resume
     )
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
     steps = (
-        len(batches)
+        len(stream)
         if cfg.max_steps_per_epoch is None
-        else min(len(batches), cfg.max_steps_per_epoch)
+        else min(len(stream), cfg.max_steps_per_epoch)
     )
-    run = _Run(cube, cfg, out, dev, rank, world, batches, steps, model, weights, job)
-    run.build()
-    if state is not None:
-        run.restore(state)
-    return run.loop(state or {}, progress and rank == 0)
+    ssl = _SelfDistillation(cube, cfg, model, weights, run.device, steps, run.rank)
+    ssl.build()
+    run.restore(ssl.load)
+    return _loop(run, ssl, stream, progress)
+
+
+def _loop(
+    run: Run[PretrainConfig], ssl: _SelfDistillation, stream: Any, progress: bool
+) -> PretrainResult:
+    from xchm.runs.distributed import wrap
+
+    epoch, batch, partial, history = run.position()
+    student = wrap(ssl.student, run.device)
+    while epoch < ssl.cfg.epochs:
+        sums = _run_epoch(run, ssl, student, stream, epoch, batch, partial, history, progress)
+        row = ssl.epoch_row(epoch, sums, run.world)
+        history.append(row)
+        epoch, batch, partial = epoch + 1, 0, {}
+        # Backbone before state: a run killed in between redoes the epoch (exactly)
+        # rather than finishing with the previous epoch's backbone.
+        ssl.save_backbone(run, row)
+        run.checkpoint(epoch, 0, {}, history, ssl.parts())
+        run.log(history)
+        if run.main:
+            _warn_if_collapsed(row)
+    return PretrainResult(backbone=run.output / "backbone", history=history)
+
+
+def _run_epoch(
+    run: Run[PretrainConfig],
+    ssl: _SelfDistillation,
+    student: Any,
+    stream: Any,
+    epoch: int,
+    start: int,
+    partial: dict[str, Any],
+    history: list[dict[str, Any]],
+    progress: bool,
+) -> dict[str, float]:
+    """Train one epoch from batch ``start``; return its sums over all processes."""
+    from xchm.runs.distributed import all_reduce_sum
+
+    sums = {k: float(v) for k, v in partial.items() if k != "seconds"}
+    t0 = time.perf_counter() - float(partial.get("seconds", 0.0))  # resumed: time so far
+    stream.set_epoch(epoch, start_batch=start)
+    with run.progress(ssl.steps, start, f"pretrain {epoch}", "step", progress) as bar:
+        for i, raw in enumerate(stream, start=start):
+            if i >= ssl.steps:
+                break
+            values = ssl.step(run, student, raw, epoch, i)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["steps"] = sums.get("steps", 0.0) + 1
+            bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
+            bar.update()
+            every = ssl.cfg.checkpoint_every
+            if every and (i + 1) % every == 0 and i + 1 < ssl.steps:
+                done = {**sums, "seconds": time.perf_counter() - t0}
+                run.checkpoint(epoch, i + 1, done, history, ssl.parts())
+    keys = sorted(sums)
+    totals = all_reduce_sum([sums[k] for k in keys], run.device)
+    return {**dict(zip(keys, totals, strict=True)), "seconds": time.perf_counter() - t0}
 
 
 @dataclass
-class _Run:
-    """One pretraining run in one process."""
+class _SelfDistillation:
+    """Student, teacher, their losses and optimiser: what a pretraining step needs."""
 
     cube: ChipCube
     cfg: PretrainConfig
-    output: Path
-    device: Any
-    rank: int
-    world: int
-    batches: Any
-    steps: int
     model_name: str | Path
     weights: str | Path | None
-    job: dict[str, Any] = field(default_factory=dict)
-    """The run's fingerprint (:mod:`xchm.runs.job`), saved with its state."""
+    device: Any
+    steps: int
+    """Optimisation steps per epoch (each process)."""
+    rank: int = 0
 
     # -- set-up -----------------------------------------------------------------------
     def build(self) -> None:
@@ -184,9 +226,10 @@ class _Run:
 
         from xchm.pretraining.heads import DINOLoss, IBOTLoss
         from xchm.pretraining.network import SelfDistillationNet
+        from xchm.runs.model import model_for_cube
 
         cfg = self.cfg
-        self.model = _base_model(self.cube, self.model_name, self.weights, cfg.seed)
+        self.model = model_for_cube(self.cube, self.model_name, self.weights, seed=cfg.seed)
         backbone = self.model.backbone
         teacher_backbone = copy.deepcopy(backbone)  # before the student's mask hook
         with torch.random.fork_rng(devices=[]):
@@ -207,21 +250,23 @@ class _Run:
         named = self.student.named_parameters()
         self.prototypes = [p for name, p in named if name.endswith("prototypes")]
 
-    def restore(self, state: dict[str, Any]) -> None:
-        try:
-            self.student.load_state_dict(state["student"])
-            self.teacher.load_state_dict(state["teacher"])
-            self.dino_loss.load_state_dict(state["dino_loss"])
-            self.ibot_loss.load_state_dict(state["ibot_loss"])
-            self.opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ResumeError(
-                f"the state in {self.output / _STATE} does not fit the model "
-                f"{str(self.model_name)!r}: it was saved by another model or heads. Pass the "
-                "run's own model, or start a new run in another output directory "
-                f"({str(err).splitlines()[0]})"
-            ) from err
-        restore_rng(state["rng"])
+    def parts(self) -> dict[str, Any]:
+        """Return pretraining's entries of the saved state (state dicts)."""
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "dino_loss": self.dino_loss.state_dict(),
+            "ibot_loss": self.ibot_loss.state_dict(),
+            "optimizer": self.opt.state_dict(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`parts` (:meth:`xchm.runs.run.Run.restore` calls it)."""
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.dino_loss.load_state_dict(state["dino_loss"])
+        self.ibot_loss.load_state_dict(state["ibot_loss"])
+        self.opt.load_state_dict(state["optimizer"])
 
     # -- schedules --------------------------------------------------------------------
     def schedules(self, step: int) -> dict[str, float]:
@@ -248,60 +293,9 @@ class _Run:
             ),
         }
 
-    # -- the loop ---------------------------------------------------------------------
-    def loop(self, state: dict[str, Any], progress: bool) -> PretrainResult:
-        from xchm.runs.distributed import wrap
-
-        self.history: list[dict[str, Any]] = list(state.get("history", []))
-        epoch, batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
-        partial = dict(state.get("partial", {}))
-        student = wrap(self.student, self.device)
-        while epoch < self.cfg.epochs:
-            row = self.epoch_row(epoch, self.run_epoch(student, epoch, batch, partial, progress))
-            self.history.append(row)
-            epoch, batch, partial = epoch + 1, 0, {}
-            # Backbone before state: a run killed in between redoes the epoch (exactly)
-            # rather than finishing with the previous epoch's backbone.
-            self.save_backbone(row)
-            self.save(epoch, 0, {})
-            self.log(row)
-        return PretrainResult(backbone=self.output / "backbone", history=self.history)
-
-    def run_epoch(
-        self, student: Any, epoch: int, start: int, partial: dict[str, Any], progress: bool
+    def step(
+        self, run: Run[PretrainConfig], student: Any, raw: Any, epoch: int, index: int
     ) -> dict[str, float]:
-        import torch
-        from tqdm.auto import tqdm
-
-        from xchm.runs.distributed import all_reduce_sum
-
-        sums = {k: float(v) for k, v in partial.items() if k != "seconds"}
-        t0 = time.perf_counter() - float(partial.get("seconds", 0.0))  # resumed: time so far
-        bar = tqdm(
-            total=self.steps,
-            initial=start,
-            desc=f"pretrain {epoch}",
-            unit="step",
-            disable=not progress,
-        )
-        with bar:
-            for i, raw in enumerate(self.batches.epoch(epoch, start), start=start):
-                if i >= self.steps:
-                    break
-                values = self.step(student, torch.from_numpy(raw), epoch, i)
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                sums["steps"] = sums.get("steps", 0.0) + 1
-                bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
-                bar.update()
-                every = self.cfg.checkpoint_every
-                if every and (i + 1) % every == 0 and i + 1 < self.steps:
-                    self.save(epoch, i + 1, {**sums, "seconds": time.perf_counter() - t0})
-        keys = sorted(sums)
-        totals = all_reduce_sum([sums[k] for k in keys], self.device)
-        return {**dict(zip(keys, totals, strict=True)), "seconds": time.perf_counter() - t0}
-
-    def step(self, student: Any, raw: Any, epoch: int, index: int) -> dict[str, float]:
         """One optimisation step on a raw batch; returns its loss terms and diagnostics."""
         import torch
 
@@ -343,12 +337,7 @@ class _Run:
             koleo = (koleo_loss(first) + koleo_loss(second)) / 2
             loss = loss + cfg.koleo_weight * koleo
             terms["koleo_loss"] = float(koleo.detach())
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"pretraining loss is {float(loss.detach())} at epoch {epoch} step {index}: "
-                "training diverged. Lower lr or lengthen warmup_epochs and start a new run in "
-                "another output directory (a resume repeats the same steps exactly)"
-            )
+        run.check_loss(float(loss.detach()), epoch, index, "Lower lr or lengthen warmup_epochs")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if step < round(cfg.freeze_prototypes_epochs * self.steps):
@@ -364,7 +353,7 @@ class _Run:
         return {"loss": float(loss.detach()), **terms, **_entropies(t_out["cls"], sched)}
 
     # -- outputs ----------------------------------------------------------------------
-    def epoch_row(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+    def epoch_row(self, epoch: int, sums: dict[str, float], world: int) -> dict[str, Any]:
         """Means over the epoch's steps (all processes) and the schedules at its end."""
         sums = dict(sums)
         seconds = sums.pop("seconds")
@@ -374,7 +363,7 @@ class _Run:
         row.update({k: v / n for k, v in sorted(sums.items())})
         row.update(
             {
-                "steps": int(n) // self.world,
+                "steps": int(n) // world,
                 "lr": sched["lr"],
                 "weight_decay": sched["weight_decay"],
                 "momentum": sched["momentum"],
@@ -384,109 +373,76 @@ class _Run:
         )
         return row
 
-    def save(self, epoch: int, batch: int, partial: dict[str, Any]) -> None:
-        """Save the full state at a data position (epoch, batches done in it)."""
-        if self.rank != 0:
-            return
-        state = {
-            "format": _FORMAT,
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
-            "dino_loss": self.dino_loss.state_dict(),
-            "ibot_loss": self.ibot_loss.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "rng": capture_rng(),
-            "epoch": epoch,
-            "batch": batch,
-            "partial": partial,
-            "history": self.history,
-            "config": self.cfg.to_dict(),
-            "job": self.job,
-        }
-        save_state(state, self.output / _STATE)
-
-    def save_backbone(self, row: dict[str, Any]) -> None:
-        """Save the teacher backbone with the base model's new decoder (atomic swap)."""
-        if self.rank != 0:
-            return
+    def save_backbone(self, run: Run[PretrainConfig], row: dict[str, Any]) -> None:
+        """Save the teacher backbone with the base model's new decoder (``backbone/``)."""
         net = self.model
         trained = net.backbone
         net.backbone = self.teacher.backbone
-        card = net.card
-        net.card = card.replace(
-            provenance={
-                **dict(card.provenance),
-                "pretraining": "dino",
-                "pretrained_on": str(self.cube.path),
-                "cube_content_sha256": self.job.get("cube", {}).get("content"),
-                "pretraining_chips": len(self.cube),
-                "epoch": row["epoch"],
-                "loss": row["loss"],
-                "config": self.cfg.to_dict(),
-                "model": str(self.model_name),
-                "weights": None if self.weights is None else str(self.weights),
-                "decoder": (
-                    f"from {self.model_name} (not pretrained)"
-                    if Path(str(self.model_name)).is_dir()
-                    else "untrained: fine-tune with xchm.train(..., weights=this directory)"
-                ),
-            }
-        )
+        provenance = {
+            "pretraining": "dino",
+            "pretrained_on": str(self.cube.path),
+            "pretraining_chips": len(self.cube),
+            "epoch": row["epoch"],
+            "loss": row["loss"],
+            "decoder": (
+                f"from {self.model_name} (not pretrained)"
+                if Path(str(self.model_name)).is_dir()
+                else "untrained: fine-tune with xchm.train(..., weights=this directory)"
+            ),
+        }
         try:
-            save_model_dir(net, self.output / "backbone")
+            run.save_model(net, "backbone", provenance)
         finally:
-            net.backbone, net.card = trained, card
-
-    def log(self, row: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        with open(self.output / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        log.info("pretraining epoch %d: %s", row["epoch"], row)
-        if row["teacher_information"] < COLLAPSED_NATS:
-            log.warning(
-                "pretraining epoch %d: the teacher's outputs hardly depend on the chip "
-                "(teacher_information %.2g nats < %g): collapsed. From random weights a "
-                "deep ViT starts like this and needs far more steps: start from pretrained "
-                "weights. If it collapsed after a good start, lower lr or lengthen "
-                "warmup_epochs / teacher_temp_warmup_epochs",
-                row["epoch"],
-                row["teacher_information"],
-                COLLAPSED_NATS,
-            )
+            net.backbone = trained
 
 
-def _base_model(cube: ChipCube, model: str | Path, weights: str | Path | None, seed: int) -> Any:
-    """Load the model whose backbone is pretrained, with the cube's bands and window."""
-    from xchm.models import api
-
-    if Path(str(model)).is_dir():
-        net = api.load_model(model)
-        if net.card.bands != cube.bands:
-            raise InputError(
-                f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
-            )
-        return net
-    options: dict[str, Any] = {"bands": cube.bands, "window": cube.window, "seed": seed}
-    if not (weights is not None and api.is_checkpoint(weights)):
-        options["statistics"] = cube.statistics  # else the checkpoint's own carry over
-    if cube.pixel_size is not None:
-        options["pixel_size"] = cube.pixel_size
-    return api.load_model(str(model), weights=weights, **options)
+def _warn_if_collapsed(row: dict[str, Any]) -> None:
+    if row["teacher_information"] < COLLAPSED_NATS:
+        log.warning(
+            "pretraining epoch %d: the teacher's outputs hardly depend on the chip "
+            "(teacher_information %.2g nats < %g): collapsed. From random weights a "
+            "deep ViT starts like this and needs far more steps: start from pretrained "
+            "weights. If it collapsed after a good start, lower lr or lengthen "
+            "warmup_epochs / teacher_temp_warmup_epochs",
+            row["epoch"],
+            row["teacher_information"],
+            COLLAPSED_NATS,
+        )
 
 
 def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices only; backbone at its layer's rate scale."""
-    depth = len(net.backbone.blocks)
+    """AdamW groups of the student: layer-wise lr decay in the backbone, decay on matrices.
+
+    The layer scales are timm's ``param_groups_layer_decay`` with DINOv2/DINOv3's
+    layer map (:meth:`~xchm.pretraining.network.SelfDistillationNet.group_matcher`):
+    block ``i`` of ``L`` at ``layer_decay ** (L - i)``, the embeddings and tokens at
+    ``layer_decay ** (L + 1)``, the final norm and the heads at 1. The backbone's
+    rates are then scaled by ``backbone_lr_scale``. Weight decay (``wd_scale`` 1)
+    applies to matrices only, not to biases, norms, tokens or the prototypes.
+
+    Parameters of one rate and decay share a group, in the network's order: timm's
+    groups are per layer, and fewer groups keep the optimiser state of runs saved
+    before resumable. Frozen parameters are left out (timm's rule; the student
+    trains every parameter).
+    """
+    from timm.optim import param_groups_layer_decay
+
+    by_layer = param_groups_layer_decay(
+        net,
+        weight_decay=1.0,  # so a group's weight_decay is its wd_scale
+        no_weight_decay_list=("*token", "*prototypes"),
+        layer_decay=cfg.layer_decay,
+    )
+    found = {id(p): (g["lr_scale"], g["weight_decay"]) for g in by_layer for p in g["params"]}
+    backbone = {id(p) for p in net.backbone.parameters()}
     groups: dict[tuple[bool, float, bool], list[Any]] = {}
-    for name, p in net.named_parameters():
-        decay = p.ndim > 1 and not name.endswith(("token", "prototypes"))
-        in_backbone = name.startswith("backbone.")
-        scale = 1.0
-        if in_backbone:
-            layer = _backbone_layer(name.removeprefix("backbone."), depth)
-            scale = cfg.backbone_lr_scale * cfg.layer_decay ** (depth + 1 - layer)
-        groups.setdefault((in_backbone, scale, decay), []).append(p)
+    for _, p in net.named_parameters():
+        if id(p) not in found:
+            continue
+        layer_scale, decay = found[id(p)]
+        in_backbone = id(p) in backbone
+        scale = cfg.backbone_lr_scale * layer_scale if in_backbone else layer_scale
+        groups.setdefault((in_backbone, scale, decay > 0), []).append(p)
     return [
         {
             "params": params,
@@ -496,15 +452,6 @@ def _param_groups(net: Any, cfg: PretrainConfig) -> list[dict[str, Any]]:
         }
         for (_, scale, decay), params in sorted(groups.items())
     ]
-
-
-def _backbone_layer(name: str, depth: int) -> int:
-    """0 for the embeddings and tokens, ``i + 1`` for block ``i``, ``depth + 1`` above."""
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    if name.split(".")[0] in ("norm", "fc_norm", "head"):  # not norm_pre: below the blocks
-        return depth + 1
-    return 0
 
 
 def ema_update(teacher: Any, student: Any, momentum: float) -> None:

@@ -1,13 +1,16 @@
 """Runs: what a training and a pretraining run share, below both loops.
 
-A *run* is one resumable job that writes a run directory: its state and
-checkpoints (:mod:`.state`: ``checkpoints/last.pt``, RNG capture, the run folder
-and its ``resume`` rules), the fingerprint that makes it one job (:mod:`.job`),
-the DDP process group under ``torchrun`` (:mod:`.distributed`) and its numeric
-precision (:mod:`.precision`: bf16 autocast). :func:`xchm.train` and
-:func:`xchm.pretrain` both build on these; keeping them here, rather than in
-``training/``, lets pretraining use them without importing the fine-tuning
-package, and gives the two loops one place to converge.
+A *run* is one resumable job that writes a run directory. :class:`.run.Run` is the
+skeleton :func:`xchm.train` and :func:`xchm.pretrain` both use (run directory,
+resume, checkpoints, ``metrics.jsonl`` / ``metrics.csv`` / TensorBoard, the
+non-finite loss check, progress bars); :class:`.config.RunConfig` the base of both
+configs; :class:`.result.RunResult` the base of both results; and
+:func:`.model.model_for_cube` the model a run starts from. Below them: the state
+and its files (:mod:`.state`: ``checkpoints/last.pt``, RNG capture, the run folder
+and its ``resume`` rules), the fingerprint that makes a run one job (:mod:`.job`),
+the DDP process group under ``torchrun`` (:mod:`.distributed`) and numeric
+precision (:mod:`.precision`: bf16 autocast). Each trainer keeps only its own
+model, loss and step.
 
 Layering: ``runs`` sits above :mod:`xchm.models` and :mod:`xchm.inference` (it
 reads checkpoints and chooses the device there) and below :mod:`xchm.training`

@@ -2,15 +2,44 @@
 
 ``torchrun --nproc_per_node=N -m xchm train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; the process group is created here on first use (NCCL with CUDA,
-gloo on the CPU). A single process needs nothing.
+gloo on the CPU) and destroyed when the process exits (only a group xchm created:
+one the caller made stays the caller's). A single process needs nothing.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["process_group", "resolve_device", "all_reduce_sum", "wrap"]
+__all__ = ["Place", "place", "process_group", "resolve_device", "all_reduce_sum", "wrap"]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process runs: its DDP rank, the number of processes and its device."""
+
+    rank: int
+    world: int
+    device: Any
+
+
+def place(device: str | None = None) -> Place:
+    """Join the process group (if launched by ``torchrun``) and choose the device.
+
+    Raises
+    ------
+    DeviceError
+        ``device`` is not a torch device or is unavailable here.
+
+    Examples
+    --------
+    >>> place("cpu")
+    Place(rank=0, world=1, device=device(type='cpu'))
+    """
+    rank, world, local = process_group()
+    return Place(rank, world, resolve_device(device, local))
 
 
 def process_group() -> tuple[int, int, int]:
@@ -24,10 +53,20 @@ def process_group() -> tuple[int, int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        # Torch warns (NCCL) when a group is left to the interpreter's teardown; at exit,
+        # not after each run, so that a script may run several in one launch.
+        atexit.register(_destroy)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str | None, local_rank: int) -> Any:

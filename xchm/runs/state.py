@@ -134,7 +134,8 @@ def open_run(
     expected_format
         The state's ``format`` entry.
     config_type
-        The config class (recognises runs written before output markers existed).
+        The config class (recognises runs written before output markers existed; its
+        ``defaults()`` stand for fields a saved config lacks).
     kind
         ``"training"`` or ``"pretraining"``.
 
@@ -173,7 +174,8 @@ def open_run(
                 "nothing in it is touched. Resume from the directory the run wrote"
             )
         state = load_state(state_path, expected_format=expected_format)
-        check_resume(state, config, job, output)
+        defaults = config_type.defaults() if hasattr(config_type, "defaults") else {}
+        check_resume(state, config, job, output, defaults=defaults)
         if rank == 0:
             prepare_output_dir(output, label, exist_ok=True, legacy=legacy)  # marks a legacy run
         return state
@@ -198,9 +200,18 @@ def open_run(
 
 
 def check_resume(
-    state: dict[str, Any], config: dict[str, Any], job: dict[str, Any], output: Path
+    state: dict[str, Any],
+    config: dict[str, Any],
+    job: dict[str, Any],
+    output: Path,
+    *,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Refuse (:class:`~xchm.errors.ResumeError`) a state of another job, naming what differs."""
+    """Refuse (:class:`~xchm.errors.ResumeError`) a state of another job, naming what differs.
+
+    A field missing from the saved config (added to the config class since the run
+    started) counts as its value in ``defaults``: the run used what that means.
+    """
     from xchm.errors import ResumeError, XCHMWarning
     from xchm.runs.job import differences
 
@@ -214,7 +225,7 @@ def check_resume(
         )
     else:
         found += differences(state["job"], job)
-    saved = state.get("config", {})
+    saved = {**(defaults or {}), **state.get("config", {})}
     changed = sorted(k for k in set(config) | set(saved) if saved.get(k) != config.get(k))
     if changed:
         found.append(f"config: these differ: {changed}")

@@ -1,4 +1,4 @@
-"""Stream training batches from a chip cube: whole Zarr chunks, shuffled, exact per DDP rank.
+"""Stream batches from a chip cube: whole Zarr chunks, shuffled, exact per DDP rank.
 
 :class:`ChipStream` is an ``IterableDataset`` that yields ready batches; wrap it in
 :func:`make_loader` (a ``DataLoader`` with ``batch_size=None``). Random single-chip
@@ -44,6 +44,9 @@ an up-front plan (:mod:`xchm.training.plan`) instead of a sampler:
 * **Augmentation** (``augment=True``): one of the 8 dihedral transforms (flips and
   90° rotations) per chip, the same for its image and height, from a hash of
   ``(seed, epoch, chip position)``: independent of ranks and workers.
+* **Images only** (``labels=False``): each batch is the ``image`` tensor alone and
+  the ``height`` array is never opened, so unlabeled cubes stream too (the chips
+  :func:`xchm.pretrain` reads). Order, counts and resume are the same.
 
 The stream pickles small (path, a bit mask of the selection, settings); each
 process opens the Zarr store itself on its first iteration.
@@ -64,14 +67,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
 from xchm.training import plan
-from xchm.training.transport import BatchRing, OwningLoader, RingStream, batch_dtype, new_batch
+from xchm.training.transport import (
+    BatchRing,
+    OwningLoader,
+    RingStream,
+    Slot,
+    batch_dtype,
+    new_batch,
+)
 
 __all__ = ["ChipStream", "batch_dtype", "make_loader"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: What a stream yields: ``(image, height)``, or ``image`` alone with ``labels=False``.
+Item = Batch | torch.Tensor
 
 
-class ChipStream(IterableDataset[Batch]):
+class ChipStream(IterableDataset[Item]):
     """Shuffled batches ``(image, height)`` of a chip cube's split, streamed chunk by chunk.
 
     See the module docstring for the order, the exact batch counts, resume and the
@@ -103,13 +115,16 @@ class ChipStream(IterableDataset[Batch]):
         Dtype of the yielded images, see :func:`batch_dtype`; default int32 for
         uint16 cubes, ``"native"`` for uint16 (~10 % fewer CPU cycles per chip with
         DataLoader workers on 2 cores, benchmarks/RESULTS.md).
+    labels
+        Yield ``(image, height)``; False yields the images alone and never reads the
+        heights (a cube without them too).
 
     Raises
     ------
     InputError
-        For invalid settings (all reported at once), an unlabeled cube (no heights),
-        an unknown split, or a split too small for one full batch per rank with
-        ``drop_last``.
+        For invalid settings (all reported at once), an unlabeled cube (no heights)
+        with ``labels``, an unknown split, or a split too small for one full batch per
+        rank with ``drop_last``.
 
     Examples
     --------
@@ -117,6 +132,8 @@ class ChipStream(IterableDataset[Batch]):
     >>> stream.set_epoch(3)  # doctest: +SKIP
     >>> for image, height in make_loader(stream, num_workers=2):  # doctest: +SKIP
     ...     x = normalize_batch(image.to("cuda"), cube.statistics)
+    >>> images = ChipStream("unlabeled.zarr", split=None, labels=False)  # doctest: +SKIP
+    >>> image = next(iter(images))  # (64, band, y, x), no heights  # doctest: +SKIP
     """
 
     def __init__(
@@ -133,6 +150,7 @@ class ChipStream(IterableDataset[Batch]):
         world_size: int = 1,
         drop_last: bool = True,
         image_dtype: str | np.dtype | None = None,
+        labels: bool = True,
     ):
         problems = []
         if batch_size < 1:
@@ -149,13 +167,17 @@ class ChipStream(IterableDataset[Batch]):
             raise InputError("invalid ChipStream settings: " + "; ".join(problems))
         if not isinstance(cube, ChipCube):
             cube = open_cube(cube)
-        cube.check_labeled("ChipStream (image and height batches for xchm.train)")
+        if labels:
+            cube.check_labeled(
+                "ChipStream (image and height batches; labels=False streams the images)"
+            )
         selection = cube if split is None else cube.sel(split=split)
         total = int(cube.attrs["chips"])
         keep = np.zeros(total, dtype=bool)
         keep[selection.index] = True
         self.path = str(cube.path)
         self.split = split
+        self.labels = labels
         self.chips = len(selection)
         self.bands = cube.bands
         self.nodata = cube.nodata
@@ -170,10 +192,11 @@ class ChipStream(IterableDataset[Batch]):
         self.rank, self.world_size = rank, world_size
         self._len = plan.batches_per_rank(self.chips, batch_size, world_size, drop_last)
         if self._len == 0:
+            what = "the selection" if split is None else f"split {split!r}"
             raise InputError(
-                f"split {split!r} has {self.chips} chips, fewer than batch_size x world_size = "
+                f"{what} has {self.chips} chips, fewer than batch_size x world_size = "
                 f"{batch_size * world_size}: no full batch per rank; use a smaller batch_size "
-                "or drop_last=False"
+                "(or drop_last=False)"
             )
         self.epoch, self.start_batch, self._fresh = 0, 0, True
         self._positions: np.ndarray | None = None
@@ -232,10 +255,10 @@ class ChipStream(IterableDataset[Batch]):
         self.set_epoch(self.epoch, start_batch=batch_index)
 
     # -- iteration ---------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Item]:
         return self._iterate(ring_slots=0, wire=self.batch_dtype)
 
-    def _iterate(self, ring_slots: int, wire: np.dtype) -> Iterator[Batch]:
+    def _iterate(self, ring_slots: int, wire: np.dtype) -> Iterator[Item]:
         """Start the next iteration in this process (a DataLoader worker or the main one)."""
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -243,9 +266,9 @@ class ChipStream(IterableDataset[Batch]):
             self._fresh = False
         else:
             self.epoch, self.start_batch = self.epoch + 1, 0
-        alloc: Callable[[int], Batch] = self._new(shared=info is not None)
+        alloc: Callable[[int], Slot] = self._new(shared=info is not None)
         if info is not None and ring_slots:
-            alloc = BatchRing(ring_slots, self.batch_size, self._chip_shape, wire)
+            alloc = BatchRing(ring_slots, self.batch_size, self._chip_shape, wire, self.labels)
         return self._run(*self._worker_plan(worker, workers, self.epoch, self.start_batch), alloc)
 
     def iter_worker(
@@ -255,7 +278,7 @@ class ChipStream(IterableDataset[Batch]):
         *,
         epoch: int | None = None,
         start_batch: int | None = None,
-    ) -> Iterator[Batch]:
+    ) -> Iterator[Item]:
         """Yield what DataLoader worker ``worker`` of ``num_workers`` yields in an epoch.
 
         Does not change the stream's epoch or position (defaults: the current ones).
@@ -269,10 +292,14 @@ class ChipStream(IterableDataset[Batch]):
         start = self.start_batch if start_batch is None else start_batch
         return self._run(*self._worker_plan(worker, num_workers, epoch, start), self._new(False))
 
-    def _new(self, shared: bool) -> Callable[[int], Batch]:
+    def _new(self, shared: bool) -> Callable[[int], Slot]:
         """Return a function making new batch tensors (in new shared memory if ``shared``)."""
         return partial(
-            new_batch, chip_shape=self._chip_shape, dtype=self.batch_dtype, shared=shared
+            new_batch,
+            chip_shape=self._chip_shape,
+            dtype=self.batch_dtype,
+            shared=shared,
+            heights=self.labels,
         )
 
     def _worker_plan(
@@ -300,8 +327,8 @@ class ChipStream(IterableDataset[Batch]):
         skip: int,
         epoch: int,
         rng: np.random.Generator,
-        alloc: Callable[[int], Batch],
-    ) -> Iterator[Batch]:
+        alloc: Callable[[int], Slot],
+    ) -> Iterator[Item]:
         """Yield batches ``skip`` on from ``chips``, decoding each chunk run once, lazily."""
         if len(sizes) <= skip:
             return
@@ -310,12 +337,12 @@ class ChipStream(IterableDataset[Batch]):
             chips = plan.shuffle_within_runs(chips, starts, ends, rng)
         pieces = plan.interleave(ends - starts, sizes, self.buffer_chunks if self.shuffle else 1)
         last = {r: j for j, batch in enumerate(pieces) for r, _, _ in batch}
-        runs: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # decoded, open runs
+        runs: dict[int, tuple[np.ndarray, np.ndarray | None, int]] = {}  # decoded, open runs
         spare: list[tuple[Any, Any]] = []  # chunk arrays to decode into
         for j in range(skip, len(sizes)):
             n = int(sizes[j])
             image, height = alloc(n)
-            img, hgt = image.numpy(), height.numpy()
+            img, hgt = image.numpy(), None if height is None else height.numpy()
             widen = img.dtype != self.image_dtype  # gather, then widen in one pass
             if widen and self._scratch is None:
                 self._scratch = np.empty((self.batch_size, *self._chip_shape), self.image_dtype)
@@ -328,17 +355,19 @@ class ChipStream(IterableDataset[Batch]):
                 ids.append(chips[starts[r] + first : starts[r] + first + count])
                 rows = ids[-1] - lo
                 np.take(run_image, rows, axis=0, out=out[a : a + count], mode="clip")
-                np.take(run_height, rows, axis=0, out=hgt[a : a + count], mode="clip")
+                if hgt is not None and run_height is not None:
+                    np.take(run_height, rows, axis=0, out=hgt[a : a + count], mode="clip")
                 a += count
                 if last[r] == j:
                     run_image, run_height, _ = runs.pop(r)
-                    spare.append((run_image.base, run_height.base))  # whole chunk arrays
+                    # the whole chunk arrays, to decode the next chunks into
+                    spare.append((run_image.base, None if run_height is None else run_height.base))
             if widen:
                 np.copyto(img, out)
             if self.augment and n:
                 codes = plan.dihedral_codes(np.concatenate(ids), self.seed, epoch)
-                plan.apply_dihedral((img, hgt), codes)
-            yield image, height
+                plan.apply_dihedral((img,) if hgt is None else (img, hgt), codes)
+            yield image if height is None else (image, height)
 
     # -- reading -----------------------------------------------------------------------
     def _selected(self) -> np.ndarray:
@@ -348,15 +377,18 @@ class ChipStream(IterableDataset[Batch]):
         return self._positions
 
     def _open(self) -> tuple[Any, Any]:
-        """Return the ``image`` and ``height`` arrays, opened once per process."""
+        """Return the ``image`` and ``height`` (None without labels) arrays, opened once."""
         if self._arrays is None or self._pid != os.getpid():
             import zarr
 
             group = zarr.open_group(self.path, mode="r")
-            self._arrays, self._pid = (group["image"], group["height"]), os.getpid()
+            height = group["height"] if self.labels else None
+            self._arrays, self._pid = (group["image"], height), os.getpid()
         return self._arrays
 
-    def _decode(self, k: int, spare: list[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray, int]:
+    def _decode(
+        self, k: int, spare: list[tuple[Any, Any]]
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """Return chunk ``k``'s image and height chips (no-data heights NaN) and its start.
 
         Decodes into arrays from ``spare`` where there are any: reused memory, not new
@@ -371,9 +403,12 @@ class ChipStream(IterableDataset[Batch]):
             img, hgt = spare.pop()
         else:
             img = np.empty((self.chunk, *self._chip_shape), dtype=self.image_dtype)
-            hgt = np.empty((self.chunk, *self._chip_shape[1:]), dtype=np.float32)
-        img, hgt = img[:n], hgt[:n]
+            hgt = np.empty((self.chunk, *self._chip_shape[1:]), np.float32) if self.labels else None
+        img = img[:n]
         image.get_basic_selection(slice(lo, lo + n), out=cpu.NDBuffer.from_numpy_array(img))
+        if hgt is None:  # images only: no-data pixels are the model's to mask
+            return img, None, lo
+        hgt = hgt[:n]
         height.get_basic_selection(slice(lo, lo + n), out=cpu.NDBuffer.from_numpy_array(hgt))
         self._mask_nodata(img, hgt)
         return img, hgt, lo
@@ -399,7 +434,7 @@ def make_loader(
     persistent_workers: bool = False,
     prefetch_factor: int = 2,
     **kwargs: Any,
-) -> DataLoader[Batch]:
+) -> DataLoader[Item]:
     """Wrap a :class:`ChipStream` in a ``DataLoader`` (the stream makes the batches).
 
     With workers, each writes its batches into a ring of shared-memory tensors
@@ -439,7 +474,7 @@ def make_loader(
     """
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    dataset: IterableDataset[Batch] = stream
+    dataset: IterableDataset[Item] = stream
     if num_workers > 0:
         kwargs.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
         wire, stored = stream.batch_dtype, stream.image_dtype

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xchm.errors import NonFiniteLossError
 from xchm.models.normalize import prepare_inputs
 from xchm.runs.distributed import all_reduce_sum, wrap
 from xchm.runs.precision import autocast
@@ -17,7 +16,7 @@ __all__ = ["run_epoch", "validate"]
 def _stream(run: Any, split: str, *, train: bool) -> Any:
     from xchm.training.data import ChipStream
 
-    cfg = run.cfg
+    cfg = run.config
     return ChipStream(
         run.cube,
         split=split,
@@ -39,16 +38,19 @@ def run_epoch(
     epoch: int,
     start_batch: int,
     partial: dict[str, Any],
-    checkpointer: Any,
+    checkpoint: Any,
     progress: bool,
 ) -> dict[str, Any]:
-    """Train one epoch from batch ``start_batch``; return the mean loss and steps."""
+    """Train one epoch from batch ``start_batch``; return the mean loss and steps.
+
+    ``checkpoint(batches_done, partial)`` saves the state mid-epoch (every
+    ``checkpoint_every`` steps); ``partial`` holds the loss summed so far.
+    """
     import torch
-    from tqdm.auto import tqdm
 
     from xchm.training.data import make_loader
 
-    cfg, stats = run.cfg, net.card.statistics
+    cfg, stats = run.config, net.card.statistics
     stream = _stream(run, "train", train=True)
     stream.set_epoch(epoch)
     steps = (
@@ -63,9 +65,7 @@ def run_epoch(
     net.train()
     trainable = [p for p in net.parameters() if p.requires_grad]
     loss_sum, done = float(partial["loss_sum"]), int(partial["steps"])
-    bar = tqdm(
-        total=steps, initial=start_batch, desc=f"epoch {epoch}", unit="batch", disable=not progress
-    )
+    bar = run.progress(steps, start_batch, f"epoch {epoch}", "batch", progress)
     with torch.random.fork_rng(devices=[]):  # the loader's seed draw must not shift dropout
         batches = iter(loader)
     with bar:
@@ -74,7 +74,7 @@ def run_epoch(
                 break
             x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
             y = heights.to(run.device, non_blocking=True)
-            with autocast(run.device, run.cfg.mixed_precision):
+            with autocast(run.device, cfg.mixed_precision):
                 pred = model(x, validate=False)
             loss = height_loss(pred[:, 0], y, cfg)
             opt.zero_grad(set_to_none=True)
@@ -82,18 +82,13 @@ def run_epoch(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
-            value = loss.detach().item()
-            if not math.isfinite(value):  # stop before a checkpoint keeps broken weights
-                raise NonFiniteLossError(
-                    f"training loss is {value} at epoch {epoch} batch {i}: training diverged. "
-                    "Lower lr, keep grad_clip on or use loss='huber', and start a new run in "
-                    "another output directory (a resume repeats the same steps exactly)"
-                )
+            value = loss.detach().item()  # the step's one sync with the device
+            run.check_loss(value, epoch, i, "Lower lr, keep grad_clip on or use loss='huber'")
             loss_sum, done = loss_sum + value, done + 1
             bar.set_postfix(loss=f"{loss_sum / done:.3f}")
             bar.update()
             if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:
-                checkpointer.save(i + 1, {"loss_sum": loss_sum, "steps": done})
+                checkpoint(i + 1, {"loss_sum": loss_sum, "steps": done})
     total, count = all_reduce_sum([loss_sum, done], run.device)
     return {"loss": total / max(count, 1), "steps": done}
 
@@ -106,7 +101,7 @@ def validate(run: Any, net: Any) -> dict[str, float]:
 
     stream = _stream(run, "val", train=False)
     stream.set_epoch(0)
-    loader = make_loader(stream, num_workers=run.cfg.num_workers, pin_memory=False)
+    loader = make_loader(stream, num_workers=run.config.num_workers, pin_memory=False)
     sums = [0.0] * 5  # loss * n, n, |e|, e^2, e
     training = net.training
     net.eval()
@@ -116,14 +111,14 @@ def validate(run: Any, net: Any) -> dict[str, float]:
         for raw, heights in batches:
             x = prepare_inputs(raw, run.cube.nodata, net.card.statistics, run.device)
             y = heights.to(run.device)
-            with autocast(run.device, run.cfg.mixed_precision):
+            with autocast(run.device, run.config.mixed_precision):
                 pred = net(x, validate=False)[:, 0].float()
             valid = torch.isfinite(y)
             count = int(valid.sum())
             if count == 0:
                 continue
             err = (pred - y)[valid].double()
-            sums[0] += float(height_loss(pred, y, run.cfg)) * count
+            sums[0] += float(height_loss(pred, y, run.config)) * count
             sums[1] += count
             sums[2] += float(err.abs().sum())
             sums[3] += float((err * err).sum())

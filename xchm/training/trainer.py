@@ -7,34 +7,35 @@ backbone blocks train. Every epoch ends with a validation pass, the scheduler an
 early-stopping step, the best model saved as an xchm checkpoint (``best/``) and the
 full training state (``checkpoints/last.pt``) from which ``resume=True`` continues
 exactly where the run stopped.
+
+The run directory, resume, checkpoints, logs, the non-finite loss check and DDP are
+the shared run skeleton's (:class:`xchm.runs.run.Run`); this module holds what is
+fine-tuning's own: the optimiser and scheduler, early stopping and the best model.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.errors import InputError, ResumeError
-from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
+from xchm.errors import InputError
+from xchm.runs.result import RunResult
+from xchm.runs.run import Run
 from xchm.training.config import TrainConfig
 
 __all__ = ["train", "TrainResult"]
 
-log = logging.getLogger(__name__)
-_STATE = Path("checkpoints") / "last.pt"
-
 
 @dataclass(frozen=True)
-class TrainResult:
-    """What :func:`train` returns."""
+class TrainResult(RunResult):
+    """What :func:`train` returns (``to_dict()``: the same as plain JSON)."""
 
     best_checkpoint: Path
     """Directory of the best model (``xchm.load_model`` reads it)."""
@@ -71,8 +72,9 @@ def train(
         Training settings (:class:`TrainConfig`; defaults are the reference's).
     output
         Run directory: ``best/`` (xchm checkpoint), ``checkpoints/last.pt``,
-        ``metrics.jsonl``, ``metrics.csv``, ``config.json``. It must be new, empty or
-        a training run (see ``xchm.outputs``); nothing else in it is touched.
+        ``metrics.jsonl``, ``metrics.csv``, ``config.json`` (and ``tensorboard/`` with
+        ``config.tensorboard``). It must be new, empty or a training run (see
+        ``xchm.outputs``); nothing else in it is touched.
     resume
         Continue the run in ``output`` from its last checkpoint; the cube, model,
         weights and config must be the run's own (:mod:`xchm.runs.job`).
@@ -108,6 +110,8 @@ def train(
     """
     import torch
 
+    from xchm.runs.distributed import place
+
     cfg = config or TrainConfig()
     cube = cube if isinstance(cube, ChipCube) else open_cube(cube)
     cube.check_labeled("xchm.train")  # before the run directory is created
@@ -117,29 +121,65 @@ def train(
                 f"chip cube {cube.path} has no {needed!r} chips (splits: {cube.splits}); "
                 "build it with a val fraction > 0"
             )
-    run = _Run.start(cube, cfg, Path(output), resume, device, model, weights)
-    net = run.build_model(model, weights)
+    where = place(device)  # before the run directory is created
+    run = Run.start(
+        "training", cube, cfg, output, place=where, model=model, weights=weights, resume=resume
+    )
+    net = _model(run, model, weights)
     opt = torch.optim.AdamW(_groups(net, cfg), weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
-    if run.state is not None:
-        try:
-            net.load_state_dict(run.state["model"])
-            opt.load_state_dict(run.state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ResumeError(
-                f"the state in {run.output / _STATE} does not fit the model {model!r}: it was "
-                "saved by another model. Pass the run's own model, or start a new run in "
-                f"another output directory ({str(err).splitlines()[0]})"
-            ) from err
-        sched.load_state_dict(run.state["scheduler"])
-        restore_rng(run.state["rng"])
-    return run.loop(net, opt, sched, progress)
+    run.restore(partial(_load, net, opt, sched))
+    return _loop(run, net, opt, sched, progress)
+
+
+def _model(run: Run[TrainConfig], model: str | Path, weights: str | Path | None) -> Any:
+    """Load the model to fine-tune on the run's device (a new run: output bias set)."""
+    from xchm.runs.model import model_for_cube
+
+    cfg = run.config
+    net = model_for_cube(run.cube, model, weights, seed=cfg.seed)
+    p = cfg.output_bias_percentile
+    if p is not None and run.state is None:
+        net.decoder.reset_output(_label_percentile(run.cube, p, cfg.seed))
+    return net.to(run.device)
 
 
 def _groups(net: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
     from xchm.training.policy import param_groups
 
     return param_groups(net, cfg)
+
+
+def _parts(net: Any, opt: Any, sched: Any, best: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuning's entries of the saved state."""
+    return {
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "best": best,
+    }
+
+
+def _load(net: Any, opt: Any, sched: Any, state: dict[str, Any]) -> None:
+    """Inverse of :func:`_parts` (:meth:`xchm.runs.run.Run.restore` calls it)."""
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+
+
+def _checkpoint(
+    run: Run[TrainConfig],
+    net: Any,
+    opt: Any,
+    sched: Any,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+    epoch: int,
+    batch: int,
+    sums: dict[str, Any],
+) -> None:
+    """Save the full state after ``batch`` batches of ``epoch`` (``sums``: its loss so far)."""
+    run.checkpoint(epoch, batch, sums, history, _parts(net, opt, sched, best))
 
 
 def _scheduler(opt: Any, cfg: TrainConfig) -> Any:
@@ -163,213 +203,66 @@ def _scheduler(opt: Any, cfg: TrainConfig) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-@dataclass
-class _Run:
-    """State of one training run in one process."""
+def _loop(run: Run[TrainConfig], net: Any, opt: Any, sched: Any, progress: bool) -> TrainResult:
+    from xchm.training.epoch import run_epoch, validate
+    from xchm.training.policy import apply_policy
 
-    cube: ChipCube
-    cfg: TrainConfig
-    output: Path
-    device: Any
-    rank: int
-    world: int
-    state: dict[str, Any] | None
-    job: dict[str, Any]
-
-    @classmethod
-    def start(
-        cls,
-        cube: ChipCube,
-        cfg: TrainConfig,
-        output: Path,
-        resume: bool,
-        device: str | None,
-        model: str | Path,
-        weights: str | Path | None,
-    ) -> _Run:
-        import torch
-
-        from xchm.runs.distributed import process_group, resolve_device
-        from xchm.runs.job import fingerprint
-
-        rank, world, local = process_group()
-        dev = resolve_device(device, local)  # before the run directory is created
-        job = fingerprint(cube, model, weights, world)
-        state = open_run(
-            output,
-            output / _STATE,
-            cfg.to_dict(),
-            job=job,
-            resume=resume,
-            rank=rank,
-            expected_format="xchm-train-state",
-            config_type=TrainConfig,
-        )
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        return cls(cube, cfg, output, dev, rank, world, state, job)
-
-    # -- model ------------------------------------------------------------------------
-    def build_model(self, model: str | Path, weights: str | Path | None) -> Any:
-        from xchm.models import api
-
-        cube = self.cube
-        options: dict[str, Any] = {
-            "bands": cube.bands,
-            "statistics": cube.statistics,
-            "window": cube.window,
-            "seed": self.cfg.seed,
-        }
-        if cube.pixel_size is not None:
-            options["pixel_size"] = cube.pixel_size
-        if Path(str(model)).is_dir():
-            net = api.load_model(model)
-            if net.card.bands != cube.bands:
-                raise InputError(
-                    f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
-                )
+    cfg = run.config
+    epoch, batch, sums, history = run.position()
+    sums = sums or {"loss_sum": 0.0, "steps": 0}
+    best = (run.state or {}).get("best", {"loss": math.inf, "epoch": -1, "bad_epochs": 0})
+    stopped = _patience_spent(best, cfg)  # a run that stopped early stays stopped
+    while epoch < cfg.epochs and not stopped:
+        t0 = time.perf_counter()
+        trainable = apply_policy(net, cfg, epoch)
+        checkpoint = partial(_checkpoint, run, net, opt, sched, history, best, epoch)
+        train_stats = run_epoch(run, net, opt, epoch, batch, sums, checkpoint, progress)
+        val = validate(run, net)
+        if cfg.scheduler == "plateau":
+            sched.step(val["loss"])
         else:
-            if weights is not None and api.is_checkpoint(weights):
-                # A pretrained xchm backbone (xchm.pretrain) was adapted to inputs
-                # normalised with its own card's statistics: keep them.
-                del options["statistics"]
-            net = api.load_model(str(model), weights=weights, **options)
-        p = self.cfg.output_bias_percentile
-        if p is not None and self.state is None:
-            net.decoder.reset_output(_label_percentile(cube, p, self.cfg.seed))
-        self.source = {"model": str(model), "weights": None if weights is None else str(weights)}
-        return net.to(self.device)
-
-    # -- the loop ---------------------------------------------------------------------
-    def loop(self, net: Any, opt: Any, sched: Any, progress: bool) -> TrainResult:
-        from xchm.training.epoch import run_epoch, validate
-        from xchm.training.policy import apply_policy
-
-        cfg, st = self.cfg, self.state or {}
-        history: list[dict[str, Any]] = list(st.get("history", []))
-        best = st.get("best", {"loss": math.inf, "epoch": -1, "bad_epochs": 0})
-        epoch, batch = int(st.get("epoch", 0)), int(st.get("batch", 0))
-        partial = st.get("partial", {"loss_sum": 0.0, "steps": 0})
-        stopped = _patience_spent(best, cfg)  # a run that stopped early stays stopped
-        while epoch < cfg.epochs and not stopped:
-            t0 = time.perf_counter()
-            trainable = apply_policy(net, cfg, epoch)
-            checkpoint = _Checkpointer(self, net, opt, sched, history, best, epoch)
-            train_stats = run_epoch(
-                self, net, opt, epoch, batch, partial, checkpoint, progress and self.rank == 0
-            )
-            val = validate(self, net)
-            if cfg.scheduler == "plateau":
-                sched.step(val["loss"])
-            else:
-                sched.step()
-            row = {
-                "epoch": epoch,
-                "train_loss": train_stats["loss"],
-                "val_loss": val["loss"],
-                "val_mae": val["mae"],
-                "val_rmse": val["rmse"],
-                "val_bias": val["bias"],
-                "lr_decoder": opt.param_groups[0]["lr"],
-                "lr_backbone": opt.param_groups[1]["lr"],
-                "trainable_backbone_tensors": len(trainable),
-                "steps": train_stats["steps"],
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            if val["loss"] < best["loss"]:
-                best = {"loss": val["loss"], "epoch": epoch, "bad_epochs": 0}
-                self._save_best(net, row)
-            else:
-                best = {**best, "bad_epochs": best["bad_epochs"] + 1}
-            stopped = _patience_spent(best, cfg)
-            epoch, batch, partial = epoch + 1, 0, {"loss_sum": 0.0, "steps": 0}
-            self._log(row)
-            _Checkpointer(self, net, opt, sched, history, best, epoch).save(0, partial)
-        return TrainResult(
-            best_checkpoint=self.output / "best",
-            history=history,
-            best_epoch=int(best["epoch"]),
-            stopped_early=stopped,
-        )
-
-    def _save_best(self, net: Any, row: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        card = net.card
-        net.card = replace(
-            card,
-            provenance={
-                **dict(card.provenance),
-                "trained_on": str(self.cube.path),
-                "cube_content_sha256": self.job["cube"]["content"],
-                "cube_chips": self.cube.splits,
-                "epoch": row["epoch"],
-                "val_loss": row["val_loss"],
-                "val_mae": row["val_mae"],
-                "val_rmse": row["val_rmse"],
-                "config": self.cfg.to_dict(),
-                **self.source,
-            },
-        )
-        try:
-            save_model_dir(net, self.output / "best")
-        finally:
-            net.card = card
-
-    def _log(self, row: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        with open(self.output / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        rows = [
-            json.loads(line)
-            for line in (self.output / "metrics.jsonl").read_text().split("\n")
-            if line
-        ]
-        keys = list(rows[0])
-        lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
-        (self.output / "metrics.csv").write_text("\n".join(lines) + "\n")
-        log.info("epoch %d: %s", row["epoch"], row)
-        if self.cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            with SummaryWriter(str(self.output / "tensorboard")) as tb:
-                for k, v in row.items():
-                    if k != "epoch" and isinstance(v, int | float):
-                        tb.add_scalar(k, v, row["epoch"])
-
-
-@dataclass
-class _Checkpointer:
-    """Save the full training state at a data position (epoch, batches done)."""
-
-    run: _Run
-    net: Any
-    opt: Any
-    sched: Any
-    history: list[dict[str, Any]]
-    best: dict[str, Any]
-    epoch: int
-
-    def save(self, batch: int, partial: dict[str, Any]) -> None:
-        if self.run.rank != 0:
-            return
-        state = {
-            "format": "xchm-train-state",
-            "model": self.net.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "rng": capture_rng(),
-            "epoch": self.epoch,
-            "batch": batch,
-            "partial": partial,
-            "history": self.history,
-            "best": self.best,
-            "config": self.run.cfg.to_dict(),
-            "job": self.run.job,
+            sched.step()
+        row = {
+            "epoch": epoch,
+            "train_loss": train_stats["loss"],
+            "val_loss": val["loss"],
+            "val_mae": val["mae"],
+            "val_rmse": val["rmse"],
+            "val_bias": val["bias"],
+            "lr_decoder": opt.param_groups[0]["lr"],
+            "lr_backbone": opt.param_groups[1]["lr"],
+            "trainable_backbone_tensors": len(trainable),
+            "steps": train_stats["steps"],
+            "seconds": time.perf_counter() - t0,
         }
-        save_state(state, self.run.output / _STATE)
+        history.append(row)
+        if val["loss"] < best["loss"]:
+            best = {"loss": val["loss"], "epoch": epoch, "bad_epochs": 0}
+            _save_best(run, net, row)
+        else:
+            best = {**best, "bad_epochs": best["bad_epochs"] + 1}
+        stopped = _patience_spent(best, cfg)
+        epoch, batch, sums = epoch + 1, 0, {"loss_sum": 0.0, "steps": 0}
+        _checkpoint(run, net, opt, sched, history, best, epoch, 0, sums)
+        run.log(history)
+    return TrainResult(
+        best_checkpoint=run.output / "best",
+        history=history,
+        best_epoch=int(best["epoch"]),
+        stopped_early=stopped,
+    )
+
+
+def _save_best(run: Run[TrainConfig], net: Any, row: dict[str, Any]) -> None:
+    provenance = {
+        "trained_on": str(run.cube.path),
+        "cube_chips": run.cube.splits,
+        "epoch": row["epoch"],
+        "val_loss": row["val_loss"],
+        "val_mae": row["val_mae"],
+        "val_rmse": row["val_rmse"],
+    }
+    run.save_model(net, "best", provenance)
 
 
 def _patience_spent(best: dict[str, Any], cfg: TrainConfig) -> bool:

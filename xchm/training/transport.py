@@ -35,6 +35,8 @@ from xchm.errors import InputError
 __all__ = ["BatchRing", "OwningLoader", "RingStream", "batch_dtype", "new_batch"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: Tensors to write a batch into: ``(image, height)``, the height None for images only.
+Slot = tuple[torch.Tensor, torch.Tensor | None]
 
 _COMPACT = {"u1": "u1", "i1": "i1", "i2": "i2", "u2": "i4", "i4": "i4", "u4": "i8", "i8": "i8"}
 
@@ -90,8 +92,10 @@ def _empty(shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> torch.Tenso
     return torch.empty(0, dtype=_torch_dtype(dtype)).set_(storage, 0, shape, strides)
 
 
-def new_batch(n: int, chip_shape: tuple[int, ...], dtype: np.dtype, shared: bool) -> Batch:
-    """Return new ``(image, height)`` tensors for ``n`` chips (float32 heights).
+def new_batch(
+    n: int, chip_shape: tuple[int, ...], dtype: np.dtype, shared: bool, heights: bool = True
+) -> Slot:
+    """Return new ``(image, height)`` tensors for ``n`` chips (float32 heights; None without).
 
     Examples
     --------
@@ -100,6 +104,8 @@ def new_batch(n: int, chip_shape: tuple[int, ...], dtype: np.dtype, shared: bool
     ((2, 3, 4, 4), torch.float32)
     """
     image = _empty((n, *chip_shape), dtype, shared)
+    if not heights:
+        return image, None
     return image, _empty((n, *chip_shape[1:]), np.dtype(np.float32), shared)
 
 
@@ -116,27 +122,37 @@ class BatchRing:
     (True, (3, 3, 8, 8))
     """
 
-    def __init__(self, slots: int, batch_size: int, chip_shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(
+        self,
+        slots: int,
+        batch_size: int,
+        chip_shape: tuple[int, ...],
+        dtype: np.dtype,
+        heights: bool = True,
+    ):
         self.slots, self.batch_size, self.chip_shape, self.dtype = (
             slots,
             batch_size,
             chip_shape,
             dtype,
         )
-        self._ring: list[Batch] = []
+        self.heights = heights
+        self._ring: list[Slot] = []
         self._count = 0
 
-    def __call__(self, n: int) -> Batch:
+    def __call__(self, n: int) -> Slot:
         """Return the next slot's tensors, cut to ``n`` chips."""
         i = self._count % self.slots
         self._count += 1
         if i == len(self._ring):
-            self._ring.append(new_batch(self.batch_size, self.chip_shape, self.dtype, True))
+            self._ring.append(
+                new_batch(self.batch_size, self.chip_shape, self.dtype, True, self.heights)
+            )
         image, height = self._ring[i]
-        return image[:n], height[:n]
+        return image[:n], None if height is None else height[:n]
 
 
-class RingStream(IterableDataset[Batch]):
+class RingStream(IterableDataset[Any]):
     """What :func:`~xchm.training.data.make_loader` gives its workers: the stream, ring mode.
 
     Workers write images in ``wire`` dtype (the stored one where it is narrower, e.g.
@@ -151,14 +167,17 @@ class RingStream(IterableDataset[Batch]):
     def __len__(self) -> int:
         return len(self.stream)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Any]:
         return self.stream._iterate(ring_slots=self.slots, wire=self.wire)
 
 
-class OwningLoader(DataLoader[Batch]):
-    """A ``DataLoader`` that copies each batch out of the workers' rings as it arrives."""
+class OwningLoader(DataLoader[Any]):
+    """A ``DataLoader`` that copies each batch out of the workers' rings as it arrives.
 
-    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+    A batch is ``(image, height)``, or the image tensor alone (a stream without labels).
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         batches = super().__iter__()
         if not isinstance(self.dataset, RingStream):
             return batches
@@ -166,16 +185,15 @@ class OwningLoader(DataLoader[Batch]):
         return self._owned(batches, keep, self.pin_memory, self.dataset.dtype)
 
     @staticmethod
-    def _owned(
-        batches: Iterator[Batch], keep: int, pin: bool, dtype: torch.dtype
-    ) -> Iterator[Batch]:
-        recent: deque[Batch] = deque(maxlen=keep)  # keeps ring storages mapped: torch reuses
-        for image, height in batches:  # the mapping of a storage it still holds
-            recent.append((image, height))
-            if pin and image.is_pinned() and image.dtype == dtype:  # pin_memory copied it
-                yield image, height
-            else:
-                yield _copy(image, dtype), _copy(height, height.dtype)
+    def _owned(batches: Iterator[Any], keep: int, pin: bool, dtype: torch.dtype) -> Iterator[Any]:
+        recent: deque[Any] = deque(maxlen=keep)  # keeps ring storages mapped: torch reuses
+        for batch in batches:  # the mapping of a storage it still holds
+            recent.append(batch)
+            image, height = (batch, None) if isinstance(batch, torch.Tensor) else batch
+            if not (pin and image.is_pinned() and image.dtype == dtype):  # else pin copied it
+                image = _copy(image, dtype)
+                height = None if height is None else _copy(height, height.dtype)
+            yield image if height is None else (image, height)
 
 
 def _copy(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

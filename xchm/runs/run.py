@@ -1,0 +1,275 @@
+"""One run in one process: the skeleton :func:`xchm.train` and :func:`xchm.pretrain` share.
+
+A trainer keeps only what is its own (the model it builds, the loss and the step,
+what an epoch's row holds); the rest is a :class:`Run`:
+
+1. :func:`xchm.runs.distributed.place` (DDP process group, device) and the
+   trainer's own input checks, before anything is written;
+2. :meth:`Run.start`: the job's fingerprint (:mod:`.job`), the run directory and
+   the ``resume`` rules (:func:`.state.open_run`: refused before any work if the
+   job differs), ``config.json``, the seeds;
+3. the trainer builds its model and optimiser; :meth:`Run.restore` loads the
+   resumed state into them (and the RNG streams), :meth:`Run.position` says where
+   the data stood;
+4. every step: :meth:`Run.check_loss` (a NaN or infinite loss is a
+   :class:`~xchm.errors.NonFiniteLossError` before the next checkpoint) and a
+   progress bar (:meth:`Run.progress`); every ``checkpoint_every`` steps and after
+   every epoch :meth:`Run.checkpoint` (``checkpoints/last.pt``, atomic);
+5. after every epoch: :meth:`Run.save_model` (an xchm checkpoint with the run's
+   provenance, swapped in whole) and :meth:`Run.log` (``metrics.jsonl``,
+   ``metrics.csv`` and, with ``config.tensorboard``, TensorBoard).
+
+The saved history is the record: ``metrics.jsonl`` and ``metrics.csv`` are written
+from it, so a run killed between its state and its logs, then resumed, logs each
+epoch exactly once. Only rank 0 writes; the other ranks compute alongside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from xchm.errors import NonFiniteLossError, ResumeError
+from xchm.runs.config import RunConfig
+from xchm.runs.distributed import Place
+from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
+
+__all__ = ["Run", "STATE", "FORMATS"]
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=RunConfig)
+
+#: The run state, relative to the run directory.
+STATE = Path("checkpoints") / "last.pt"
+#: The ``format`` entry of each kind of run's state (one never resumes from another's).
+FORMATS = {"training": "xchm-train-state", "pretraining": "xchm-pretrain-state"}
+
+
+@dataclass
+class Run(Generic[C]):
+    """One training or pretraining run in one process (see the module docstring)."""
+
+    kind: str
+    """``"training"`` or ``"pretraining"``."""
+    config: C
+    cube: Any
+    """The :class:`~xchm.chips.ChipCube` (or selection) the run reads."""
+    output: Path
+    place: Place
+    job: dict[str, Any]
+    """The fingerprint of the run's inputs (:func:`xchm.runs.job.fingerprint`)."""
+    source: dict[str, str | None]
+    """``model`` and ``weights`` as given (recorded in saved models' provenance)."""
+    state: dict[str, Any] | None = field(default=None, repr=False)
+    """The state to resume from (None for a new run)."""
+
+    @classmethod
+    def start(
+        cls,
+        kind: str,
+        cube: Any,
+        config: C,
+        output: str | Path,
+        *,
+        place: Place,
+        model: str | Path,
+        weights: str | Path | None,
+        resume: bool,
+    ) -> Run[C]:
+        """Check and prepare the run directory, read the state to resume, seed the RNGs.
+
+        Raises
+        ------
+        OutputExistsError, PathNotFoundError, ResumeError
+            As :func:`xchm.runs.state.open_run`; before anything is written.
+        """
+        import torch
+
+        from xchm.runs.job import fingerprint
+
+        out = Path(output)
+        job = fingerprint(cube, model, weights, place.world)
+        state = open_run(
+            out,
+            out / STATE,
+            config.to_dict(),
+            job=job,
+            resume=resume,
+            rank=place.rank,
+            expected_format=FORMATS[kind],
+            config_type=type(config),
+            kind=kind,
+        )
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        source = {"model": str(model), "weights": None if weights is None else str(weights)}
+        run = cls(kind, config, cube, out, place, job, source, state)
+        if state is not None and run.main:  # the logs of a run killed before them
+            run._write_metrics(list(state.get("history", [])))
+        return run
+
+    # -- where the run is ----------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """The DDP rank of this process."""
+        return self.place.rank
+
+    @property
+    def world(self) -> int:
+        """The number of DDP processes."""
+        return self.place.world
+
+    @property
+    def device(self) -> Any:
+        """The torch device of this process."""
+        return self.place.device
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes (rank 0)."""
+        return self.place.rank == 0
+
+    def position(self) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
+        """``(epoch, batches done in it, partial sums of the epoch, history)`` to go on from."""
+        st = self.state or {}
+        return (
+            int(st.get("epoch", 0)),
+            int(st.get("batch", 0)),
+            dict(st.get("partial", {})),
+            list(st.get("history", [])),
+        )
+
+    # -- state -------------------------------------------------------------------------
+    def restore(self, load: Callable[[dict[str, Any]], None]) -> None:
+        """Resume: ``load(state)`` into the trainer's objects, then restore the RNG streams.
+
+        Raises
+        ------
+        ResumeError
+            The state does not fit what the trainer built (another model or heads).
+        """
+        if self.state is None:
+            return
+        try:
+            load(self.state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ResumeError(
+                f"the state in {self.output / STATE} does not fit the model "
+                f"{self.source['model']!r}: it was saved by another model. Pass the run's own "
+                "model, or start a new run in another output directory "
+                f"({str(err).splitlines()[0]})"
+            ) from err
+        restore_rng(self.state["rng"])
+
+    def checkpoint(
+        self,
+        epoch: int,
+        batch: int,
+        partial: dict[str, Any],
+        history: list[dict[str, Any]],
+        parts: dict[str, Any],
+    ) -> None:
+        """Save the full state at a data position (epoch, batches done in it); rank 0.
+
+        ``parts`` are the trainer's own entries (state dicts of its model, optimiser,
+        ...); the RNG streams, position, history, config and job are added here.
+        """
+        if not self.main:
+            return
+        state = {
+            "format": FORMATS[self.kind],
+            **parts,
+            "rng": capture_rng(),
+            "epoch": epoch,
+            "batch": batch,
+            "partial": partial,
+            "history": history,
+            "config": self.config.to_dict(),
+            "job": self.job,
+        }
+        save_state(state, self.output / STATE)
+
+    def save_model(self, net: Any, name: str, provenance: dict[str, Any]) -> None:
+        """Save ``net`` as the xchm checkpoint ``output/name`` (rank 0), replaced whole.
+
+        Its card's provenance gets ``provenance``, then the cube's content digest,
+        the config, the model and the weights the run started from.
+        """
+        if not self.main:
+            return
+        card = net.card
+        net.card = card.replace(
+            provenance={
+                **dict(card.provenance),
+                **provenance,
+                "cube_content_sha256": self.job.get("cube", {}).get("content"),
+                "config": self.config.to_dict(),
+                **self.source,
+            }
+        )
+        try:
+            save_model_dir(net, self.output / name)
+        finally:
+            net.card = card
+
+    # -- each step -----------------------------------------------------------------------
+    def check_loss(self, value: float, epoch: int, step: int, hint: str) -> None:
+        """Raise :class:`~xchm.errors.NonFiniteLossError` if ``value`` is NaN or infinite.
+
+        Called before the step's state can reach a checkpoint, so ``last.pt`` keeps the
+        last good state. ``hint`` says what to change (a resume would repeat the step).
+        """
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{self.kind} loss is {value} at epoch {epoch} step {step}: training "
+                f"diverged. {hint}, and start a new run in another output directory (a "
+                "resume repeats the same steps exactly)"
+            )
+
+    def progress(self, total: int, initial: int, desc: str, unit: str, show: bool) -> Any:
+        """Return a progress bar over an epoch's steps, shown by rank 0 if ``show``."""
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=total, initial=initial, desc=desc, unit=unit, disable=not (show and self.main)
+        )
+
+    # -- logs ----------------------------------------------------------------------------
+    def log(self, history: list[dict[str, Any]]) -> None:
+        """Record the epoch just ended (the last row of ``history``); rank 0.
+
+        ``metrics.jsonl`` (one JSON object per epoch) and ``metrics.csv`` are rewritten
+        from the history; TensorBoard (``config.tensorboard``) gets the new row.
+        """
+        if not self.main:
+            return
+        row = history[-1]
+        self._write_metrics(history)
+        log.info("%s epoch %d: %s", self.kind, row["epoch"], row)
+        if self.config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            with SummaryWriter(str(self.output / "tensorboard")) as tb:
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, int | float):
+                        tb.add_scalar(k, v, row["epoch"])
+
+    def _write_metrics(self, history: list[dict[str, Any]]) -> None:
+        from xchm.outputs import write_atomic
+
+        if not history:
+            return
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        write_atomic(self.output / "metrics.jsonl", lambda tmp: tmp.write_text(lines))
+        keys = list(dict.fromkeys(k for r in history for k in r))  # first seen, first column
+        rows = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in history]
+        table = "\n".join(rows) + "\n"
+        write_atomic(self.output / "metrics.csv", lambda tmp: tmp.write_text(table))
