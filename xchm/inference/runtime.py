@@ -1,13 +1,14 @@
 """Per-process model cache, device choice and the GPU lock.
 
-Tasks never carry a model: they carry a :class:`ModelSpec` (a preset name or a
-checkpoint path plus a content hash). Each worker process loads the model once
+Tasks never carry a model: they carry a :class:`ModelSpec` (a preset name, or a
+checkpoint path or URL, plus a content hash). Each worker process loads the model once
 and reuses it. The device is chosen here, on the worker, never on the client.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import uuid
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xchm.errors import DeviceError, InputTypeError, ModelNotFoundError, WeightsError
+from xchm.storage import Location, location
 
 if TYPE_CHECKING:
     from xchm.models.network import CanopyHeightModel
@@ -58,10 +60,20 @@ class ModelSpec:
     """Keyword arguments for ``load_model`` (presets only)."""
 
 
-def _checkpoint_digest(directory: Path) -> str:
-    import json
+def _frozen(options: Any) -> str:
+    """Storage options as hashable text (a spec is a cache key); see :func:`_thawed`."""
+    return json.dumps(dict(options), sort_keys=True, default=str) if options else ""
 
-    meta = json.loads((directory / "card.json").read_text())
+
+def _thawed(spec: ModelSpec) -> dict[str, Any]:
+    text = dict(spec.options).get("storage_options") or ""
+    return dict(json.loads(text)) if text else {}
+
+
+def _checkpoint_digest(spec: ModelSpec) -> str:
+    from xchm.models.checkpoint import read_card
+
+    _, meta = read_card(location(spec.source, _thawed(spec)))
     return str(meta["weights"]["sha256"])
 
 
@@ -88,6 +100,13 @@ def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tu
         from xchm.models.card import ModelCard
 
         return ModelSpec("preset", str(model), digest, options), ModelCard(preset=str(model))
+    if isinstance(model, Location) or (isinstance(model, str) and location(model).is_url):
+        from xchm.models.checkpoint import read_card
+
+        where = location(model)
+        card, meta = read_card(where)
+        options = (("storage_options", _frozen(where.storage_options)),)
+        return ModelSpec("checkpoint", str(where), str(meta["weights"]["sha256"]), options), card
     if isinstance(model, str | os.PathLike):
         path = Path(model).expanduser().resolve()
         if not path.is_dir():
@@ -231,6 +250,8 @@ def _where() -> str:
 
 def _check_visible(spec: ModelSpec) -> None:
     """Fail clearly when the files a spec names cannot be read in this process."""
+    if spec.kind == "checkpoint" and location(spec.source).is_url:
+        return  # fetched by URL: nothing needs to be shared
     paths = [Path(spec.source) / "card.json"] if spec.kind == "checkpoint" else []
     paths += [Path(value) for key, value in spec.options if key == "weights"]
     for path in paths:
@@ -269,12 +290,15 @@ def get_model(spec: ModelSpec, device: Any) -> CanopyHeightModel:
             from xchm.models.api import load_model
 
             _check_visible(spec)
-            if spec.kind == "checkpoint" and _checkpoint_digest(Path(spec.source)) != spec.digest:
+            if spec.kind == "checkpoint" and _checkpoint_digest(spec) != spec.digest:
                 raise WeightsError(
                     f"checkpoint {spec.source!r} changed since the graph was built (SHA-256 "
                     "differs); rebuild the prediction"
                 )
-            model = load_model(spec.source, **dict(spec.options))
+            if spec.kind == "checkpoint":
+                model = load_model(spec.source, storage_options=_thawed(spec))
+            else:
+                model = load_model(spec.source, **dict(spec.options))
         model = model.to(device).eval()
         _CACHE[key] = model
         while len(_CACHE) > _CACHE_SIZE:

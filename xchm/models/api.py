@@ -22,6 +22,7 @@ from xchm.errors import (
 from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
 from xchm.models.card import BandStats, ModelCard
 from xchm.models.presets import PRESETS, get_preset
+from xchm.storage import Location, PathOrURL, location
 
 if TYPE_CHECKING:
     from xchm.models.network import CanopyHeightModel
@@ -249,21 +250,21 @@ def _from_checkpoint_backbone(
         return assemble(backbone, new_card, output_bias=output_bias)
 
 
-def is_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an xchm checkpoint directory (it holds a ``card.json``).
+def is_checkpoint(path: PathOrURL) -> bool:
+    """Whether ``path`` (a local folder or a URL) is an xchm checkpoint (has a ``card.json``).
 
     Examples
     --------
     >>> is_checkpoint("dinov3_vitl16_pretrain_sat493m.pth")
     False
     """
-    from xchm.models.checkpoint import CARD_FILE
+    from xchm.models.checkpoint import is_checkpoint as has_card
 
-    return (Path(path).expanduser() / CARD_FILE).is_file()
+    return has_card(path)
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: PathOrURL,
     *,
     weights: str | os.PathLike[str] | None = None,
     bands: Sequence[str] | None = None,
@@ -274,6 +275,7 @@ def load_model(
     pixel_size: float = 2.0,
     output_bias: float = DEFAULT_OUTPUT_BIAS,
     seed: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> CanopyHeightModel:
     """Create a model from a preset, or load a saved xchm checkpoint.
 
@@ -281,7 +283,9 @@ def load_model(
     ----------
     name_or_path
         A preset name (``xchm.list_models()``) or a checkpoint directory written by
-        ``model.save(dir)``.
+        ``model.save(dir)``: a local folder or a URL (``s3://``, ``gs://``, ``az://``,
+        ``https://``, ``file://``). A URL's weights are downloaded once per machine
+        into the cache (``$XCHM_CACHE``, else ``~/.cache/xchm``) and verified by SHA-256.
     weights
         Pretrained backbone weights for a preset: Meta's official DINOv3 ``.pth``,
         a Hugging Face ``facebook/dinov3-*`` snapshot folder, a timm checkpoint, or
@@ -311,6 +315,9 @@ def load_model(
         Initial output bias in metres (a high percentile of the training labels).
     seed
         Seed for the random parts (default: the preset's seed, if any).
+    storage_options
+        Options of the URL's storage backend (fsspec's: ``key``, ``secret``,
+        ``endpoint_url``, ``anon``...), when the environment does not provide them.
 
     Returns
     -------
@@ -348,19 +355,18 @@ def load_model(
             output_bias=output_bias,
             seed=seed,
         )
-    path = Path(name_or_path).expanduser()
+    if isinstance(name_or_path, Location | str) and location(name_or_path).is_url:
+        from xchm.models.network import load_checkpoint
+
+        model = load_checkpoint(location(name_or_path, storage_options))
+        _refuse_changes(model, options)
+        return model
+    path = Path(str(name_or_path)).expanduser()
     if path.is_dir():
         from xchm.models.network import load_checkpoint
 
         model = load_checkpoint(path)
-        given = [k for k, v in options.items() if v is not None]
-        if bands is not None and normalize_bands(bands) == model.card.bands:
-            given.remove("bands")
-        if given:
-            raise InputError(
-                f"{given} cannot change a trained checkpoint (bands {model.card.bands}); "
-                "reorder or rename your input bands instead, or start from a preset"
-            )
+        _refuse_changes(model, options)
         return model
     if path.is_file():
         raise WeightsError(
@@ -373,3 +379,15 @@ def load_model(
         f"{str(path)!r} is neither a model preset {list_models()} nor an existing checkpoint "
         "directory"
     )
+
+
+def _refuse_changes(model: CanopyHeightModel, options: Mapping[str, Any]) -> None:
+    """Refuse options that would change a trained checkpoint (its bands may be restated)."""
+    given = [k for k, v in options.items() if v is not None]
+    if options.get("bands") is not None and normalize_bands(options["bands"]) == model.card.bands:
+        given.remove("bands")
+    if given:
+        raise InputError(
+            f"{given} cannot change a trained checkpoint (bands {model.card.bands}); "
+            "reorder or rename your input bands instead, or start from a preset"
+        )

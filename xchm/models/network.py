@@ -23,6 +23,7 @@ from xchm.models.card import ModelCard
 from xchm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, read_checkpoint, save_checkpoint
 from xchm.models.decoder import CHMDecoder
 from xchm.models.presets import DecoderSpec, get_preset
+from xchm.storage import Location, PathOrURL
 
 __all__ = ["CanopyHeightModel", "assemble", "load_checkpoint"]
 
@@ -125,8 +126,12 @@ class CanopyHeightModel(nn.Module):
         return self.decoder(self.features(x, validate=validate))
 
     # -- persistence and description -----------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``card.json`` to ``directory`` (see ``load_model``)."""
+    def save(self, directory: PathOrURL) -> Path | Location:
+        """Write ``model.safetensors`` and ``card.json`` to ``directory`` (see ``load_model``).
+
+        ``directory`` is a local folder (its ``Path`` is returned) or a URL such as
+        ``s3://bucket/models/chm/`` (its :class:`~xchm.storage.Location` is returned).
+        """
         return save_checkpoint(self, directory)
 
     def num_parameters(self, part: str = "all") -> int:
@@ -161,8 +166,11 @@ def assemble(
     return CanopyHeightModel(backbone, decoder, card, decoder_spec).eval()
 
 
-def load_checkpoint(directory: str | Path) -> CanopyHeightModel:
+def load_checkpoint(directory: PathOrURL) -> CanopyHeightModel:
     """Load a model saved by ``model.save(directory)`` (outputs are bit-identical).
+
+    ``directory`` may be a URL: its weights are then fetched once per machine into the
+    download cache (:func:`xchm.storage.fetch_cached`), keyed and verified by SHA-256.
 
     Raises
     ------
