@@ -1,9 +1,12 @@
 """Smoke runs of the benchmark scripts (numbers live in benchmarks/RESULTS.md, not here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,3 +129,33 @@ def test_pretrain_speed__reports_chips_per_second(tmp_path):
     subprocess.run([*args, "--json", str(out)], check=True, capture_output=True, text=True)
     (row,) = json.loads(out.read_text())["results"]
     assert row["preset"] == "test-tiny" and row["chips_per_s"] > 0 and row["epochs_timed"] == 1
+
+
+def test_storage_read__runs_and_reports(tmp_path):
+    """Local disk vs /vsis3/ (moto) vs /vsicurl/ (nginx); fails under CI without them."""
+    for missing in (servers.moto_missing(), servers.nginx_missing()):
+        if missing:
+            servers.unavailable(missing)
+    out = tmp_path / "storage.json"
+    # the script points S3 at its moto server; hide the machine's AWS setup from it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    args = ["--size", "512", "--tile", "256", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "storage_read.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["size"] == 512 and report["file_bytes"] > 0
+    rows = {r["source"].split()[0]: r for r in report["results"]}
+    assert set(rows) == {"local", "S3", "HTTP"}  # each read equals the local one (checked)
+    for row in rows.values():
+        assert row["seconds_median"] > 0 and len(row["seconds"]) == 1
+    assert rows["S3"]["gdal_name"] == "/vsis3/bench/imagery/scene.tif"
+    assert rows["HTTP"]["gdal_name"].startswith("/vsicurl/http://127.0.0.1:")
+    assert rows["S3"]["requests_per_read"] > 0 and rows["HTTP"]["requests_per_read"] > 0
+    assert rows["HTTP"]["bytes_sent_per_read"] > 0
