@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,7 +222,7 @@ def test_results__to_dict_is_strict_json():
         "best_epoch": 0,
         "stopped_early": False,
     }
-    ssl = PretrainResult(backbone=Path("ssl/backbone"), history=[{"loss": torch.tensor(2.5)}])
+    ssl = PretrainResult(backbone=Path("ssl/backbone"), history=[{"loss": np.float32(2.5)}])
     assert ssl.to_dict() == {"backbone": "ssl/backbone", "history": [{"loss": 2.5}]}
 
 

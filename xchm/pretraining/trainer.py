@@ -198,8 +198,7 @@ def _run_epoch(
             sums["steps"] = sums.get("steps", 0.0) + 1
             bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
             bar.update()
-            every = ssl.cfg.checkpoint_every
-            if every and (i + 1) % every == 0 and i + 1 < ssl.steps:
+            if run.checkpoint_due(i + 1, ssl.steps):
                 done = {**sums, "seconds": time.perf_counter() - t0}
                 run.checkpoint(epoch, i + 1, done, history, ssl.parts())
     keys = sorted(sums)

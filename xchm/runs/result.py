@@ -7,11 +7,16 @@ import math
 import os
 from typing import Any
 
+import numpy as np
+
 __all__ = ["RunResult", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` in plain JSON types: paths as strings, NaN and infinities as None.
+    """Return ``value`` in plain JSON types: paths as strings, NaN and infinities as None.
+
+    NumPy scalars become Python numbers. (``xchm.evaluation.report.jsonable`` does
+    the same for evaluation results.)
 
     Examples
     --------
@@ -23,12 +28,12 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None  # strict JSON has no NaN (a validation with no labelled pixel gives one)
-    if hasattr(value, "item") and callable(value.item):  # NumPy and torch scalars
-        return jsonable(value.item())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 

@@ -13,7 +13,7 @@ what an epoch's row holds); the rest is a :class:`Run`:
    the data stood;
 4. every step: :meth:`Run.check_loss` (a NaN or infinite loss is a
    :class:`~xchm.errors.NonFiniteLossError` before the next checkpoint) and a
-   progress bar (:meth:`Run.progress`); every ``checkpoint_every`` steps and after
+   progress bar (:meth:`Run.progress`); when :meth:`Run.checkpoint_due` and after
    every epoch :meth:`Run.checkpoint` (``checkpoints/last.pt``, atomic);
 5. after every epoch: :meth:`Run.save_model` (an xchm checkpoint with the run's
    provenance, swapped in whole) and :meth:`Run.log` (``metrics.jsonl``,
@@ -233,6 +233,15 @@ class Run(Generic[C]):
                 f"diverged. {hint}, and start a new run in another output directory (a "
                 "resume repeats the same steps exactly)"
             )
+
+    def checkpoint_due(self, done: int, total: int) -> bool:
+        """Whether to save the state mid-epoch after ``done`` of ``total`` steps.
+
+        Every ``config.checkpoint_every`` steps; never at the epoch's end, which saves
+        it anyway.
+        """
+        every = self.config.checkpoint_every
+        return every is not None and done % every == 0 and done < total
 
     def progress(self, total: int, initial: int, desc: str, unit: str, show: bool) -> Any:
         """Return a progress bar over an epoch's steps, shown by rank 0 if ``show``."""

@@ -87,7 +87,7 @@ def run_epoch(
             loss_sum, done = loss_sum + value, done + 1
             bar.set_postfix(loss=f"{loss_sum / done:.3f}")
             bar.update()
-            if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps:
+            if run.checkpoint_due(i + 1, steps):
                 checkpoint(i + 1, {"loss_sum": loss_sum, "steps": done})
     total, count = all_reduce_sum([loss_sum, done], run.device)
     return {"loss": total / max(count, 1), "steps": done}
