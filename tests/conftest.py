@@ -7,6 +7,17 @@ from pathlib import Path
 
 import pytest
 
+# Real object storage for every folder: moto's S3 server and nginx (see the module).
+from tests.storage_fixtures import (  # noqa: F401  (fixtures)
+    S3,
+    aws_env,
+    cog,
+    moto_server,
+    nginx,
+    s3,
+    served,
+)
+
 #: The real NEON plots (``XCHM_NEON_DIR`` overrides the location).
 NEON_DIR = Path(
     os.environ.get("XCHM_NEON_DIR")

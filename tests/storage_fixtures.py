@@ -1,5 +1,7 @@
 """Fixtures: a real S3 server (moto) and a real HTTP server (nginx) on 127.0.0.1.
 
+Imported by tests/conftest.py, so every test folder can use ``s3``, ``nginx``...
+
 The servers are subprocesses started once per session (tests/servers.py); each test
 that uses S3 gets the standard AWS variables pointing at the server (and nothing else
 of the machine's AWS setup) and a bucket of its own. Without moto or nginx the tests
