@@ -15,6 +15,12 @@ own copy of the model (1.2 GB for ViT-L), hence few processes.
 Everything :func:`start` starts (scheduler, workers, nannies, dashboard) listens on
 127.0.0.1 only, unless ``host=`` says otherwise: distributed alone would serve a
 dashboard given as a bare port (``":8787"``) on every interface.
+
+Workers share nothing with the client but the task graph: models travel as specs
+(a checkpoint path or URL, fetched by each worker), and every client xchm uses gets a
+worker plugin (:func:`prepare_workers`) that gives GDAL the worker's own S3 endpoint
+(:func:`xchm.storage.gdal_environment`), so rasters read lazily from object storage
+open on the workers as they do here.
 """
 
 from __future__ import annotations
@@ -25,12 +31,22 @@ import shutil
 import subprocess
 import sys
 import warnings
+import weakref
 from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from xchm._optional import require
 from xchm.errors import InputError, XCHMWarning
 
-__all__ = ["start", "active_client", "gpu_count", "TORCH_THREADS_ENV", "LOOPBACK"]
+__all__ = [
+    "start",
+    "active_client",
+    "prepare_workers",
+    "gpu_count",
+    "TORCH_THREADS_ENV",
+    "LOOPBACK",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +59,51 @@ LOOPBACK = "127.0.0.1"
 
 
 def active_client() -> Any:
-    """Return the current ``distributed.Client``, or None when there is none."""
+    """Return the current ``distributed.Client`` (its workers prepared), or None."""
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
         return None
     try:
-        return default_client()
+        client = default_client()
     except ValueError:
         return None
+    prepare_workers(client)
+    return client
+
+
+#: Clients whose workers have xchm's plugin (registered once per client).
+_PREPARED: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The plugin's name on the scheduler: a second registration replaces the first.
+PLUGIN_NAME = "xchm-storage"
+
+
+def prepare_workers(client: Any) -> None:
+    """Register xchm's worker plugin on ``client``'s cluster (once; workers joining later too).
+
+    The plugin runs :func:`xchm.storage.gdal_environment` in each worker process, so
+    GDAL there reads the worker's own ``AWS_ENDPOINT_URL`` (credentials stay the
+    worker's own too: nothing is sent from the client).
+    """
+    if client in _PREPARED or getattr(client, "asynchronous", False):
+        return
+    client.register_plugin(_StoragePlugin(), name=PLUGIN_NAME)
+    _PREPARED.add(client)
+
+
+class _StoragePlugin(WorkerPlugin):
+    """Runs in each worker process as it starts (and in those running already)."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        from xchm.storage import gdal_environment
+
+        gdal_environment()
+
+    def teardown(self, worker: Any) -> None:
+        """Nothing to undo: the variables live as long as the worker process."""
 
 
 def gpu_count() -> int:

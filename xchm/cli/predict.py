@@ -31,52 +31,19 @@ from xchm.cli.common import (
 )
 from xchm.cluster import LOOPBACK
 from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP, predict
+from xchm.inference.rasters import open_image
 from xchm.inference.scenes import merge_scenes
 from xchm.inference.to_zarr import DEFAULT_REGION_SIZE
 from xchm.stac.dates import DEFAULT_MONTHS
 from xchm.stac.load import DEFAULT_CHUNKS as STAC_CHUNKS
 from xchm.stac.search import search
+from xchm.storage import Location, location
 
 __all__ = ["add_predict_parser"]
 
 #: ``--months`` default: search's months (leaf-on), as the option spells them.
 MONTHS = ",".join(str(m) for m in DEFAULT_MONTHS)
 MAX_ITEMS = default_of(search, "max_items")
-
-
-def _open_image(path: Path, chunks: int) -> Any:
-    """Open a GeoTIFF/COG lazily (rioxarray) or a Zarr store (a band array or band variables)."""
-    import rioxarray
-    import xarray as xr
-
-    from xchm.errors import InputError, PathNotFoundError
-
-    if not path.exists():
-        raise PathNotFoundError(f"input {str(path)!r} does not exist")
-    if path.suffix == ".zarr" or path.is_dir():
-        try:
-            try:
-                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=True)
-            except (KeyError, ValueError, FileNotFoundError):  # no consolidated metadata
-                ds = xr.open_zarr(path.resolve(), decode_coords="all", consolidated=False)
-        except (OSError, KeyError, ValueError, TypeError) as err:
-            raise InputError(
-                f"cannot read {str(path)!r} as a Zarr store ({type(err).__name__}: "
-                f"{err}); give a GeoTIFF/COG or a Zarr store of a (band, y, x) array"
-            ) from None
-        arrays = [v for v in ds.data_vars.values() if v.ndim == 3]
-        return arrays[0] if len(arrays) == 1 else ds
-    try:
-        # The absolute path: a resumed store then recognises the same file however
-        # it is spelled on the command line (the input's token includes the path).
-        return rioxarray.open_rasterio(
-            str(path.resolve()), chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
-        )
-    except OSError as err:  # rasterio's RasterioIOError is an OSError
-        raise InputError(
-            f"cannot read {str(path)!r} as an image ({err}); give a GeoTIFF/COG (or a Zarr "
-            "store) with one band per model band"
-        ) from None
 
 
 def _scheduler(spec: str | None, host: str) -> Any:
@@ -92,10 +59,17 @@ def _scheduler(spec: str | None, host: str) -> Any:
     return connect(spec)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    """Refuse an output that cannot be written, before any work."""
+def _check_output(target: Location, overwrite: bool) -> None:
+    """Refuse a local output that cannot be written, before any work.
+
+    An object store says whether it can be written only when written to: the library
+    functions check URLs themselves, before any work too.
+    """
     from xchm.outputs import prepare_output_file
 
+    if target.is_url:
+        return
+    output = target.path
     if output.suffix.lower() == ".zarr":  # its folders are made as needed
         folder = output if output.is_dir() else output.parent
         while not folder.exists() and folder != folder.parent:
@@ -114,13 +88,15 @@ def _predict(args: argparse.Namespace) -> int:
     from xchm.inference.progress import WindowProgress
     from xchm.inference.windows import window_span
 
-    output = Path(args.output)
-    zarr_out = output.suffix.lower() == ".zarr"
-    if output.suffix.lower() not in (".tif", ".tiff", ".zarr"):
-        raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {str(output)!r}")
+    target = location(args.output)
+    output = target.text if target.is_url else target.path
+    suffix = Path(target.name).suffix.lower()
+    zarr_out = suffix == ".zarr"
+    if suffix not in (".tif", ".tiff", ".zarr"):
+        raise InputError(f"output must end in .tif, .tiff (COG) or .zarr, got {args.output!r}")
     if args.int16_dm and zarr_out:
         raise InputError("--int16-dm applies to GeoTIFF output only")
-    _check_output(output, args.overwrite)
+    _check_output(target, args.overwrite)
     if args.scheduler in (None, "local", "auto"):  # a remote cluster has its own devices
         check_device(args.device)
     from xchm.models.presets import PRESETS
@@ -142,12 +118,12 @@ def _predict(args: argparse.Namespace) -> int:
     elif len(args.input) > 1:
         from xchm.errors import PathNotFoundError
 
-        missing = [p for p in args.input if not Path(p).exists()]
+        missing = [p for p in args.input if not location(p).exists()]
         if missing:
             raise PathNotFoundError(f"inputs do not exist: {', '.join(missing)}")
         image = merge_scenes(args.input, combine=args.combine, chunks=args.chunks or DEFAULT_CHUNK)
     else:
-        image = _open_image(Path(args.input[0]), args.chunks or DEFAULT_CHUNK)
+        image = open_image(args.input[0], chunks=args.chunks or DEFAULT_CHUNK)
     options = dict(
         weights=args.weights,
         overlap=args.overlap,

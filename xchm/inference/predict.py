@@ -173,6 +173,9 @@ def predict(
     """
     import dask.array as dsa
 
+    from xchm.cluster import active_client
+
+    active_client()  # a distributed client's workers get xchm's plugin (GDAL's S3 endpoint)
     spec, card = spec_for(model, weights=weights)
     window = card.window
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < window:

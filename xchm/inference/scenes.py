@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xchm.errors import InputError, PathNotFoundError
+from xchm.errors import InputError
 from xchm.inference.inputs import check_grid, to_north_up
 from xchm.inference.predict import DEFAULT_CHUNK
+from xchm.inference.rasters import open_image
 
 __all__ = ["merge_scenes", "COMBINE_RULES"]
 
@@ -36,16 +37,9 @@ _ALIGN_TOLERANCE = 1e-3  # of a pixel
 def _open(scene: Any, chunks: int) -> xr.DataArray:
     if isinstance(scene, xr.DataArray):
         return scene
-    import rioxarray
-
-    path = os.fspath(scene)
-    if not os.path.exists(path):
-        raise PathNotFoundError(f"scene {path!r} does not exist; check the path")
-    opened = rioxarray.open_rasterio(
-        path, chunks={"band": -1, "y": chunks, "x": chunks}, lock=False
-    )
+    opened = open_image(scene, chunks=chunks, what="scene")
     if not isinstance(opened, xr.DataArray):
-        raise InputError(f"scene {path!r} holds several subdatasets; pass one as a DataArray")
+        raise InputError(f"scene {str(scene)!r} holds several variables; pass one as a DataArray")
     return opened
 
 
@@ -126,9 +120,7 @@ def merge_scenes(
     if isinstance(scenes, str | os.PathLike | xr.DataArray) or len(scenes) == 0:
         raise InputError("scenes must be a non-empty list of paths or DataArrays")
     arrays = [_open(s, chunks) for s in scenes]
-    names = [
-        os.fspath(s) if not isinstance(s, xr.DataArray) else f"#{i}" for i, s in enumerate(scenes)
-    ]
+    names = [str(s) if not isinstance(s, xr.DataArray) else f"#{i}" for i, s in enumerate(scenes)]
     problems = []
     crss = [a.rio.crs for a in arrays]
     if any(c is None for c in crss) or len({c.to_wkt() for c in crss if c is not None}) > 1:

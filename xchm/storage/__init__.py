@@ -47,7 +47,7 @@ Modules
   (the base of :class:`Location`);
 - :mod:`xchm.storage.location`: :class:`Location` (files, zarr stores) and
   :func:`location`;
-- :mod:`xchm.storage.gdal`: :func:`gdal_env`;
+- :mod:`xchm.storage.gdal`: :func:`gdal_env` and :func:`gdal_environment`;
 - :mod:`xchm.storage.cache`: :func:`fetch_cached` and :func:`default_cache_dir`;
 - :mod:`xchm.storage.disk`: atomic writes, synced folders and locks on the local disk.
 
@@ -55,7 +55,7 @@ Import from ``xchm.storage`` itself; the modules are its implementation.
 """
 
 from xchm.storage.cache import default_cache_dir, fetch_cached
-from xchm.storage.gdal import gdal_env
+from xchm.storage.gdal import gdal_env, gdal_environment
 from xchm.storage.location import Location, PathOrURL, location
 from xchm.storage.schemes import SCHEMES
 
@@ -63,6 +63,7 @@ __all__ = [
     "Location",
     "location",
     "gdal_env",
+    "gdal_environment",
     "fetch_cached",
     "default_cache_dir",
     "PathOrURL",

@@ -6,15 +6,23 @@ and reads its endpoint and credentials from GDAL configuration options, not from
 AWS variables fsspec reads (GDAL ignores ``AWS_ENDPOINT_URL``). :func:`gdal_env` sets the
 options of the given locations (:meth:`Location.gdal_options
 <xchm.storage.Location.gdal_options>`) for the block it wraps.
+
+Lazy rasters (rioxarray with ``chunks=``) are read later, by Dask tasks, possibly in
+another process, outside any such block: :func:`gdal_environment` writes GDAL's names
+for the environment's S3 endpoint into the process environment instead, where GDAL
+reads them at every open (xchm does it where it opens a raster URL, and on every
+worker of a ``distributed`` cluster it uses: :mod:`xchm.cluster`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from xchm.errors import InputError
 from xchm.storage.location import Location, PathOrURL, location
+from xchm.storage.schemes import env_s3_endpoint, gdal_s3_options
 
 #: GDAL options that rasterio.Env refuses as keyword arguments.
 _GDAL_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -76,3 +84,26 @@ def gdal_env(*locations: PathOrURL, **options: str) -> Iterator[dict[str, str]]:
         if credentials:
             rasterio.env.setenv(**credentials)
         yield {**merged, **credentials}
+
+
+def gdal_environment() -> dict[str, str]:
+    """Put GDAL's names for the environment's S3 endpoint into ``os.environ``, where unset.
+
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (which GDAL ignores) become
+    ``AWS_S3_ENDPOINT``, ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING``; variables already
+    set are left as they are (the user's word wins), and nothing happens without an
+    endpoint (GDAL then talks to AWS itself). Credentials are never copied: GDAL reads
+    ``AWS_ACCESS_KEY_ID``... from the environment itself.
+
+    Returns
+    -------
+    dict of str to str
+        The variables it added.
+    """
+    endpoint = env_s3_endpoint()
+    if not endpoint:
+        return {}
+    wanted = gdal_s3_options({"endpoint_url": endpoint}, "AWS_ENDPOINT_URL")
+    added = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(added)
+    return added

@@ -1,0 +1,84 @@
+"""Imagery by URL: open_image from the S3 server and nginx, lazily, on workers too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import rioxarray
+import xarray as xr
+
+import xchm
+from xchm.errors import InputError, PathNotFoundError
+from xchm.inference.rasters import open_image
+
+GDAL_S3 = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING")
+
+
+@pytest.fixture
+def no_gdal_s3(monkeypatch):
+    """GDAL's own S3 variables unset (as on a fresh machine with AWS_ENDPOINT_URL only)."""
+    for name in GDAL_S3:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    for name in GDAL_S3:  # open_image sets them for the process: drop them after the test
+        monkeypatch.delenv(name, raising=False)
+
+
+def _put(s3, key, path) -> str:
+    s3.put(key, path.read_bytes())
+    return f"{s3.url}/{key}"
+
+
+def test_open_image__s3_cog_reads_lazily_like_the_local_file(s3, cog, no_gdal_s3):
+    url = _put(s3, "imagery//scene.tif", cog)
+    image = open_image(url, chunks=256)
+    assert image.chunks is not None  # lazy: read by the tasks below, outside any GDAL block
+    local = rioxarray.open_rasterio(cog)
+    xr.testing.assert_equal(image.compute(), local.compute())
+    assert image.rio.crs == local.rio.crs
+    assert os.environ["AWS_S3_ENDPOINT"] == s3.server.endpoint_url.removeprefix("http://")
+
+
+def test_open_image__https_cog_through_nginx(nginx, served, cog):
+    shutil.copy(cog, served / "scene-http.tif")
+    image = open_image(f"{nginx.url}/scene-http.tif", chunks=256)
+    xr.testing.assert_equal(image.compute(), rioxarray.open_rasterio(cog).compute())
+
+
+def test_open_image__missing_names_the_url_as_typed(s3, nginx, no_gdal_s3, tmp_path):
+    for url in (f"{s3.url}/no//such.tif", f"{nginx.url}/no-such.tif", str(tmp_path / "x.tif")):
+        with pytest.raises(PathNotFoundError, match=f"'{url}'"):
+            open_image(url)
+
+
+def test_open_image__not_an_image(s3, no_gdal_s3):
+    s3.put("notes.tif", b"this is text")
+    with pytest.raises(InputError, match="as an image"):
+        open_image(f"{s3.url}/notes.tif")
+
+
+def test_merge_scenes__takes_urls(s3, cog, no_gdal_s3):
+    url = _put(s3, "a.tif", cog)
+    merged = xchm.merge_scenes([url, cog])
+    assert merged.attrs["xchm_scenes"] == [url, str(cog)]
+    np.testing.assert_array_equal(merged.values, rioxarray.open_rasterio(cog).values)
+
+
+def test_open_image__workers_of_a_cluster_read_s3(s3, cog, no_gdal_s3):
+    """Workers started without GDAL's S3 variables read the lazy image: xchm's plugin."""
+    distributed = pytest.importorskip("distributed")
+    url = _put(s3, "workers.tif", cog)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        env = client.run(lambda: {k: os.environ.get(k) for k in GDAL_S3})
+        assert all(v is None for w in env.values() for v in w.values())  # truly fresh
+        image = open_image(url, chunks=256)
+        values = image.compute().values
+    np.testing.assert_array_equal(values, rioxarray.open_rasterio(cog).values)
