@@ -22,6 +22,7 @@ import numpy as np
 from xchm.errors import MissingDependencyError
 from xchm.evaluation.metrics import HistogramAccumulator
 from xchm.outputs import prepare_output_dir, write_atomic
+from xchm.runs.result import jsonable
 
 __all__ = ["format_metrics", "jsonable", "prepare_report_dir", "write_report"]
 
@@ -30,27 +31,6 @@ METRICS_JSON = "metrics.json"
 DENSITY_PNG = "density.png"
 CLASSES_PNG = "error_by_class.png"
 EXAMPLES_PNG = "examples.png"
-
-
-def jsonable(value: Any) -> Any:
-    """Return ``value`` with NaN/inf as None, NumPy scalars as Python, paths as strings.
-
-    Examples
-    --------
-    >>> jsonable({"r2": float("nan"), "hi": float("inf"), "n": 3})
-    {'r2': None, 'hi': None, 'n': 3}
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return value
 
 
 def prepare_report_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:

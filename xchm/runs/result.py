@@ -15,8 +15,8 @@ __all__ = ["RunResult", "jsonable"]
 def jsonable(value: Any) -> Any:
     """Return ``value`` in plain JSON types: paths as strings, NaN and infinities as None.
 
-    NumPy scalars become Python numbers. (``xchm.evaluation.report.jsonable`` does
-    the same for evaluation results.)
+    NumPy scalars become Python numbers. The one JSON conversion of run results,
+    evaluation results and reports.
 
     Examples
     --------
