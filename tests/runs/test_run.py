@@ -194,7 +194,7 @@ def test_runconfig__save_load_and_every_problem_at_once(config_type, tmp_path):
     assert config_type.load(tmp_path / "c.json") == cfg
     assert json.loads((tmp_path / "c.json").read_text()) == cfg.to_dict()
     (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(InputError, match="not a JSON object"):
+    with pytest.raises(InputError, match="holds a JSON list, not an object"):
         config_type.load(tmp_path / "list.json")
     with pytest.raises(InputError, match=f"unknown {config_type.__name__} fields"):
         config_type.from_dict({**cfg.to_dict(), "epoch": 3})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import os
 import sys
@@ -40,7 +39,6 @@ __all__ = [
     "default_of",
     "device",
     "int_at_least",
-    "load_config",
     "nodata",
     "nonnegative_float",
     "nonnegative_int",
@@ -252,41 +250,6 @@ def check_device(name: str | None) -> None:
         raise DeviceError(f"--device {name}: Apple's MPS is not available here; use cpu")
 
 
-def load_config(path: str, kind: str) -> dict[str, Any]:
-    """Read ``--config FILE``: a JSON object of ``kind`` fields (``TrainConfig``...).
-
-    Raises
-    ------
-    PathNotFoundError
-        No such file.
-    InputError
-        Not JSON, or not an object.
-    """
-    from xchm.errors import InputError, PathNotFoundError
-
-    source = Path(path)
-    example = 'such as {"epochs": 10, "lr": 0.001}'
-    if not source.is_file():
-        raise PathNotFoundError(f"--config {path}: no such file; give a JSON file of {kind} fields")
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(
-            f"--config {path} is not a text file; give a JSON object of {kind} fields {example}"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise InputError(
-            f"--config {path} is not valid JSON ({err.msg} at line {err.lineno}, column "
-            f"{err.colno}); give a JSON object of {kind} fields {example}"
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError(
-            f"--config {path} holds a JSON {type(data).__name__}, not an object of {kind} "
-            f"fields {example}"
-        )
-    return data
-
-
 def add_run_arguments(
     p: argparse.ArgumentParser,
     function: Callable[..., Any],
@@ -324,7 +287,7 @@ def run_config(
     """
     settings: dict[str, Any] = {}
     if args.config:
-        settings.update(load_config(args.config, config_type.__name__))
+        settings.update(config_type.read_fields(args.config, name=f"--config {args.config}"))
     settings.update({n: getattr(args, n) for n in options if getattr(args, n) is not None})
     config = config_type.from_dict({**settings, **fixed})
     check_device(args.device)

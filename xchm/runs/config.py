@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from xchm.errors import InputError
+from xchm.errors import InputError, PathNotFoundError
 
 __all__ = [
     "RunConfig",
@@ -195,17 +195,47 @@ class RunConfig:
 
         Raises
         ------
+        PathNotFoundError
+            No such file.
         InputError
             Not a JSON object, unknown fields or invalid values.
         """
+        return cls.from_dict(cls.read_fields(path))
+
+    @classmethod
+    def read_fields(
+        cls, path: str | os.PathLike[str], *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Read a JSON object of this config's fields, unchecked (``xchm train --config``).
+
+        ``name`` is how messages call the file (default: its path).
+
+        Raises
+        ------
+        PathNotFoundError
+            No such file.
+        InputError
+            Not a text file, not valid JSON, or not a JSON object.
+        """
+        name = name or str(path)
+        kind, example = cls.__name__, 'such as {"epochs": 10, "lr": 0.001}'
+        source = Path(path)
+        if not source.is_file():
+            raise PathNotFoundError(f"{name}: no such file; give a JSON file of {kind} fields")
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
             raise InputError(
-                f"{path} is not a JSON file of {cls.__name__} fields ({err})"
+                f"{name} is not a text file; give a JSON object of {kind} fields {example}"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise InputError(
+                f"{name} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                f"give a JSON object of {kind} fields {example}"
             ) from None
         if not isinstance(data, dict):
             raise InputError(
-                f"{path} holds {type(data).__name__}, not a JSON object of {cls.__name__} fields"
+                f"{name} holds a JSON {type(data).__name__}, not an object of {kind} fields "
+                f"{example}"
             )
-        return cls.from_dict(data)
+        return data
