@@ -1,7 +1,10 @@
 """xchm: canopy height maps from very-high-resolution imagery, native to xarray and Dask.
 
 ``import xchm`` is light: torch, timm and other heavy dependencies are imported
-only by the functions that need them.
+only by the functions that need them. It gives GDAL the S3 endpoint of the environment
+(``AWS_ENDPOINT_URL`` becomes ``AWS_S3_ENDPOINT``... where those are unset; see
+:func:`xchm.storage.gdal_environment`), so ``rioxarray.open_rasterio("s3://...")``
+reaches an on-premises store as every other S3 client does.
 
 Examples
 --------
@@ -26,6 +29,7 @@ from xchm.errors import (
 )
 from xchm.evaluation import EvaluationResult, evaluate, evaluate_raster
 from xchm.inference import merge_scenes, open_prediction, predict, predict_to_zarr, write_cog
+from xchm.inference.rasters import open_image
 from xchm.models import BandStats, ModelCard, list_models, load_model, model_info
 from xchm.pretraining import PretrainConfig, PretrainResult, pretrain
 from xchm.training import TrainConfig, TrainResult, train
@@ -55,6 +59,7 @@ __all__ = [
     "load_model",
     "model_info",
     "merge_scenes",
+    "open_image",
     "open_prediction",
     "predict",
     "pretrain",
@@ -62,3 +67,7 @@ __all__ = [
     "train",
     "write_cog",
 ]
+
+from xchm.storage import gdal_environment as _gdal_environment  # noqa: E402
+
+_gdal_environment()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,3 +84,20 @@ def test_open_image__workers_of_a_cluster_read_s3(s3, cog, no_gdal_s3):
         image = open_image(url, chunks=256)
         values = image.compute().values
     np.testing.assert_array_equal(values, rioxarray.open_rasterio(cog).values)
+
+
+def test_import_xchm__lets_rioxarray_read_s3_with_aws_endpoint_url_only(s3, cog, no_gdal_s3):
+    """The issue's first line: rioxarray.open_rasterio("s3://...") after ``import xchm``."""
+    url = _put(s3, "plain.tif", cog)
+    code = (
+        "import sys, rioxarray, xchm\n"
+        f"image = rioxarray.open_rasterio({url!r}, chunks={{'x': 256, 'y': 256}})\n"
+        "print(float(image.sum().compute()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in GDAL_S3}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = float(rioxarray.open_rasterio(cog).sum())
+    assert float(done.stdout) == pytest.approx(expected, rel=1e-6)

@@ -18,7 +18,6 @@ from typing import Any
 
 import xarray as xr
 
-from xchm.cluster import active_client
 from xchm.errors import InputError, PathNotFoundError, StorageError
 from xchm.inference.predict import DEFAULT_CHUNK
 from xchm.storage import Location, PathOrURL, gdal_env, gdal_environment, location
@@ -83,6 +82,8 @@ def open_image(
 
     name = loc.gdal_path() if loc.is_url else str(loc.path)
     if loc.is_url:
+        from xchm.cluster import active_client
+
         gdal_environment()  # for the lazy reads, which run outside the block below
         active_client()  # and on a distributed client's workers (its plugin does the same)
     try:
