@@ -101,3 +101,21 @@ def test_import_xchm__lets_rioxarray_read_s3_with_aws_endpoint_url_only(s3, cog,
     assert done.returncode == 0, done.stderr[-2000:]
     expected = float(rioxarray.open_rasterio(cog).sum())
     assert float(done.stdout) == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_raster__takes_urls(s3, nginx, served, tmp_path, no_gdal_s3):
+    """The same score from local GeoTIFFs, from S3 and over HTTP."""
+    import rioxarray  # noqa: F401
+
+    rng = np.random.default_rng(1)
+    coords = {"y": 100.0 - np.arange(64) * 2.0, "x": np.arange(64) * 2.0}
+    for name, offset in (("pred.tif", 1.0), ("ref.tif", 0.0)):
+        heights = xr.DataArray(
+            rng.random((64, 64), dtype=np.float32) * 20 + offset, dims=("y", "x"), coords=coords
+        ).rio.write_crs(32619)
+        heights.rio.to_raster(tmp_path / name)
+        s3.put(name, (tmp_path / name).read_bytes())
+        shutil.copy(tmp_path / name, served / name)
+    local = xchm.evaluate_raster(tmp_path / "pred.tif", tmp_path / "ref.tif")
+    remote = xchm.evaluate_raster(f"{s3.url}/pred.tif", f"{nginx.url}/ref.tif")
+    assert remote.mae == pytest.approx(local.mae) and remote.n_pixels == local.n_pixels == 64 * 64

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xchm._compat import renamed_keywords
-from xchm.errors import InputError, PathNotFoundError
+from xchm.errors import InputError
 from xchm.evaluation.metrics import (
     DEFAULT_CLASSES,
     Classes,
@@ -26,6 +25,7 @@ from xchm.evaluation.metrics import (
     MetricAccumulator,
 )
 from xchm.evaluation.result import EvaluationResult
+from xchm.storage import Location
 
 __all__ = ["evaluate_raster"]
 
@@ -39,20 +39,21 @@ def _open(value: Any, what: str) -> tuple[Any, str]:
     """Return a 2-D (y, x) DataArray (file nodata masked as NaN) and a name for it."""
     import xarray as xr
 
-    if isinstance(value, str | os.PathLike):
-        import rioxarray
+    if isinstance(value, str | os.PathLike | Location):
+        from xchm.inference.rasters import open_image
 
-        path = Path(value).expanduser()
-        if not path.exists():
-            raise PathNotFoundError(f"{what} raster {str(path)!r} does not exist")
-        chunks = {"band": 1, "y": RASTER_CHUNKS, "x": RASTER_CHUNKS}
-        arr: Any = rioxarray.open_rasterio(path, chunks=chunks, masked=True, lock=False)
-        name = str(path)
+        opened = open_image(value, chunks=RASTER_CHUNKS, masked=True, what=f"{what} raster")
+        # A prediction store (predict_to_zarr) holds the map as its "chm" variable.
+        arr: Any = opened["chm"] if isinstance(opened, xr.Dataset) and "chm" in opened else opened
+        if isinstance(arr, xr.Dataset):
+            raise InputError(f"{what} {str(value)!r} holds no single height array")
+        name = str(value)
     elif isinstance(value, xr.DataArray):
         arr, name = value, str(value.name or what)
     else:
         raise InputError(
-            f"{what} must be an xarray DataArray or a GeoTIFF path, got {type(value).__name__}"
+            f"{what} must be an xarray DataArray, or a GeoTIFF or prediction store path or URL, "
+            f"got {type(value).__name__}"
         )
     if "band" in arr.dims:
         if arr.sizes["band"] != 1:
@@ -147,7 +148,8 @@ def evaluate_raster(
     ----------
     pred, reference
         Heights in metres: 2-D (or one-band) DataArrays with rioxarray
-        georeferencing, or GeoTIFF/COG paths (opened lazily in
+        georeferencing, or GeoTIFF/COG or prediction-store (``predict_to_zarr``)
+        paths or URLs (``s3://``, ``https://``...; opened lazily in
         :data:`RASTER_CHUNKS`-pixel blocks, nodata masked).
     classes
         Reference height classes ``(lo, hi)`` in metres (``lo <= ref < hi``).
