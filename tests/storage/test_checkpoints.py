@@ -140,3 +140,28 @@ def test_checkpoint_url__a_changed_checkpoint_is_refused_by_workers(s3, cache, m
     xchm.load_model("test-tiny", seed=2).save(url)  # replaced after the graph was built
     with pytest.raises(WeightsError, match="changed since the graph was built"):
         get_model(spec, torch.device("cpu"))
+
+
+def test_backbone_weights_url__fetched_once_per_version(s3, cache, tmp_path):
+    """weights= by URL (Meta's .pth here): downloaded once, again only when it changes."""
+    from xchm.testing import write_meta_weights
+
+    write_meta_weights(tmp_path / "a.pth", seed=0)
+    write_meta_weights(tmp_path / "b.pth", seed=1)
+    s3.put("weights/backbone.pth", (tmp_path / "a.pth").read_bytes())
+    url = f"{s3.url}/weights/backbone.pth"
+    start = len(s3.server.requests())
+    first = xchm.load_model("test-tiny", weights=url)
+    again = xchm.load_model("test-tiny", weights=url)
+    _same(first, xchm.load_model("test-tiny", weights=tmp_path / "a.pth"))
+    _same(again, first)
+    assert _gets(s3, "weights/backbone.pth", start) == 1
+    assert first.card.provenance["weights_url"] == url
+    s3.put("weights/backbone.pth", (tmp_path / "b.pth").read_bytes())  # a new version
+    changed = xchm.load_model("test-tiny", weights=url)
+    _same(changed, xchm.load_model("test-tiny", weights=tmp_path / "b.pth"))
+    assert _gets(s3, "weights/backbone.pth", start) == 2
+    spec, _ = spec_for("test-tiny", weights=url)  # what a worker is sent: the URL, a version
+    assert dict(spec.options)["weights"] == url
+    with pytest.raises(xchm.errors.PathNotFoundError, match=f"'{s3.url}/weights/none.pth'"):
+        spec_for("test-tiny", weights=f"{s3.url}/weights/none.pth")

@@ -77,15 +77,22 @@ def _checkpoint_digest(spec: ModelSpec) -> str:
     return str(meta["weights"]["sha256"])
 
 
-def spec_for(model: Any, *, weights: str | os.PathLike[str] | None = None) -> tuple[ModelSpec, Any]:
+def spec_for(model: Any, *, weights: Any = None) -> tuple[ModelSpec, Any]:
     """Describe ``model`` (object, checkpoint path or preset name); return the spec and card."""
     from xchm.models.presets import PRESETS
 
     if isinstance(model, str | os.PathLike) and str(model) in PRESETS:
         options: tuple[tuple[str, Any], ...] = ()
         digest = str(model)
-        if weights is not None:
-            path = Path(weights).expanduser().resolve()
+        if weights is not None and location(weights).is_url:
+            from xchm.storage.cache import remote_version
+
+            source = location(weights)  # each worker fetches it (once per machine)
+            options = (("weights", source.text),)
+            version = remote_version(source)  # raises, naming the URL, if nothing is there
+            digest = hashlib.sha256(f"{source.text}:{version}".encode()).hexdigest()
+        elif weights is not None:
+            path = Path(str(weights)).expanduser().resolve()
             if not path.exists():
                 raise WeightsError(f"weights path {str(path)!r} does not exist")
             from xchm.models.weights import check_weights_file
@@ -253,7 +260,11 @@ def _check_visible(spec: ModelSpec) -> None:
     if spec.kind == "checkpoint" and location(spec.source).is_url:
         return  # fetched by URL: nothing needs to be shared
     paths = [Path(spec.source) / "card.json"] if spec.kind == "checkpoint" else []
-    paths += [Path(value) for key, value in spec.options if key == "weights"]
+    paths += [
+        Path(value)
+        for key, value in spec.options
+        if key == "weights" and not location(value).is_url
+    ]
     for path in paths:
         if not os.access(path, os.R_OK):
             raise ModelNotFoundError(

@@ -130,7 +130,7 @@ def _file_identity(path: Path) -> dict[str, Any]:
 def create_model(
     preset: str,
     *,
-    weights: str | os.PathLike[str] | None = None,
+    weights: PathOrURL | None = None,
     bands: Sequence[str] | None = None,
     band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
     statistics: StatisticsLike | None = None,
@@ -147,9 +147,10 @@ def create_model(
 
     spec = get_preset(preset)
     if weights is not None and is_checkpoint(weights):
+        where = location(weights)
         return _from_checkpoint_backbone(
             preset,
-            Path(weights).expanduser(),
+            where if where.is_url else Path(where.text).expanduser(),
             bands=bands,
             band_map=band_map,
             statistics=statistics,
@@ -161,8 +162,14 @@ def create_model(
         )
     band_names = normalize_bands(bands) if bands is not None else REFERENCE_BANDS
     provenance: dict[str, Any] = {}
-    if weights is not None:
-        provenance.update(_file_identity(Path(weights).expanduser()))
+    if weights is not None and location(weights).is_url:
+        from xchm.storage import fetch_version
+
+        source = location(weights)
+        weights, digest = fetch_version(source)  # once per machine and version of the file
+        provenance.update(weights=source.name, weights_sha256=digest, weights_url=source.text)
+    elif weights is not None:
+        provenance.update(_file_identity(Path(str(weights)).expanduser()))
     card = ModelCard(
         preset=preset,
         bands=band_names,
@@ -176,7 +183,7 @@ def create_model(
     with _seeded(spec.seed if seed is None else seed):
         backbone = build_backbone(spec, card.window, empty=weights is not None)
         if weights is not None:
-            layout = load_backbone_weights(backbone, weights)
+            layout = load_backbone_weights(backbone, str(weights))
             card = card.replace(provenance={**provenance, "weights_layout": layout})
         elif spec.seed is None:
             warnings.warn(
@@ -191,7 +198,7 @@ def create_model(
 
 def _from_checkpoint_backbone(
     preset: str,
-    path: Path,
+    path: Path | Location,
     *,
     bands: Sequence[str] | None,
     band_map: Any,
@@ -266,7 +273,7 @@ def is_checkpoint(path: PathOrURL) -> bool:
 def load_model(
     name_or_path: PathOrURL,
     *,
-    weights: str | os.PathLike[str] | None = None,
+    weights: PathOrURL | None = None,
     bands: Sequence[str] | None = None,
     band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
     statistics: StatisticsLike | None = None,

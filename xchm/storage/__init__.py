@@ -48,13 +48,14 @@ Modules
 - :mod:`xchm.storage.location`: :class:`Location` (files, zarr stores) and
   :func:`location`;
 - :mod:`xchm.storage.gdal`: :func:`gdal_env` and :func:`gdal_environment`;
-- :mod:`xchm.storage.cache`: :func:`fetch_cached` and :func:`default_cache_dir`;
+- :mod:`xchm.storage.cache`: :func:`fetch_cached`, :func:`fetch_version` and
+  :func:`default_cache_dir`;
 - :mod:`xchm.storage.disk`: atomic writes, synced folders and locks on the local disk.
 
 Import from ``xchm.storage`` itself; the modules are its implementation.
 """
 
-from xchm.storage.cache import default_cache_dir, fetch_cached
+from xchm.storage.cache import default_cache_dir, fetch_cached, fetch_version
 from xchm.storage.gdal import gdal_env, gdal_environment
 from xchm.storage.location import Location, PathOrURL, location
 from xchm.storage.schemes import SCHEMES
@@ -65,6 +66,7 @@ __all__ = [
     "gdal_env",
     "gdal_environment",
     "fetch_cached",
+    "fetch_version",
     "default_cache_dir",
     "PathOrURL",
     "SCHEMES",
