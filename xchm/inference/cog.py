@@ -10,6 +10,13 @@ temporary names next to the output (``.NAME.partial-HOST-PID...``) and is rename
 into place at the end: a failed or killed run leaves no half-written file under the
 output's name. The leftovers of a killed run are removed by the next write of the
 same file (see :func:`write_cog`).
+
+To an object store (``s3://``, ``gs://``, ``az://``) the COG is made the same way in a
+temporary folder of the system's temp dir (``xchm-cog-PID-...``), then streamed up
+(:func:`xchm.outputs.upload_file`: a multipart upload the store shows only when whole,
+aborted on any failure); on a cluster the workers' Zarr staging store goes next to the
+output in the object store (the one place both sides reach). The whole COG passes
+through this machine's disk, not its memory.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +37,8 @@ import xarray as xr
 
 from xchm._compat import renamed_keywords
 from xchm.errors import InputError, XCHMWarning
-from xchm.outputs import prepare_output_file
+from xchm.outputs import prepare_output_file, shown, upload_file
+from xchm.storage import Location, PathOrURL, location
 
 __all__ = ["write_cog", "INT16_DM_RANGE_M", "INT16_DM_NODATA"]
 
@@ -64,28 +74,49 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _stale_partials(output: Path) -> list[Path]:
+def _stale_partials(output: Location) -> list[Location]:
     """Leftovers of killed writes of ``output`` on this machine (their process is gone).
 
     Temporary files are named ``.NAME.partial-HOST-PID`` (plus ``.tiled.tif`` or
     ``.zarr``); earlier versions wrote ``.NAME.partial-PID...``, taken as this
     machine's. A leftover is stale when it names this machine and its process no
-    longer runs; a running write, or one on another machine sharing the folder, is
-    left alone.
+    longer runs; a running write, or one on another machine sharing the folder (or
+    the object store), is left alone.
     """
     pattern = re.compile(
         rf"^\.{re.escape(output.name)}\.partial-(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)"
         r"(?:\.tiled\.tif|\.zarr)?$"
     )
     host = _host()
-    stale = []
-    for candidate in output.parent.iterdir():
-        match = pattern.match(candidate.name)
+    stale: list[Location] = []
+    if not output.parent.is_dir():  # an object store's prefix that holds nothing yet
+        return stale
+    for name in output.parent.listdir():
+        match = pattern.match(name)
         if match is None or match["host"] not in (None, host):
             continue
         if not _running(int(match["pid"])):
-            stale.append(candidate)
-    return sorted(stale)
+            stale.append(output.parent.join(name))
+    return stale
+
+
+#: Prefix of the temporary folders (system temp dir) of COGs bound for object stores.
+_STAGING_PREFIX = "xchm-cog-"
+
+
+def _staging_dir() -> Path:
+    """Make this write's temporary folder; remove those of killed writes of this machine.
+
+    Named ``xchm-cog-PID-RANDOM`` in the system's temp dir (``TMPDIR``); a folder whose
+    process no longer runs is a killed write's (folders of other users are skipped).
+    """
+    root = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{_STAGING_PREFIX}(\d+)-")
+    for old in root.glob(f"{_STAGING_PREFIX}*"):
+        match = pattern.match(old.name)
+        if match and old.is_dir() and not _running(int(match[1])):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-"))
 
 
 def _layers(obj: Any) -> xr.DataArray:
@@ -139,14 +170,14 @@ def _layers(obj: Any) -> xr.DataArray:
     return stacked.rio.write_crs(crs) if crs is not None else stacked
 
 
-def _stage(layers: xr.DataArray, staged: Path) -> xr.DataArray:
+def _stage(layers: xr.DataArray, staged: Location) -> xr.DataArray:
     """Compute ``layers`` on the cluster into a Zarr store; return it opened lazily."""
     names = list(layers.attrs["long_name"])
     ds = xr.Dataset({n: layers.isel(band=i, drop=True) for i, n in enumerate(names)})
     for n in names:
         ds[n].attrs = {}
-    ds.to_zarr(staged, mode="w", consolidated=False)
-    back = xr.open_zarr(staged, decode_coords="all", consolidated=False)
+    ds.to_zarr(staged.zarr_store(), mode="w", consolidated=False)
+    back = xr.open_zarr(staged.zarr_store(read_only=True), decode_coords="all", consolidated=False)
     restaged = _layers(back[names])
     restaged.attrs = layers.attrs
     return restaged
@@ -161,14 +192,55 @@ def _to_int16_dm(layers: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     return dm.rio.write_nodata(INT16_DM_NODATA, encoded=False), outside
 
 
+def _render(
+    layers: xr.DataArray,
+    staged: Location | None,
+    tiled: Path,
+    cog: Path,
+    int16_dm: bool,
+) -> tuple[xr.DataArray, Any]:
+    """Write ``layers`` as the COG ``cog`` through the tiled GeoTIFF ``tiled``.
+
+    With ``staged``, the workers first compute the layers into that Zarr store.
+    Returns the layers written and, for ``int16_dm``, the clipped pixels per band.
+    """
+    import dask
+    import rasterio.shutil
+
+    if staged is not None:
+        layers = _stage(layers, staged)
+    outside = None
+    if int16_dm:
+        layers, outside = _to_int16_dm(layers)
+    else:
+        layers = layers.astype("float32").rio.write_nodata(np.nan, encoded=False)
+    with dask.config.set(scheduler="threads"):  # one process writes the GeoTIFF
+        write = layers.rio.to_raster(
+            tiled,
+            driver="GTiff",
+            tiled=True,
+            compress="DEFLATE",
+            lock=threading.Lock(),
+            compute=False,
+        )
+        # One pass: the clipped pixels are counted from the chunks being written.
+        if write is not None and outside is not None:
+            _, outside = dask.compute(write, outside)
+        elif write is not None:
+            dask.compute(write)
+    rasterio.shutil.copy(tiled, cog, driver="COG", compress="DEFLATE")
+    return layers, outside
+
+
 @renamed_keywords(path="output")
 def write_cog(
     chm: Any,
-    output: str | os.PathLike[str],
+    output: PathOrURL,
     *,
     int16_dm: bool = False,
     overwrite: bool = False,
-) -> Path:
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path | Location:
     """Write a canopy height map (metres) as a COG.
 
     Parameters
@@ -179,28 +251,34 @@ def write_cog(
         Any Dataset of (y, x) layers works, e.g. a :func:`xchm.predict_to_zarr` store;
         ``chm`` is band 1. Band descriptions are the layer names.
     output
-        The file to write (``.tif``/``.tiff``). Its folder must exist. Formerly
-        ``path=``, which still works for one release with a ``FutureWarning``.
+        The file to write (``.tif``/``.tiff``): a local path, whose folder must
+        exist, or a URL (``s3://``, ``gs://``, ``az://``; the bucket must exist).
+        Formerly ``path=``, which still works for one release with a
+        ``FutureWarning``.
     int16_dm
         Write int16 decimetres with nodata -9999 (the reference's format) instead
         of float32 metres with NaN. Heights outside :data:`INT16_DM_RANGE_M`
         (-999.8 to 3276.7 m) do not fit: they are clipped to it, counted, and an
         :class:`~xchm.errors.XCHMWarning` says how many.
     overwrite
-        Replace an existing file.
+        Replace an existing file (or object).
+    storage_options
+        fsspec options of ``output``'s backend (``key``, ``secret``,
+        ``endpoint_url``...), overriding the environment.
 
     Returns
     -------
-    pathlib.Path
-        The written file.
+    pathlib.Path or Location
+        The written file: a ``Path`` on the local disk, else its
+        :class:`~xchm.storage.Location`.
 
     Raises
     ------
     OutputExistsError
         The file exists (without ``overwrite``) or ``output`` is a folder.
     OutputError
-        The folder does not exist or is not writable, or ``output`` does not end in
-        .tif/.tiff.
+        The folder (bucket) does not exist or is not writable, the upload failed, or
+        ``output`` does not end in .tif/.tiff.
     InputError
         ``chm`` is not a height map (not (y, x) layers).
 
@@ -219,6 +297,14 @@ def write_cog(
     whose process no longer runs (a write still running, or one from another machine
     sharing the folder, is left alone).
 
+    To an object store, the COG and the tiled GeoTIFF are written in a temporary
+    folder of the system's temp dir (``TMPDIR``: room for about twice the COG), then
+    the COG is streamed up: the object appears only when whole, and a failure at any
+    point leaves no object (a multipart upload is aborted). An existing object is
+    refused unless ``overwrite`` (checked before any work and again before the
+    upload). On a cluster, the workers' temporary Zarr store goes next to the output
+    in the object store and is removed at the end.
+
     Examples
     --------
     >>> import numpy as np, rioxarray, xarray as xr, xchm
@@ -234,43 +320,41 @@ def write_cog(
 
     from xchm.cluster import active_client
 
-    target = prepare_output_file(output, overwrite=overwrite, suffixes=(".tif", ".tiff"))
+    loc = location(output, storage_options)
+    checked = prepare_output_file(loc, overwrite=overwrite, suffixes=(".tif", ".tiff"))
     layers = _layers(chm)
-    for leftover in _stale_partials(target):
-        _remove(leftover)
-    stem = f".{target.name}.partial-{_host()}-{os.getpid()}"
-    tmp = target.with_name(stem)
-    staged = target.with_name(f"{stem}.zarr")
-    tiled = target.with_name(f"{stem}.tiled.tif")
-    try:
-        if active_client() is not None and dask.is_dask_collection(layers):
-            layers = _stage(layers, staged)
-        outside = None
-        if int16_dm:
-            layers, outside = _to_int16_dm(layers)
-        else:
-            layers = layers.astype("float32").rio.write_nodata(np.nan, encoded=False)
-        import rasterio.shutil
-
-        with dask.config.set(scheduler="threads"):  # one process writes the GeoTIFF
-            write = layers.rio.to_raster(
-                tiled,
-                driver="GTiff",
-                tiled=True,
-                compress="DEFLATE",
-                lock=threading.Lock(),
-                compute=False,
+    staging = active_client() is not None and dask.is_dask_collection(layers)
+    stem = f".{loc.name}.partial-{_host()}-{os.getpid()}"
+    if isinstance(checked, Path):  # local: temporary names beside it, then a rename
+        target: Path | Location = checked
+        for killed in _stale_partials(location(checked)):
+            _remove(killed.path)
+        tmp = checked.with_name(stem)
+        staged = location(checked.with_name(f"{stem}.zarr"))
+        tiled = checked.with_name(f"{stem}.tiled.tif")
+        try:
+            layers, outside = _render(layers, staged if staging else None, tiled, tmp, int16_dm)
+            os.replace(tmp, checked)
+        finally:
+            for leftover in (tmp, staged.path, tiled):
+                _remove(leftover)
+    else:  # an object store: made in the system's temp dir, then uploaded whole
+        target = checked
+        folder = _staging_dir()
+        staged = checked.parent.join(f"{stem}.zarr")
+        try:
+            if staging:
+                for killed in _stale_partials(checked):
+                    killed.remove(missing_ok=True)
+            cog = folder / checked.name
+            layers, outside = _render(
+                layers, staged if staging else None, folder / "tiled.tif", cog, int16_dm
             )
-            # One pass: the clipped pixels are counted from the chunks being written.
-            if write is not None and outside is not None:
-                _, outside = dask.compute(write, outside)
-            elif write is not None:
-                dask.compute(write)
-        rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE")
-        os.replace(tmp, target)
-    finally:
-        for leftover in (tmp, staged, tiled):
-            _remove(leftover)
+            upload_file(cog, checked, overwrite=overwrite)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            if staging:
+                staged.remove(missing_ok=True)
     if outside is not None and int(np.sum(outside)) > 0:
         names = layers.attrs["long_name"]
         counts = ", ".join(
@@ -278,7 +362,7 @@ def write_cog(
         )
         low, high = INT16_DM_RANGE_M
         warnings.warn(
-            f"{target}: {counts} pixels were outside the int16 decimetre range "
+            f"{shown(target)}: {counts} pixels were outside the int16 decimetre range "
             f"[{low}, {high}] m and were clipped to it; write float32 metres "
             "(int16_dm=False, CLI: without --int16-dm) to keep them",
             XCHMWarning,

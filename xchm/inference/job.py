@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xchm.storage import location
+
 __all__ = ["job_fingerprint", "differences", "HEADER_BYTES"]
 
 
@@ -65,8 +67,77 @@ def model_identity(model: Any, weights: Any) -> tuple[str, Any]:
 HEADER_BYTES = 65536
 
 
+#: GDAL's virtual file systems of object stores and the URL scheme of each.
+_GDAL_SCHEMES = {"/vsis3/": "s3://", "/vsigs/": "gs://", "/vsiaz/": "az://"}
+
+
+def source_url(source: str) -> str | None:
+    """Return the URL of an input read from an object store or over HTTP, else None.
+
+    ``source`` is what xarray/rioxarray record in ``encoding["source"]``: a URL as
+    given (``s3://b/k.tif``), or GDAL's name of it (``/vsis3/b/k.tif``,
+    ``/vsicurl/https://host/k.tif``). Local paths and ``file://`` URLs give None.
+
+    Examples
+    --------
+    >>> source_url("/vsis3/imagery/ak//a.tif"), source_url("/vsicurl/https://h/a.tif")
+    ('s3://imagery/ak//a.tif', 'https://h/a.tif')
+    >>> source_url("/data/a.tif") is None, source_url("file:///data/a.tif") is None
+    (True, True)
+    """
+    text = str(source)
+    for prefix, scheme in _GDAL_SCHEMES.items():
+        if text.startswith(prefix):
+            return scheme + text[len(prefix) :]
+    if text.startswith("/vsicurl/"):
+        text = text[len("/vsicurl/") :]
+    try:
+        loc = location(text)
+    except ValueError:  # InputError: a scheme xchm does not read (zip://...): a name only
+        return None
+    return None if loc.is_local or not loc.is_url else loc.text
+
+
+def url_identity(source: str, url: str) -> dict[str, Any]:
+    """Name, size, ETag and modification time of an object or HTTP file (no download).
+
+    One metadata request (fsspec's ``info``: a HEAD on S3 and HTTP). The ETag changes
+    with the content (a replaced object gets another one, even with the same size and
+    time). Where the store cannot be asked (no access, no backend package), the name is
+    all that is recorded, as for a file that is gone.
+    """
+    identity: dict[str, Any] = {"path": str(source)}
+    try:
+        fs, path = location(url).filesystem()
+        fs.invalidate_cache(path)
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - unreachable store: the name only (see docstring)
+        return identity
+    if info.get("size") is not None:
+        identity["size"] = int(info["size"])
+    for key, names in (
+        ("etag", ("ETag", "etag", "md5Hash", "Content-MD5", "generation")),
+        ("modified", ("LastModified", "last_modified", "Last-Modified", "updated", "mtime")),
+    ):
+        value = next((info[n] for n in names if info.get(n) is not None), None)
+        if value is not None:
+            identity[key] = str(value)
+    return identity
+
+
 def file_identity(source: str) -> dict[str, Any]:
-    """Path, size, modification time and header digest of one input file (or folder)."""
+    """Identify one input file (or folder): what a replaced file changes.
+
+    A local file: resolved path, size, modification time and the SHA-256 of its first
+    :data:`HEADER_BYTES`. A file read from a URL (``s3://``, ``/vsis3/``,
+    ``/vsicurl/https://``...): the source as given, size, ETag and modification time
+    (:func:`url_identity`; nothing is downloaded).
+    """
+    url = source_url(str(source))
+    if url is not None:
+        return url_identity(str(source), url)
+    if str(source).startswith("file://"):
+        source = str(location(str(source)).path)
     path = Path(source).expanduser()
     try:
         path = path.resolve()
@@ -102,14 +173,19 @@ def input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
     another token, and a resume is refused rather than risk mixing two inputs. The
     files' own identity (resolved path, size, modification time, header digest)
     catches a file replaced under the same name and modification time, which the
-    token misses, and names the files in a refusal.
+    token misses, and names the files in a refusal. Files read from object stores or
+    over HTTP are identified by URL, size, ETag and modification time instead.
     """
     arrays = {"": obj} if isinstance(obj, xr.DataArray) else dict(obj.data_vars)
     tokens = {str(k): [str(v.data.name), str(v.dtype)] for k, v in arrays.items()}
     sources = {str(s) for s in (obj.encoding.get("source"),) if s}
     sources |= {str(v.encoding["source"]) for v in arrays.values() if v.encoding.get("source")}
     scenes = obj.attrs.get("xchm_scenes", [])  # xchm.merge_scenes: the scenes' paths
-    sources |= {str(s) for s in scenes if isinstance(s, str | os.PathLike) and Path(s).is_file()}
+    sources |= {
+        str(s)
+        for s in scenes
+        if isinstance(s, str | os.PathLike) and (Path(s).is_file() or source_url(str(s)))
+    }
     return {
         "files": [file_identity(s) for s in sorted(sources)],
         "data": hashlib.sha256(json.dumps(tokens, sort_keys=True).encode()).hexdigest(),

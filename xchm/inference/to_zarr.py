@@ -17,6 +17,16 @@ out store is recognised by its fingerprint; Zarr warns about foreign files in a
 group). A store with a marker but no fingerprint was cut off while being laid out
 and is laid out again; a folder xchm did not write is never touched.
 
+The store may be a local folder or a URL (``s3://``, ``gs://``, ``az://``,
+``file://``, ``memory://``), reached through :mod:`xchm.storage` (zarr v3
+``LocalStore`` or ``FsspecStore``): the same guarantees hold, since an object store
+writes each chunk object whole too. Tasks carry the store's URL and backend options
+(never a local path), so workers write their chunks straight into it. When the last
+region is done the store's metadata is consolidated (zarr v3 consolidated metadata in
+the root ``zarr.json``), so a plain ``xr.open_zarr(url)`` reads it with one request;
+a run that still has regions to compute first drops it (and sets ``xchm_status`` to
+``"incomplete"``), so consolidated metadata is never stale.
+
 With a ``distributed`` client active, a bounded number of regions is in flight on
 the cluster at once (the scheduler never holds the whole mosaic's graph) and tasks
 of a worker that dies are re-run by Dask elsewhere. Without one, regions are
@@ -30,10 +40,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -43,7 +52,8 @@ from xchm.errors import InputError, ResumeError
 from xchm.inference.job import differences, job_fingerprint
 from xchm.inference.predict import DEFAULT_CHUNK, predict
 from xchm.inference.windows import window_span
-from xchm.outputs import MARKER, output_kind, prepare_output_dir
+from xchm.outputs import MARKER, output_kind, prepare_output_dir, shown
+from xchm.storage import Location, PathOrURL, location
 
 __all__ = ["predict_to_zarr", "DEFAULT_REGION_SIZE", "PROGRESS_GROUP"]
 
@@ -55,6 +65,8 @@ DEFAULT_REGION_SIZE = 8192
 PROGRESS_GROUP = "xchm_progress"
 #: The kind of output a store is, for :mod:`xchm.outputs`.
 STORE_KIND = "prediction store"
+#: A zarr format number.
+ZarrFormat = Literal[2, 3]
 
 
 @dataclass(frozen=True)
@@ -94,42 +106,74 @@ def _region_step(region_size: int | tuple[int, int], chunks: tuple[int, int]) ->
     )
 
 
-def _stored_fingerprint(store: Path) -> dict[str, Any] | None:
-    """Return the fingerprint of a laid-out store (None: not laid out, or not a store)."""
-    progress = _open_progress(store)
+#: zarr's warning that consolidated metadata is not (yet) in the zarr v3 specification;
+#: zarr-python and xarray read it, and xchm writes it knowingly.
+_CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
+
+
+def _stored_fingerprint(loc: Location) -> tuple[dict[str, Any] | None, ZarrFormat]:
+    """Return the fingerprint of a laid-out store (None: not laid out, or not a store).
+
+    And the store's zarr format (3 unless an older xchm wrote it), which the later
+    calls name so that zarr does not probe each group for both formats (two requests
+    each on an object store).
+    """
+    progress = _open_progress(loc)
     if progress is None or "fingerprint" not in progress.attrs:
-        return None
-    return dict(progress.attrs["fingerprint"])
+        return None, 3
+    return dict(progress.attrs["fingerprint"]), 2 if progress.metadata.zarr_format == 2 else 3
 
 
-def _open_progress(store: Path) -> Any:
+def _open_progress(loc: Location) -> Any:
     import zarr
     from zarr.errors import NodeNotFoundError
 
     try:
-        return zarr.open_group(store, mode="r", path=PROGRESS_GROUP)
+        store = loc.zarr_store(read_only=True)
+        return zarr.open_group(store, mode="r", path=PROGRESS_GROUP, use_consolidated=False)
     except (FileNotFoundError, NodeNotFoundError, NotADirectoryError):
         return None
 
 
-def _is_store(folder: Path) -> bool:
+def _is_store(folder: Location | os.PathLike[str]) -> bool:
     """Recognise a store written without a marker (by xchm before markers existed)."""
     import zarr
 
     try:
-        root = zarr.open_group(folder, mode="r")
+        store = location(folder).zarr_store(read_only=True)
+        root = zarr.open_group(store, mode="r", use_consolidated=False)
     except Exception:  # noqa: BLE001 - not a Zarr group at all: not a store
         return False
     return root.attrs.get("xchm_status") in ("incomplete", "complete")
 
 
+def _complete(store: Any, zarr_format: ZarrFormat) -> None:
+    """Mark the store complete, then consolidate its metadata into the root ``zarr.json``.
+
+    Both at completion only (again after a resume that had nothing left to do: the same
+    bytes), so consolidated metadata always describes a finished store.
+    """
+    import zarr
+
+    root = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=zarr_format)
+    root.attrs["xchm_status"] = "complete"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _CONSOLIDATED_WARNING, UserWarning)
+        zarr.consolidate_metadata(store, zarr_format=zarr_format)
+
+
 def _initialise(
-    store: Path, ds: xr.Dataset, fingerprint: dict[str, Any], grid: tuple[int, int]
+    loc: Location,
+    store: Any,
+    ds: xr.Dataset,
+    fingerprint: dict[str, Any],
+    grid: tuple[int, int],
 ) -> None:
     """Write the store's metadata and coordinates (no data) and an empty progress record.
 
-    ``store`` is an empty folder holding only the output marker. The fingerprint is
-    written last (its presence means "laid out"); then the marker goes.
+    ``loc`` is an empty folder holding only the output marker; ``store`` its zarr
+    store. The fingerprint is written last (its presence means "laid out"); then the
+    marker goes.
     """
     import zarr
 
@@ -145,41 +189,46 @@ def _initialise(
     }
     with warnings.catch_warnings():  # Zarr lists the folder and finds the marker
         warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
-        template.to_zarr(store, mode="a", compute=False, consolidated=False, encoding=encoding)
-    progress = zarr.open_group(store, mode="a", path=PROGRESS_GROUP)
+        template.to_zarr(
+            store, mode="a", compute=False, consolidated=False, encoding=encoding, zarr_format=3
+        )
+    progress = zarr.open_group(store, mode="a", path=PROGRESS_GROUP, zarr_format=3)
     progress.create_array("done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
     progress.attrs["fingerprint"] = fingerprint  # written last: its presence means "ready"
-    (store / MARKER).unlink(missing_ok=True)
+    loc.join(MARKER).remove(missing_ok=True)
 
 
 def _prepare(
-    store: Path,
+    loc: Location,
+    store: Any,
     ds: xr.Dataset,
     fingerprint: dict[str, Any],
     grid: tuple[int, int],
     resume: bool,
     overwrite: bool,
-) -> None:
-    """Create, reuse or replace ``store`` (see :mod:`xchm.outputs`).
+) -> ZarrFormat:
+    """Create, reuse or replace ``store`` (see :mod:`xchm.outputs`); return its zarr format.
 
     A resume is checked before anything in the store changes: a refused one leaves
     it as it was.
     """
-    kind = output_kind(store) if store.is_dir() else None
-    ours = store.is_dir() and (kind == STORE_KIND or (kind is None and _is_store(store)))
-    old = _stored_fingerprint(store) if ours else None
+    is_dir = loc.is_dir()
+    kind = output_kind(loc) if is_dir else None
+    ours = is_dir and (kind == STORE_KIND or (kind is None and _is_store(loc)))
+    old, zarr_format = _stored_fingerprint(loc) if ours else (None, 3)
     if old is not None and resume and not overwrite:
         differ = differences(old, fingerprint)
         if differ:
             raise ResumeError(
-                f"{store} was written by a different job: {'; '.join(differ)}. Resume with "
-                "the same input, bands, nodata, model and settings, or pass overwrite=True "
-                "(CLI: --overwrite) to start over"
+                f"{shown(loc)} was written by a different job: {'; '.join(differ)}. Resume "
+                "with the same input, bands, nodata, model and settings, or pass "
+                "overwrite=True (CLI: --overwrite) to start over"
             )
-        (store / MARKER).unlink(missing_ok=True)  # laid out: known by its fingerprint
-        return
+        if kind is not None:
+            loc.join(MARKER).remove(missing_ok=True)  # laid out: known by its fingerprint
+        return zarr_format
     prepare_output_dir(
-        store,
+        loc,
         STORE_KIND,
         # Ours without a fingerprint: cut off while being laid out, no region written.
         overwrite=overwrite or (ours and old is None),
@@ -187,17 +236,18 @@ def _prepare(
         hint="pass resume=True (CLI: drop --no-resume) to continue it or overwrite=True "
         "(CLI: --overwrite) to replace it",
     )
-    _initialise(store, ds, fingerprint, grid)
+    _initialise(loc, store, ds, fingerprint, grid)
+    return 3
 
 
-def _region_writer(ds: xr.Dataset, store: Path) -> Callable[[Region], Any]:
+def _region_writer(ds: xr.Dataset, store: Any, zarr_format: ZarrFormat) -> Callable[[Region], Any]:
     """Return a function making the Delayed that computes and stores one region."""
     import dask
     import dask.array as dsa
     import zarr
     from dask.base import tokenize
 
-    group = zarr.open_group(store, mode="r+")
+    group = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=zarr_format)
     names = list(ds.data_vars)
     targets: list[Any] = [group[str(name)] for name in names]
 
@@ -279,13 +329,14 @@ def _summary(
 def predict_to_zarr(
     obj: xr.DataArray | xr.Dataset,
     model: Any,
-    output: str | os.PathLike[str],
+    output: PathOrURL,
     *,
     region_size: int | tuple[int, int] = DEFAULT_REGION_SIZE,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     **predict_kwargs: Any,
 ) -> xr.Dataset:
     """Predict a canopy height map into a Zarr store region by region; resumable.
@@ -299,10 +350,13 @@ def predict_to_zarr(
         A checkpoint directory (what a cluster needs: every worker loads it from the
         path), a preset name, or a model object (in-process schedulers only).
     output
-        Path of the Zarr store to write (local or shared file system), ending in
-        ``.zarr``. It holds ``chm`` [and ``chm_std``] on the input grid with its CRS,
-        plus a ``xchm_progress`` sub-group. Formerly ``store=``, which still works
-        for one release with a ``FutureWarning``.
+        The Zarr store to write, ending in ``.zarr``: a local path (or shared file
+        system) or a URL (``s3://``, ``gs://``, ``az://``, ``file://``; credentials
+        and endpoint from the standard environment, see ``docs/cloud.md``). It holds
+        ``chm`` [and ``chm_std``] on the input grid with its CRS, plus a
+        ``xchm_progress`` sub-group; once complete its metadata is consolidated.
+        Formerly ``store=``, which still works for one release with a
+        ``FutureWarning``.
     region_size
         Side (pixels) of the blocks written and recorded as one unit, rounded to whole
         chunks. Smaller regions lose less work on a crash; larger ones reread fewer
@@ -321,6 +375,10 @@ def predict_to_zarr(
         in ``attrs["xchm_run"]`` either way).
     in_flight
         Regions submitted to a distributed cluster at once (default: 2 per worker).
+    storage_options
+        fsspec options of ``output``'s backend (``key``, ``secret``,
+        ``endpoint_url``...), overriding the environment. They travel in the tasks
+        (pickled into the graph): on a cluster prefer the workers' environment.
     **predict_kwargs
         ``overlap``, ``batch_size``, ``device``, ``bands``, ``nodata``,
         ``uncertainty``, ``weights``: as for :func:`xchm.predict`.
@@ -342,7 +400,7 @@ def predict_to_zarr(
         ``output`` exists and is a file, a folder xchm did not write, another kind of
         xchm output, or a store while ``resume=False`` (and no ``overwrite``).
     OutputError
-        ``output`` cannot be created or written.
+        ``output`` cannot be created or written (a missing bucket, access refused).
     InputError
         Bad options.
 
@@ -375,9 +433,9 @@ def predict_to_zarr(
         isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1
     ):
         raise InputError(f"in_flight must be a positive integer, got {in_flight!r}")
-    store = Path(output)
-    if store.suffix != ".zarr":
-        raise InputError(f"output must be a path ending in .zarr, got {str(store)!r}")
+    loc = location(output, storage_options)
+    if not loc.name.endswith(".zarr"):
+        raise InputError(f"output must be a path ending in .zarr, got {shown(loc)!r}")
     variables = [obj] if isinstance(obj, xr.DataArray) else list(obj.data_vars.values())
     if not all(isinstance(v.variable._data, dsa.Array) for v in variables):
         from xchm.inference.inputs import spatial_dims
@@ -394,10 +452,17 @@ def predict_to_zarr(
     regions = _regions((chm.shape[0], chm.shape[1]), step)
     grid = (regions[-1].iy + 1, regions[-1].ix + 1)
     fingerprint = job_fingerprint(obj, ds, model, step, predict_kwargs)
-    _prepare(store, ds, fingerprint, grid, resume, overwrite)
-    done_flags = zarr.open_array(store, mode="r+", path=f"{PROGRESS_GROUP}/done")
+    store = loc.zarr_store()
+    zarr_format = _prepare(loc, store, ds, fingerprint, grid, resume, overwrite)
+    done_flags = zarr.open_array(
+        store, mode="r+", path=f"{PROGRESS_GROUP}/done", zarr_format=zarr_format
+    )
     finished = np.asarray(done_flags[...], dtype=bool)
     pending = [r for r in regions if not finished[r.iy, r.ix]]
+    if pending:  # a finished run's consolidated metadata must not outlive this one
+        root = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=zarr_format)
+        if root.attrs.get("xchm_status") != "incomplete":
+            root.attrs["xchm_status"] = "incomplete"  # rewritten without consolidated metadata
 
     window = int(chm.attrs["xchm_window"])
     stride = window - int(chm.attrs["xchm_overlap"])
@@ -419,7 +484,7 @@ def predict_to_zarr(
     )
     km2_per_px = _km2_per_pixel(chm)
     start, computed, computed_px = time.perf_counter(), 0, 0
-    write = _region_writer(ds, store)
+    write = _region_writer(ds, store, zarr_format)
     with span("xchm.predict"):  # the region write tasks, built as regions are submitted
         runs = (
             _run_distributed(client, pending, write, in_flight or 2 * max(devices, 1))
@@ -439,15 +504,14 @@ def predict_to_zarr(
                     bar.set_postfix_str(f"{rate:.1f} km2/h", refresh=False)
         finally:
             bar.close()
-    root = zarr.open_group(store, mode="r+")
-    root.attrs["xchm_status"] = "complete"
+    _complete(store, zarr_format)
     seconds = time.perf_counter() - start
     windows = round(total_windows * computed_px / chm.size)
     line = _summary(ds, windows, seconds, devices, computed, len(regions))
     logger.info(line)
     if progress:
         print(line, file=sys.stderr)
-    opened = open_prediction(store)
+    opened = open_prediction(loc)
     opened.attrs["xchm_run"] = line  # in memory only: what this call did
     return opened
 
@@ -460,6 +524,27 @@ def _km2_per_pixel(chm: xr.DataArray) -> float | None:
     return abs(res_x * res_y) / 1e6
 
 
-def open_prediction(store: str | os.PathLike[str]) -> xr.Dataset:
-    """Open a store written by :func:`predict_to_zarr` lazily, with its CRS."""
-    return xr.open_zarr(store, decode_coords="all", consolidated=False)
+def open_prediction(
+    store: PathOrURL, *, storage_options: Mapping[str, Any] | None = None
+) -> xr.Dataset:
+    """Open a store written by :func:`predict_to_zarr` lazily, with its CRS.
+
+    Parameters
+    ----------
+    store
+        A local path or a URL (``s3://``...), or a :class:`~xchm.storage.Location`.
+    storage_options
+        fsspec options of the store's backend, overriding the environment.
+
+    Returns
+    -------
+    xarray.Dataset
+        Read through its consolidated metadata when it has some (a finished store),
+        else through each array's own.
+    """
+    loc = location(store, storage_options)
+    zstore = loc.zarr_store(read_only=True)
+    try:
+        return xr.open_zarr(zstore, decode_coords="all", consolidated=True)
+    except (KeyError, ValueError):  # no consolidated metadata yet: an unfinished store
+        return xr.open_zarr(zstore, decode_coords="all", consolidated=False)
