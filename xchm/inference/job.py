@@ -271,7 +271,7 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
         changed = [b.get("path") for a, b in pairs if a != b]
         return (
             f"the input data differ: {', '.join(changed)} changed since the store was "
-            "started (size, modification time or header)"
+            "started (size, modification time, header or ETag)"
         )
     if new_paths:
         return (
