@@ -8,6 +8,7 @@ killed at any moment leaves a folder that a rerun recognises as its own.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,7 +239,8 @@ def test_build__killed_while_clearing_a_previous_cube_is_redone(
     build([pair_files], output=store)
 
     def killed_after_zarr_json(folder):
-        (folder / "zarr.json").unlink()  # the worst moment: attrs gone, arrays still there
+        # the worst moment: attrs gone, arrays still there (folder: a Path or a Location)
+        (Path(str(folder)) / "zarr.json").unlink()
         raise Killed
 
     with monkeypatch.context() as m:

@@ -21,11 +21,12 @@ import numpy as np
 
 from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.chips.layout import store_path
+from xchm.chips.layout import cube_location
 from xchm.chips.sources import OpenScene, ScenePair, as_pairs, open_scene, pairs_labeled
 from xchm.chips.splits import SplitRule
 from xchm.chips.writer import ChipWriter, CubeSettings
 from xchm.errors import BandError, InputError
+from xchm.storage import Location
 
 __all__ = ["build"]
 
@@ -37,7 +38,7 @@ _STRIP_BYTES = 64 * 2**20
 @renamed_keywords(store="output", split="split_by")
 def build(
     pairs: Sequence[ScenePair | tuple[Any, Any] | Mapping[str, Any] | Any] | ScenePair | Any,
-    output: str | Path,
+    output: str | Path | Location,
     *,
     window: int = 64,
     stride: int | None = None,
@@ -54,6 +55,7 @@ def build(
     chm_resampling: str = "average",
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ChipCube:
     """Cut image and canopy height chips from scene pairs into a new chip cube.
 
@@ -65,14 +67,17 @@ def build(
     ----------
     pairs
         ``(image, chm)`` tuples, :class:`ScenePair` objects (with scene id and date)
-        or dicts. Images and CHMs are GeoTIFF/COG paths or DataArrays; the CHM is
-        aligned to the image grid (reprojected/resampled when CRS, transform or size
+        or dicts. Images and CHMs are GeoTIFF/COG paths or URLs (``s3://``,
+        ``https://``...: read lazily through GDAL, range requests only) or DataArrays;
+        the CHM is aligned to the image grid (reprojected/resampled when CRS, transform or size
         differ). A bare image (path or DataArray), a pair whose CHM is None or a
         dict without ``chm`` is an image alone; either every scene has a CHM or none
         has.
     output
-        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
-        still works for one release with a ``FutureWarning``.
+        Directory of the new chip cube (a Zarr v3 store): a local path or a URL
+        (``s3://``, ``gs://``, ``az://``, ``file://``...: a key prefix, written through
+        zarr's fsspec store). Formerly ``store=``, which still works for one release
+        with a ``FutureWarning``.
     window
         Chip side in pixels (a multiple of 16).
     stride
@@ -121,6 +126,11 @@ def build(
     progress
         Show a progress bar (chips); on by default, as in every long-running xchm
         function.
+    storage_options
+        fsspec options of ``output``'s backend (``key``, ``secret``,
+        ``endpoint_url``...), overriding the environment (docs/cloud.md). Scene URLs
+        are read with the environment's credentials (GDAL); a scene with options of
+        its own can be given as a :class:`~xchm.storage.Location`.
 
     Returns
     -------
@@ -162,7 +172,7 @@ def build(
             seed=seed,
         )
     )
-    path = store_path(output)
+    path = cube_location(output, storage_options)
     with ExitStack() as stack:
         scenes = []
         for i, pair in enumerate(pair_list):

@@ -8,18 +8,20 @@ existed) is labeled. Reading heights from an unlabeled cube is an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xchm._compat import renamed_keywords
-from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, store_path
+from xchm.chips.layout import CHIP_ARRAYS, cube_attrs, cube_location, cube_store
 from xchm.chips.store import KIND
 from xchm.errors import InputError, PathNotFoundError
 from xchm.models.card import BandStats, ModelCard
 from xchm.outputs import output_kind
+from xchm.storage import Location
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -28,9 +30,12 @@ __all__ = ["ChipCube", "open_cube"]
 
 
 class ChipCube:
-    """A chip cube on disk, or a selection of its chips.
+    """A chip cube (on disk or in an object store), or a selection of its chips.
 
-    Use :func:`xchm.chips.open` rather than the constructor.
+    Use :func:`xchm.chips.open` rather than the constructor. ``path`` is the cube's
+    directory: a :class:`pathlib.Path` on the local disk, the
+    :class:`~xchm.storage.Location` of a URL (``str()`` gives it as typed);
+    :attr:`location` is a Location either way.
 
     Examples
     --------
@@ -42,13 +47,23 @@ class ChipCube:
     >>> images = train.read_images([0, 1])  # image chips only (any cube)  # doctest: +SKIP
     """
 
-    def __init__(self, path: Path, group: Any, attrs: dict[str, Any], index: np.ndarray | None):
+    def __init__(
+        self, path: Path | Location, group: Any, attrs: dict[str, Any], index: np.ndarray | None
+    ):
         self.path = path
         self._group = group
         self.attrs = attrs
         self._index = index
 
     # -- what is in it -------------------------------------------------------------------
+    @property
+    def location(self) -> Location:
+        """Where the cube is: a :class:`~xchm.storage.Location` (local path or URL).
+
+        A URL's Location carries the ``storage_options`` the cube was opened with.
+        """
+        return cube_location(self.path)
+
     def __len__(self) -> int:
         return int(self.attrs["chips"]) if self._index is None else len(self._index)
 
@@ -255,12 +270,12 @@ class ChipCube:
         return ModelCard(preset=preset, **{**options, **kwargs})
 
     @renamed_keywords(path="output")
-    def preview(self, output: str | Path, **kwargs: Any) -> Path:
+    def preview(self, output: str | Path | Location, **kwargs: Any) -> Path | Location:
         """Write a PNG grid of image/height chip pairs (images only if unlabeled).
 
-        See :func:`xchm.chips.preview.preview` (``output``: the ``.png`` file;
-        formerly ``path=``, which still works for one release with a
-        ``FutureWarning``).
+        See :func:`xchm.chips.preview.preview` (``output``: the ``.png`` file, a
+        local path or a URL; formerly ``path=``, which still works for one release
+        with a ``FutureWarning``).
 
         Examples
         --------
@@ -303,49 +318,66 @@ class ChipCube:
         return "\n".join(lines)
 
 
-def open_cube(store: str | Path) -> ChipCube:
-    """Open a finished chip cube.
+def open_cube(
+    store: str | os.PathLike[str] | Location,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> ChipCube:
+    """Open a finished chip cube, from a local directory or a URL.
 
     Parameters
     ----------
     store
-        Directory of the cube (Zarr v3).
+        Directory of the cube (Zarr v3): a local path, a URL (``s3://``, ``gs://``,
+        ``az://``, ``https://``, ``file://``...) or a :class:`~xchm.storage.Location`.
+    storage_options
+        fsspec options of the URL's backend (``key``, ``secret``, ``endpoint_url``...),
+        overriding the environment (see docs/cloud.md); they travel with the cube
+        (into :class:`~xchm.training.data.ChipStream` workers too).
 
     Returns
     -------
     ChipCube
+        Reading chips from the store as they are asked for.
 
     Raises
     ------
     PathNotFoundError
-        If there is no Zarr store at ``store``.
+        If there is no Zarr store at ``store`` (a URL is named exactly as typed).
     InputError
         If it is not a chip cube, is of an unknown version, or its build did not finish.
+    StorageError
+        If the object store refused access or could not be reached.
 
     Examples
     --------
     >>> cube = xchm.chips.open("chips.zarr")  # doctest: +SKIP
+    >>> cube = xchm.chips.open("s3://chips/ak.zarr")  # doctest: +SKIP
     """
     import zarr
 
-    path = store_path(store)
+    loc = cube_location(store, storage_options)
+    path: Path | Location = loc.path if loc.is_local else loc
+    name = str(path)
     incomplete = InputError(
-        f"chip cube {path} is incomplete: its build was interrupted or failed; build it "
+        f"chip cube {name} is incomplete: its build was interrupted or failed; build it "
         "again with overwrite=True"
     )
-    if not (path / "zarr.json").is_file():
+    if not loc.join("zarr.json").exists():
         if output_kind(path) == KIND:  # cut off before the build wrote its first file
             raise InputError(
-                f"chip cube {path} is incomplete: its build was cut off before it wrote "
+                f"chip cube {name} is incomplete: its build was cut off before it wrote "
                 "anything; build it again"
             )
-        what = "the folder does not exist" if not path.exists() else "it has no zarr.json"
+        folder = "folder" if loc.is_local else "location"
+        what = f"the {folder} does not exist" if not loc.exists() else "it has no zarr.json"
         raise PathNotFoundError(
-            f"no Zarr store at {path}: {what}; pass the chip cube folder that "
+            f"no Zarr store at {name}: {what}; pass the chip cube folder that "
             "xchm.chips.build wrote"
         )
-    group = zarr.open_group(str(path), mode="r")
-    meta = cube_attrs(group)
+    with loc._errors("open"):
+        group = zarr.open_group(store=cube_store(loc, read_only=True), mode="r")
+        meta = cube_attrs(group, name)
     if not meta.get("complete"):
         raise incomplete
     return ChipCube(path, group, dict(group.attrs), None)

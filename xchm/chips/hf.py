@@ -28,10 +28,12 @@ from xchm.chips.importers import (
     _settings,
     _write,
 )
+from xchm.chips.layout import cube_location
 from xchm.chips.sources import resolve_bands
 from xchm.chips.splits import SplitRule
 from xchm.chips.writer import CubeSettings
 from xchm.errors import InputError, PathNotFoundError
+from xchm.storage import Location
 
 __all__ = ["from_hf_dataset"]
 
@@ -39,7 +41,7 @@ __all__ = ["from_hf_dataset"]
 @renamed_keywords(store="output", split="split_by")
 def from_hf_dataset(
     path: str | Path,
-    output: str | Path,
+    output: str | Path | Location,
     *,
     image_column: str = "image",
     label_column: str = "label",
@@ -55,6 +57,7 @@ def from_hf_dataset(
     stats_sample: int = 1_000_000,
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ChipCube:
     """Import a Hugging Face ``datasets`` dataset of chips saved with ``save_to_disk``.
 
@@ -66,7 +69,8 @@ def from_hf_dataset(
     path
         Directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``.
     output
-        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
+        Directory of the new chip cube (a Zarr v3 store): a local path or a URL
+        (``s3://``...), as for :func:`xchm.chips.build`. Formerly ``store=``, which
         still works for one release with a ``FutureWarning``.
     image_column, label_column
         Columns holding image chips ``(band, h, w)`` (arrays, nested lists or
@@ -91,6 +95,8 @@ def from_hf_dataset(
     progress
         Show a progress bar (chips); on by default, as in every long-running xchm
         function.
+    storage_options
+        fsspec options of ``output``'s backend, as for :func:`xchm.chips.build`.
 
     Returns
     -------
@@ -123,6 +129,7 @@ def from_hf_dataset(
 
     datasets = require("datasets")
     rule = _rule(split_by, fractions, block_size, seed, allow_source=True)
+    output = cube_location(output, storage_options)
     _check_store(output, overwrite)
     if not Path(path).expanduser().is_dir():
         raise PathNotFoundError(

@@ -40,12 +40,13 @@ import numpy as np
 
 from xchm._compat import renamed_keywords
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.chips.layout import store_path
+from xchm.chips.layout import cube_location
 from xchm.chips.sources import _scene_date, resolve_bands
 from xchm.chips.splits import SplitRule
 from xchm.chips.store import check_store
 from xchm.chips.writer import ChipWriter, CubeSettings
 from xchm.errors import InputError, PathNotFoundError, XCHMWarning
+from xchm.storage import Location
 
 __all__ = ["from_directories"]
 
@@ -81,7 +82,7 @@ class _Chip:
 def from_directories(
     images: str | Path,
     labels: str | Path,
-    output: str | Path,
+    output: str | Path | Location,
     *,
     bands: Bands = None,
     nodata: float | str | None = "auto",
@@ -94,6 +95,7 @@ def from_directories(
     stats_sample: int = 1_000_000,
     overwrite: bool = False,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ChipCube:
     """Import a directory of image chips and one of canopy height chips into a cube.
 
@@ -108,7 +110,8 @@ def from_directories(
         Directories of image chips and of height chips (metres; the GeoTIFF nodata
         value, or NaN, marks missing heights).
     output
-        Directory of the new chip cube (a Zarr v3 store). Formerly ``store=``, which
+        Directory of the new chip cube (a Zarr v3 store): a local path or a URL
+        (``s3://``...), as for :func:`xchm.chips.build`. Formerly ``store=``, which
         still works for one release with a ``FutureWarning``.
     bands
         Names of the image bands in order, or ``{name: 1-based band number or
@@ -129,6 +132,8 @@ def from_directories(
     progress
         Show a progress bar (chips); on by default, as in every long-running xchm
         function.
+    storage_options
+        fsspec options of ``output``'s backend, as for :func:`xchm.chips.build`.
 
     Returns
     -------
@@ -160,6 +165,7 @@ def from_directories(
     from rasterio.errors import NotGeoreferencedWarning
 
     rule = _rule(split_by, fractions, block_size, seed)
+    output = cube_location(output, storage_options)
     _check_store(output, overwrite)
     problems: list[str] = []
     image_files, label_files = _list_chips(images, problems), _list_chips(labels, problems)
@@ -267,7 +273,7 @@ def _settings(
 
 
 def _write(
-    store: str | Path,
+    store: str | Path | Location,
     settings: CubeSettings,
     batches: Iterable[Batch],
     total: int,
@@ -279,7 +285,7 @@ def _write(
     """Hand the batches to a ChipWriter (as build does) and open the finished cube."""
     from tqdm.auto import tqdm
 
-    path = store_path(store)
+    path = cube_location(store)
     writer = ChipWriter(
         path,
         settings,
@@ -311,9 +317,9 @@ def _problems(lines: list[str], what: str) -> InputError:
 
 
 # -- directories -----------------------------------------------------------------------
-def _check_store(store: str | Path, overwrite: bool) -> None:
+def _check_store(store: str | Path | Location, overwrite: bool) -> None:
     """Fail before the long work if the writer will refuse the store."""
-    check_store(store_path(store), overwrite)
+    check_store(cube_location(store), overwrite)
 
 
 def _list_chips(directory: str | Path, problems: list[str]) -> dict[str, Path]:

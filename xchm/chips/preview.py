@@ -35,6 +35,7 @@ import numpy as np
 from xchm._compat import renamed_keywords
 from xchm.errors import InputError, MissingDependencyError
 from xchm.outputs import prepare_output_file
+from xchm.storage import Location, location
 
 if TYPE_CHECKING:
     from xchm.chips.cube import ChipCube
@@ -72,7 +73,7 @@ _COMPOSITES = (("red", "green", "blue"), ("nir", "red", "green"))
 @renamed_keywords(path="output")
 def preview(
     cube: ChipCube,
-    output: str | Path,
+    output: str | Path | Location,
     *,
     n: int = 16,
     split: str | None = None,
@@ -80,7 +81,7 @@ def preview(
     columns: int = 4,
     scale: int = 4,
     overwrite: bool = False,
-) -> Path:
+) -> Path | Location:
     """Write a PNG grid of randomly picked image/height chip pairs.
 
     For an unlabeled cube (no heights) the grid shows the image chips alone.
@@ -90,9 +91,9 @@ def preview(
     cube
         An open chip cube (:func:`xchm.chips.open`) or a selection of one.
     output
-        The ``.png`` file to write. Its directory must exist; nothing else is created.
-        Formerly ``path=``, which still works for one release with a
-        ``FutureWarning``.
+        The ``.png`` file to write: a local path (its directory must exist; nothing
+        else is created) or a URL (``s3://``..., its bucket must exist). Formerly
+        ``path=``, which still works for one release with a ``FutureWarning``.
     n
         Chips to show (all chips of the selection if it has fewer).
     split
@@ -108,8 +109,9 @@ def preview(
 
     Returns
     -------
-    Path
-        ``output``.
+    Path or Location
+        ``output``: a ``Path`` on the local disk, else its
+        :class:`~xchm.storage.Location`.
 
     Raises
     ------
@@ -127,7 +129,8 @@ def preview(
     -----
     Reads only the ``n`` picked chips (eagerly); the PNG is built in memory, about
     ``6 * n * (window * scale) ** 2`` bytes. The file is written to a temporary name
-    next to ``output`` and renamed, so a reader never sees a half-written PNG.
+    next to ``output`` and renamed, so a reader never sees a half-written PNG; to an
+    object store it is sent in one request.
 
     Examples
     --------
@@ -141,8 +144,9 @@ def preview(
     for name, value in (("n", n), ("columns", columns), ("scale", scale)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    out = Path(output).expanduser()
-    if out.suffix.lower() != ".png":
+    target = location(output)
+    out: Path | Location = Path(target.text).expanduser() if not target.is_url else target
+    if Path(target.name).suffix.lower() != ".png":
         raise InputError(f"preview output must end in .png, got {str(out)!r}")
     prepare_output_file(out, overwrite=overwrite)
 
@@ -266,8 +270,15 @@ def _draw_legend(sheet: Any, pillow: tuple[Any, Any, Any], vmax: float | None, t
         sheet.paste(image_module.fromarray(bar), (start, top + MARGIN))
 
 
-def _save_atomic(sheet: Any, out: Path) -> None:
-    """Save as PNG under a temporary name next to ``out``, then rename."""
+def _save_atomic(sheet: Any, out: Path | Location) -> None:
+    """Save as PNG under a temporary name next to ``out``, then rename (a URL: one PUT)."""
     from xchm.outputs import write_atomic
 
-    write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"))
+    if isinstance(out, Location) and not out.is_local:
+        import io
+
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="PNG")
+        out.write_bytes(buffer.getvalue())
+        return
+    write_atomic(location(out).path, lambda tmp: sheet.save(tmp, format="PNG"))

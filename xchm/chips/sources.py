@@ -3,9 +3,11 @@
 A pair without a CHM (``chm=None``) is an image alone, for an unlabeled cube
 (self-supervised pretraining): it is opened the same way, with no heights.
 
-Paths are opened with rasterio; when the image is resampled (``resolution=``) or
-the CHM's CRS, transform or size differ from the image grid, a GDAL ``WarpedVRT``
-does it on the fly (area average for the image; the CHM resampling is an option),
+Paths and URLs (``s3://``, ``gs://``, ``az://``, ``https://``...: GDAL's
+``/vsis3/``, ``/vsicurl/``... with the options :mod:`xchm.storage` gives it) are
+opened with rasterio; when the image is resampled (``resolution=``) or the CHM's
+CRS, transform or size differ from the image grid, a GDAL ``WarpedVRT`` does it on
+the fly (area average for the image; the CHM resampling is an option),
 so that a scene larger than memory is only read strip by strip through Dask.
 In-memory DataArrays are aligned with rioxarray (``reproject``/``reproject_match``),
 which loads them.
@@ -34,10 +36,11 @@ import xarray as xr
 from xchm.errors import BandError, InputError, PathNotFoundError
 from xchm.inference.inputs import check_grid, to_north_up
 from xchm.models.bands import normalize_band_name, normalize_bands
+from xchm.storage import Location, gdal_env, gdal_environment, location
 
 __all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "pairs_labeled", "resolve_bands"]
 
-Source = str | Path | xr.DataArray
+Source = str | Path | Location | xr.DataArray
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,9 @@ class ScenePair:
     """
 
     image: Source
-    """Image path (GeoTIFF/COG/VRT) or DataArray (band, y, x)."""
+    """Image path or URL (GeoTIFF/COG/VRT) or DataArray (band, y, x)."""
     chm: Source | None
-    """CHM path or DataArray (y, x) or (1, y, x), metres above ground; None for no CHM."""
+    """CHM path, URL or DataArray (y, x) or (1, y, x), metres above ground; None for no CHM."""
     scene: str | None = None
     """Scene id (default: the image file's stem, or the DataArray's name)."""
     date: str | Date | np.datetime64 | None = None
@@ -73,13 +76,13 @@ def as_pairs(pairs: Any) -> list[ScenePair]:
     None all mean an image alone; :func:`pairs_labeled` checks that the pairs do
     not mix images with and without a CHM.
     """
-    if isinstance(pairs, ScenePair | str | Path | xr.DataArray):
+    if isinstance(pairs, ScenePair | str | Path | Location | xr.DataArray):
         pairs = [pairs]
     out = []
     for i, p in enumerate(pairs):
         if isinstance(p, ScenePair):
             out.append(p)
-        elif isinstance(p, str | Path | xr.DataArray):
+        elif isinstance(p, str | Path | Location | xr.DataArray):
             out.append(ScenePair(p, None))
         elif isinstance(p, Mapping):
             out.append(_pair_from_mapping(p, i))
@@ -335,12 +338,26 @@ def _open_chm(
 
 
 def _open_raster(path: Source, stack: ExitStack) -> Any:
+    """Open a raster file by path or URL; it stays open (and GDAL configured) in ``stack``."""
     import rasterio
 
-    path = Path(str(path)).expanduser()
-    if not path.exists():
-        raise PathNotFoundError(f"no such file: {path}; check the path (pairs are (image, chm))")
-    return stack.enter_context(rasterio.open(path))
+    loc = location(path)  # never a DataArray here
+    if not loc.is_url:
+        local = Path(loc.text).expanduser()
+        if not local.exists():
+            raise PathNotFoundError(
+                f"no such file: {local}; check the path (pairs are (image, chm))"
+            )
+        return stack.enter_context(rasterio.open(local))
+    if not loc.exists():
+        raise PathNotFoundError(
+            f"no such file: {loc.text!r}; check the URL (pairs are (image, chm))"
+        )
+    # The lazy strip reads run in Dask threads: GDAL gets the S3 endpoint of the
+    # environment process-wide, and this location's own options for the build.
+    gdal_environment()
+    stack.enter_context(gdal_env(loc))
+    return stack.enter_context(rasterio.open(loc.gdal_path()))
 
 
 def _resolve_bands(
@@ -432,10 +449,14 @@ def _scene_date(value: Any, attrs: Mapping[str, Any]) -> np.datetime64 | None:
 def _default_scene_id(source: Source, index: int) -> str:
     if isinstance(source, xr.DataArray):
         return str(source.name) if source.name is not None else f"scene-{index}"
-    return Path(str(source)).stem
+    return Path(location(source).name).stem
 
 
 def _describe(source: Source) -> str:
+    """Name a source: a DataArray's summary, a file's absolute path, a URL as typed."""
     if isinstance(source, xr.DataArray):
         return f"<DataArray {source.name or ''} {dict(source.sizes)}>"
-    return str(Path(str(source)).expanduser().resolve())
+    loc = location(source)
+    if loc.is_url:
+        return loc.text
+    return str(Path(loc.text).expanduser().resolve())

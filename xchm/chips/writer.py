@@ -53,12 +53,15 @@ from xchm.chips.layout import (
     FORMAT_VERSION,
     SPLITS,
     compressors,
+    cube_location,
+    cube_store,
 )
 from xchm.chips.splits import SplitRule
 from xchm.chips.store import prepare_store
 from xchm.errors import InputError
 from xchm.models.card import statistics_from_pixels
 from xchm.outputs import MARKER
+from xchm.storage import Location
 
 __all__ = [
     "ChipWriter",
@@ -134,7 +137,8 @@ class ChipWriter:
     Parameters
     ----------
     path
-        Directory of the new Zarr store.
+        Directory of the new Zarr store: a local path or a URL (``s3://``...; a
+        :class:`~xchm.storage.Location` carries its storage options).
     settings
         Bands, window, dtype, filters, split and statistics settings.
     expected_chips
@@ -155,7 +159,7 @@ class ChipWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: str | Path | Location,
         settings: CubeSettings,
         *,
         expected_chips: int,
@@ -165,14 +169,15 @@ class ChipWriter:
     ) -> None:
         import zarr
 
-        self.path = Path(path)
+        self.location = cube_location(path)
+        self.path: Path | Location = self.location.path if self.location.is_local else self.location
         self.settings = settings
         self.inputs = list(inputs)
         self.created_by = created_by
-        prepare_store(self.path, overwrite)
+        prepare_store(self.location, overwrite)
         # zarr.json and the attrs that make the folder a (still incomplete) cube: one write.
         self.group: Any = zarr.create_group(
-            str(self.path),
+            store=cube_store(self.location),
             zarr_format=3,
             attributes={
                 "xchm": {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "complete": False}
@@ -442,7 +447,7 @@ class ChipWriter:
         del self.group[_STAGING]
         self.group.attrs.update(attrs)
         # Complete: the attrs identify the cube from now on (see the module docstring).
-        (self.path / MARKER).unlink(missing_ok=True)
+        self.location.join(MARKER).remove(missing_ok=True)
         return attrs
 
     def _final_arrays(self, n: int) -> tuple[Any, Any | None]:

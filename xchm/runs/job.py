@@ -6,12 +6,14 @@ of everything else that decides its result:
 * ``cube``: the chip cube's content (a digest of its metadata, which records the
   inputs, the build time, the chip and split counts and the statistics, so a cube
   built again at the same path is another cube) and the selection of chips used
-  (a digest of their positions); the path is recorded for messages only, so a
-  moved or copied cube still resumes;
+  (a digest of their positions); the path (or URL, as typed) is recorded for
+  messages only, so a moved or copied cube still resumes, and a cube in an object
+  store is known by the metadata read through the store like one on disk;
 * ``model`` and ``weights``: a preset by name; an xchm checkpoint by the SHA-256 of
-  its weights (from its ``card.json``); any other file by its size and a SHA-256
-  of its first and last MiB (a weights file of gigabytes is not read whole); a
-  folder (a Hugging Face snapshot) by the same for each of its files;
+  its weights (from its ``card.json``, read through the store for a URL); any other
+  file by its size and a SHA-256 of its first and last MiB (a weights file of
+  gigabytes is not read whole); a folder (a Hugging Face snapshot) by the same for
+  each of its files;
 * ``world_size``: the number of DDP processes (it decides which chips each batch
   holds).
 
@@ -28,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xchm.errors import InputError
+from xchm.storage import Location, location
 
 __all__ = ["fingerprint", "cube_identity", "source_identity", "differences"]
 
@@ -58,24 +63,33 @@ def fingerprint(cube: Any, model: Any, weights: Any, world_size: int) -> dict[st
 
 
 def cube_identity(cube: Any) -> dict[str, Any]:
-    """Return a chip cube's identity: path, content digest, chips and selection digest."""
+    """Return a chip cube's identity: path, content digest, chips and selection digest.
+
+    The content digest is of the attrs the cube was opened with (its group's
+    ``zarr.json``, read through the store for a URL); the path is the absolute local
+    path, or the URL exactly as typed.
+    """
     meta = json.dumps(cube.attrs, sort_keys=True, default=str).encode()
     positions = np.ascontiguousarray(cube.index, dtype=np.int64)
+    where = location(cube.path)
     return {
-        "path": str(Path(cube.path).expanduser().resolve()),
+        "path": where.text if where.is_url else str(Path(where.text).expanduser().resolve()),
         "content": hashlib.sha256(meta).hexdigest(),
         "chips": len(cube),
         "selection": hashlib.sha256(positions.tobytes()).hexdigest(),
     }
 
 
-def source_identity(value: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+def source_identity(value: str | os.PathLike[str] | Location | None) -> dict[str, Any] | None:
     """Return the identity of a model or weights argument (None for None).
 
     Examples
     --------
     >>> source_identity("test-tiny")
     {'name': 'test-tiny'}
+
+    An xchm checkpoint by URL is known by its weights' SHA-256 (from its
+    ``card.json``, read through the store), as one on disk is.
     """
     if value is None:
         return None
@@ -83,7 +97,13 @@ def source_identity(value: str | os.PathLike[str] | None) -> dict[str, Any] | No
 
     if isinstance(value, str) and value in PRESETS:
         return {"name": value}
-    path = Path(value).expanduser()
+    try:
+        given = location(value)
+    except InputError:  # not a path, nor a URL xchm reads: a name (load_model says more)
+        return {"name": str(value)}
+    if given.is_url:
+        return _url_identity(given)
+    path = Path(given.text).expanduser()
     if not path.exists():
         return {"name": str(value)}
     where = str(path.resolve())
@@ -98,6 +118,21 @@ def source_identity(value: str | os.PathLike[str] | None) -> dict[str, Any] | No
         return {"path": where, "checkpoint": str(meta["weights"]["sha256"])}
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     return {"path": where, "files": {str(p.relative_to(path)): _file_digest(p) for p in files}}
+
+
+def _url_identity(loc: Location) -> dict[str, Any]:
+    """Identify a model or weights given by URL: an xchm checkpoint by its weights' digest.
+
+    Anything else by URL is known by its name (xchm reads checkpoints by URL only).
+    """
+    from xchm.models.api import is_checkpoint
+
+    if is_checkpoint(loc):
+        from xchm.models.checkpoint import read_card
+
+        _, meta = read_card(loc)
+        return {"path": loc.text, "checkpoint": str(meta["weights"]["sha256"])}
+    return {"name": loc.text}
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from xchm.errors import InputError
+from xchm.storage import Location, location
 
 __all__ = ["model_for_cube"]
 
 
-def model_for_cube(cube: Any, model: str | Path, weights: str | Path | None, *, seed: int) -> Any:
+def model_for_cube(
+    cube: Any, model: str | Path | Location, weights: str | Path | None, *, seed: int
+) -> Any:
     """Load ``model`` for the bands, window, pixel size and statistics of ``cube``.
 
     Parameters
@@ -18,8 +21,8 @@ def model_for_cube(cube: Any, model: str | Path, weights: str | Path | None, *, 
     cube
         The :class:`~xchm.chips.ChipCube` (or selection) the run reads.
     model
-        A preset name, or an xchm checkpoint directory, used as it is (its card must
-        have the cube's bands).
+        A preset name, or an xchm checkpoint directory or URL (``s3://``...), used as
+        it is (its card must have the cube's bands).
     weights
         Pretrained backbone weights for a preset. An xchm checkpoint here (the
         ``backbone/`` of :func:`xchm.pretrain`) keeps its own normalisation
@@ -46,7 +49,7 @@ def model_for_cube(cube: Any, model: str | Path, weights: str | Path | None, *, 
     """
     from xchm.models import api
 
-    if Path(str(model)).is_dir():
+    if _is_checkpoint_place(model):
         net = api.load_model(model)
         if net.card.bands != cube.bands:
             raise InputError(
@@ -59,3 +62,12 @@ def model_for_cube(cube: Any, model: str | Path, weights: str | Path | None, *, 
     if cube.pixel_size is not None:
         options["pixel_size"] = cube.pixel_size
     return api.load_model(str(model), weights=weights, **options)
+
+
+def _is_checkpoint_place(model: str | Path | Location) -> bool:
+    """Whether ``model`` names a checkpoint: a local folder, or any URL (never a preset)."""
+    if isinstance(model, Location):
+        return True
+    if isinstance(model, str) and location(model).is_url:
+        return True
+    return Path(str(model)).is_dir()

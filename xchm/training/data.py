@@ -48,14 +48,26 @@ an up-front plan (:mod:`xchm.training.plan`) instead of a sampler:
   the ``height`` array is never opened, so unlabeled cubes stream too (the chips
   :func:`xchm.pretrain` reads). Order, counts and resume are the same.
 
-The stream pickles small (path, a bit mask of the selection, settings); each
-process opens the Zarr store itself on its first iteration.
+* **Prefetch.** Each process reads the chunks it will need next in ``prefetch``
+  background threads while the current ones are consumed, in the order the plan
+  will ask for them, so that the latency of an object store (two range requests
+  per chunk: the shard index, then the chunk) overlaps with the work on earlier
+  chunks rather than stalling every batch. It changes when chunks are read, never
+  which chips a batch holds. Memory: up to ``prefetch`` decoded chunks more per
+  process.
+
+The stream pickles small (the cube's location, a bit mask of the selection,
+settings); each process opens the Zarr store itself on its first iteration, from
+a local path or a URL (``s3://``...: :func:`xchm.chips.open`), with the storage
+options the cube was opened with.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,6 +78,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
+from xchm.storage import Location
 from xchm.training import plan
 from xchm.training.transport import (
     BatchRing,
@@ -81,6 +94,10 @@ __all__ = ["ChipStream", "batch_dtype", "make_loader"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 #: What a stream yields: ``(image, height)``, or ``image`` alone with ``labels=False``.
 Item = Batch | torch.Tensor
+#: Chunks read ahead per process by default: from an object store (a URL) ...
+PREFETCH_REMOTE = 4
+#: ... and from the local disk.
+PREFETCH_LOCAL = 0
 
 
 class ChipStream(IterableDataset[Item]):
@@ -92,7 +109,8 @@ class ChipStream(IterableDataset[Item]):
     Parameters
     ----------
     cube
-        A :class:`~xchm.chips.ChipCube` (or a selection of one) or its path.
+        A :class:`~xchm.chips.ChipCube` (or a selection of one), or its path or URL
+        (``s3://``...; see :func:`xchm.chips.open`).
     split
         Split label(s) to stream; None for all chips of ``cube``.
     batch_size
@@ -118,6 +136,14 @@ class ChipStream(IterableDataset[Item]):
     labels
         Yield ``(image, height)``; False yields the images alone and never reads the
         heights (a cube without them too).
+    prefetch
+        Chunks each process reads ahead in background threads (0: read each chunk
+        when the first batch needs it). Default: :data:`PREFETCH_REMOTE` for a cube
+        named by URL, :data:`PREFETCH_LOCAL` on the local disk
+        (benchmarks/stream_s3.py). Does not change the batches.
+    storage_options
+        fsspec options of the cube's URL backend when ``cube`` is a URL (as for
+        :func:`xchm.chips.open`).
 
     Raises
     ------
@@ -151,6 +177,8 @@ class ChipStream(IterableDataset[Item]):
         drop_last: bool = True,
         image_dtype: str | np.dtype | None = None,
         labels: bool = True,
+        prefetch: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ):
         problems = []
         if batch_size < 1:
@@ -159,6 +187,8 @@ class ChipStream(IterableDataset[Item]):
             problems.append(f"buffer_chunks must be >= 1, got {buffer_chunks}")
         if seed < 0:
             problems.append(f"seed must be >= 0, got {seed}")
+        if prefetch is not None and (isinstance(prefetch, bool) or prefetch < 0):
+            problems.append(f"prefetch must be >= 0 (or None: automatic), got {prefetch}")
         if world_size < 1 or not 0 <= rank < world_size:
             problems.append(
                 f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}"
@@ -166,7 +196,7 @@ class ChipStream(IterableDataset[Item]):
         if problems:
             raise InputError("invalid ChipStream settings: " + "; ".join(problems))
         if not isinstance(cube, ChipCube):
-            cube = open_cube(cube)
+            cube = open_cube(cube, storage_options=storage_options)
         if labels:
             cube.check_labeled(
                 "ChipStream (image and height batches; labels=False streams the images)"
@@ -176,6 +206,10 @@ class ChipStream(IterableDataset[Item]):
         keep = np.zeros(total, dtype=bool)
         keep[selection.index] = True
         self.path = str(cube.path)
+        self._location: Location = cube.location
+        if prefetch is None:
+            prefetch = PREFETCH_LOCAL if self._location.is_local else PREFETCH_REMOTE
+        self.prefetch = int(prefetch)
         self.split = split
         self.labels = labels
         self.chips = len(selection)
@@ -201,6 +235,7 @@ class ChipStream(IterableDataset[Item]):
         self.epoch, self.start_batch, self._fresh = 0, 0, True
         self._positions: np.ndarray | None = None
         self._arrays: tuple[Any, Any] | None = None
+        self._store: Any = None
         self._pid = -1
         self._scratch: np.ndarray | None = None
 
@@ -218,7 +253,7 @@ class ChipStream(IterableDataset[Item]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_positions", "_arrays", "_scratch"):  # rebuilt / reopened where used
+        for name in ("_positions", "_arrays", "_scratch", "_store"):  # rebuilt where used
             state[name] = None
         return state
 
@@ -339,35 +374,59 @@ class ChipStream(IterableDataset[Item]):
         last = {r: j for j, batch in enumerate(pieces) for r, _, _ in batch}
         runs: dict[int, tuple[np.ndarray, np.ndarray | None, int]] = {}  # decoded, open runs
         spare: list[tuple[Any, Any]] = []  # chunk arrays to decode into
-        for j in range(skip, len(sizes)):
-            n = int(sizes[j])
-            image, height = alloc(n)
-            img, hgt = image.numpy(), None if height is None else height.numpy()
-            widen = img.dtype != self.image_dtype  # gather, then widen in one pass
-            if widen and self._scratch is None:
-                self._scratch = np.empty((self.batch_size, *self._chip_shape), self.image_dtype)
-            out = self._scratch[:n] if widen and self._scratch is not None else img
-            ids, a = [], 0
-            for r, first, count in pieces[j]:
-                if r not in runs:
-                    runs[r] = self._decode(int(chips[starts[r]]) // self.chunk, spare)
-                run_image, run_height, lo = runs[r]
-                ids.append(chips[starts[r] + first : starts[r] + first + count])
-                rows = ids[-1] - lo
-                np.take(run_image, rows, axis=0, out=out[a : a + count], mode="clip")
-                if hgt is not None and run_height is not None:
-                    np.take(run_height, rows, axis=0, out=hgt[a : a + count], mode="clip")
-                a += count
-                if last[r] == j:
-                    run_image, run_height, _ = runs.pop(r)
-                    # the whole chunk arrays, to decode the next chunks into
-                    spare.append((run_image.base, None if run_height is None else run_height.base))
-            if widen:
-                np.copyto(img, out)
-            if self.augment and n:
-                codes = plan.dihedral_codes(np.concatenate(ids), self.seed, epoch)
-                plan.apply_dihedral((img,) if hgt is None else (img, hgt), codes)
-            yield image if height is None else (image, height)
+        # The chunks in the order the loop below first needs them: each is decoded once.
+        needed = dict.fromkeys(r for batch in pieces[skip:] for r, _, _ in batch)
+        chunks = [int(chips[starts[r]]) // self.chunk for r in needed]
+        self._open()  # before any reader thread
+        reader = _Prefetch(partial(self._decode, spare=spare), chunks, self.prefetch)
+        try:
+            for j in range(skip, len(sizes)):
+                n = int(sizes[j])
+                image, height = alloc(n)
+                img, hgt = image.numpy(), None if height is None else height.numpy()
+                widen = img.dtype != self.image_dtype  # gather, then widen in one pass
+                if widen and self._scratch is None:
+                    self._scratch = np.empty((self.batch_size, *self._chip_shape), self.image_dtype)
+                out = self._scratch[:n] if widen and self._scratch is not None else img
+                ids, a = [], 0
+                for r, first, count in pieces[j]:
+                    if r not in runs:
+                        runs[r] = reader.get(int(chips[starts[r]]) // self.chunk)
+                    run_image, run_height, lo = runs[r]
+                    ids.append(chips[starts[r] + first : starts[r] + first + count])
+                    rows = ids[-1] - lo
+                    np.take(run_image, rows, axis=0, out=out[a : a + count], mode="clip")
+                    if hgt is not None and run_height is not None:
+                        np.take(run_height, rows, axis=0, out=hgt[a : a + count], mode="clip")
+                    a += count
+                    if last[r] == j:
+                        run_image, run_height, _ = runs.pop(r)
+                        # the whole chunk arrays, to decode the next chunks into
+                        whole = None if run_height is None else run_height.base
+                        spare.append((run_image.base, whole))
+                if widen:
+                    np.copyto(img, out)
+                if self.augment and n:
+                    codes = plan.dihedral_codes(np.concatenate(ids), self.seed, epoch)
+                    plan.apply_dihedral((img,) if hgt is None else (img, hgt), codes)
+                yield image if height is None else (image, height)
+        finally:
+            reader.close()  # an epoch left early: stop reading ahead
+            self._release_sessions()
+
+    def _release_sessions(self) -> None:
+        """Close this process's HTTP sessions to the cube's object store (if any).
+
+        An async s3fs client left open complains when it is garbage collected: in a
+        DataLoader worker when it ends, and in every worker forked while the main
+        process has one open (so :func:`make_loader` calls this before starting
+        workers). The store reconnects on its next read.
+        """
+        if self._location.is_local:
+            return
+        _close_sessions(self._store)
+        if self._pid != os.getpid():  # the main process: the cube's own store
+            _close_sessions(self._location.zarr_store(read_only=True))
 
     # -- reading -----------------------------------------------------------------------
     def _selected(self) -> np.ndarray:
@@ -381,9 +440,12 @@ class ChipStream(IterableDataset[Item]):
         if self._arrays is None or self._pid != os.getpid():
             import zarr
 
-            group = zarr.open_group(self.path, mode="r")
+            from xchm.chips.layout import cube_store
+
+            store = cube_store(self._location, read_only=True)
+            group = zarr.open_group(store=store, mode="r")
             height = group["height"] if self.labels else None
-            self._arrays, self._pid = (group["image"], height), os.getpid()
+            self._arrays, self._pid, self._store = (group["image"], height), os.getpid(), store
         return self._arrays
 
     def _decode(
@@ -392,16 +454,16 @@ class ChipStream(IterableDataset[Item]):
         """Return chunk ``k``'s image and height chips (no-data heights NaN) and its start.
 
         Decodes into arrays from ``spare`` where there are any: reused memory, not new
-        pages to fault in for every chunk.
+        pages to fault in for every chunk. Runs in reader threads (``prefetch``).
         """
         from zarr.buffer import cpu
 
         image, height = self._open()
         lo = k * self.chunk
         n = min(lo + self.chunk, self._total) - lo
-        if spare:
-            img, hgt = spare.pop()
-        else:
+        try:
+            img, hgt = spare.pop()  # atomic: reader threads share the list
+        except IndexError:
             img = np.empty((self.chunk, *self._chip_shape), dtype=self.image_dtype)
             hgt = np.empty((self.chunk, *self._chip_shape[1:]), np.float32) if self.labels else None
         img = img[:n]
@@ -424,6 +486,66 @@ class ChipStream(IterableDataset[Item]):
         gaps = image.dtype.kind == "f" and not np.isfinite([lo, hi]).all()
         if gaps or (nodata is not None and not np.isnan(nodata) and lo <= nodata <= hi):
             height[~valid_mask(image, nodata, axis=1)] = np.nan
+
+
+def _close_sessions(store: Any) -> None:
+    """Close the HTTP session of a zarr store's async S3 client (s3fs); others: nothing.
+
+    zarr's ``FsspecStore`` makes s3fs clients with ``asynchronous=True``, which s3fs
+    never closes itself; the filesystem reconnects on its next request.
+    """
+    fs: Any = getattr(store, "fs", None)
+    creator = getattr(fs, "_s3creator", None)
+    if fs is None or creator is None or not getattr(fs, "asynchronous", False):
+        return
+    from zarr.core.sync import sync
+
+    try:
+        if hasattr(creator, "__aexit__"):
+            sync(creator.__aexit__(None, None, None))
+        elif hasattr(creator, "clear"):  # s3fs's region cache of clients
+            sync(creator.clear())
+    except Exception:  # a session that cannot be closed is left to the process's end
+        return
+    fs._s3creator = fs._s3 = None
+
+
+class _Prefetch:
+    """Decode chunks in a known order, up to ``depth`` of them ahead, in threads.
+
+    ``get(k)`` returns what ``decode(k)`` returns; calls must follow ``chunks``.
+    With ``depth`` 0 it decodes on the spot.
+    """
+
+    def __init__(self, decode: Callable[[int], Any], chunks: Sequence[int], depth: int):
+        self._decode, self._depth = decode, min(depth, len(chunks))
+        self._todo = iter(chunks)
+        self._pool = ThreadPoolExecutor(self._depth, "xchm-chunks") if self._depth else None
+        self._ahead: deque[tuple[int, Future[Any]]] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._pool is not None and len(self._ahead) < self._depth:
+            k = next(self._todo, None)
+            if k is None:
+                return
+            self._ahead.append((k, self._pool.submit(self._decode, k)))
+
+    def get(self, k: int) -> Any:
+        if self._pool is None:
+            next(self._todo, None)
+            return self._decode(k)
+        expected, future = self._ahead.popleft()
+        if expected != k:  # a bug in the plan, not the store
+            raise RuntimeError(f"chunk {k} asked for, {expected} read ahead")
+        self._fill()  # keep ``depth`` reads in flight while this one is awaited
+        return future.result()
+
+    def close(self) -> None:
+        """Stop reading ahead (an epoch ended early): drop what was not started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._ahead.clear()
 
 
 def make_loader(

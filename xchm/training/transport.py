@@ -178,6 +178,11 @@ class OwningLoader(DataLoader[Any]):
     """
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.num_workers > 0:  # no open store session may be copied into the workers
+            stream = getattr(self.dataset, "stream", self.dataset)
+            release = getattr(stream, "_release_sessions", None)
+            if release is not None:
+                release()
         batches = super().__iter__()
         if not isinstance(self.dataset, RingStream):
             return batches
