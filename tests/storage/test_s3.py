@@ -128,3 +128,16 @@ def test_s3__region_from_aws_region(s3, monkeypatch):
     assert location(s3.url).fsspec_options()["client_kwargs"] == {"region_name": "eu-north-1"}
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
     assert "client_kwargs" not in location(s3.url).fsspec_options()
+
+
+@pytest.mark.parametrize("size", [10, 12 * 2**20], ids=["one-request", "multipart"])
+def test_open_write__a_failing_block_leaves_no_object(s3, size):
+    """`with loc.open("wb")` that raises never commits what it wrote (fsspec's would)."""
+    loc = location(f"{s3.url}/half.bin")
+    with pytest.raises(RuntimeError, match="cut off"), loc.open("wb") as file:
+        file.write(b"x" * size)
+        raise RuntimeError("cut off")
+    assert not loc.exists()
+    with loc.open("wb") as file:  # and a block that ends well commits, whole
+        file.write(b"y" * size)
+    assert s3.get("half.bin") == b"y" * size

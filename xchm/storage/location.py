@@ -8,6 +8,7 @@ directly, elsewhere through the backend's fsspec filesystem. :func:`location` ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -105,7 +106,8 @@ class Location(Address):
         ----------
         mode
             ``"rb"``, ``"wb"``... Writes to an object store become visible, whole,
-            when the file is closed; local writes are not atomic (use
+            when the file is closed; a ``with`` block that raises drops the upload
+            instead (no partial object). Local writes are not atomic (use
             :meth:`write_bytes`).
 
         Returns
@@ -121,7 +123,7 @@ class Location(Address):
                 return open(self.path, mode)  # the caller closes it
             fs, path = self.filesystem()
             file: IO[Any] = fs.open(path, mode)
-            return file
+            return _Upload(file) if output else file  # type: ignore[return-value]
 
     def read_bytes(self) -> bytes:
         """Read the whole file.
@@ -272,3 +274,31 @@ def location(path_or_url: PathOrURL, storage_options: Mapping[str, Any] | None =
     if not isinstance(text, str):
         raise InputTypeError(f"expected a text path, got bytes {text!r}")
     return Location(text, dict(storage_options or {}))
+
+
+class _Upload:
+    """An fsspec file being written, whose ``with`` block commits only on success.
+
+    fsspec's own ``__exit__`` closes the file, and closing commits what was written,
+    even when the block raised: a partial object would appear. This one discards the
+    upload (aborting a multipart upload) instead.
+    """
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def __enter__(self) -> _Upload:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if kind is None:
+            self._file.close()
+            return
+        discard = getattr(self._file, "discard", None)
+        if discard is not None:
+            with contextlib.suppress(Exception):
+                discard()
+        self._file.closed = True  # never commit on close (or when garbage-collected)
