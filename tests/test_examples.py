@@ -98,3 +98,19 @@ def test_pretrain_finetune__pretrains_unlabeled_then_trains_a_decoder(neon_dir, 
     assert not xchm.chips.open(tmp_path / "unlabeled.zarr").labeled
     card = xchm.load_model(tmp_path / "run" / "best").card
     assert card.provenance["backbone_provenance"]["pretraining"] == "dino"
+
+
+def test_object_storage__runs_against_the_s3_server_and_resumes(neon_dir, s3):
+    """The example reads and writes only by URL, on the local S3 server (moto)."""
+    prefix = f"{s3.url}/example"
+    args = [sys.executable, str(EXAMPLES / "object_storage.py"), prefix]
+    run = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = run.stdout
+    assert re.search(r"(\d+)/\1 regions computed", first), first
+    assert "CRS EPSG:32619" in first
+    keys = {o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket)["Contents"]}
+    assert {"example/maps/chm.tif", "example/models/tiny/card.json"} <= keys
+    assert any(k.startswith("example/maps/chm.zarr/chm/c/") for k in keys)
+    again = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    assert re.search(r" 0/(\d+) regions computed \(\1 already done\)", again), again
