@@ -217,3 +217,16 @@ def test_pretrain_s3__one_tiny_epoch_from_the_url(s3, tmp_path):
     )
     assert state["job"]["cube"]["path"] == url
     servers.close_s3_clients()
+
+
+def test_train_s3__starts_from_a_checkpoint_by_url_known_by_its_weights(s3, tmp_path):
+    cube = _learnable_cube(f"{s3.url}/c.zarr")
+    start = xchm.load_model("test-tiny", bands=cube.bands, statistics=cube.statistics, seed=1)
+    start.save(f"{s3.url}/models//start")
+    cfg = TrainConfig(**{**ONE_EPOCH.to_dict(), "max_steps_per_epoch": 1})
+    model = f"{s3.url}/models//start"
+    xchm.train(cube, model=model, config=cfg, output=tmp_path / "run", progress=False)
+    job = load_state(tmp_path / "run" / "checkpoints" / "last.pt")["job"]
+    sha = json.loads(s3.get("models//start/card.json"))["weights"]["sha256"]
+    assert job["model"] == {"path": model, "checkpoint": sha}
+    servers.close_s3_clients()
