@@ -147,6 +147,17 @@ def test_from_directories_s3__equals_the_local_import(s3, tmp_path):
     servers.close_s3_clients()
 
 
+def test_from_hf_dataset_s3__equals_the_local_import(s3, tmp_path):
+    pytest.importorskip("datasets")
+    from tests.chips.test_importers import hf_rows, import_hf, save_hf
+
+    path = save_hf(tmp_path / "hf", train=hf_rows(6), validation=hf_rows(3, seed=1))
+    local = import_hf(path, tmp_path / "c.zarr", split_by="source")
+    import_hf(path, f"{s3.url}/hf//c.zarr", split_by="source")
+    same_chips(xchm.chips.open(f"{s3.url}/hf//c.zarr"), local)
+    servers.close_s3_clients()
+
+
 def test_preview_s3__writes_the_same_png_as_on_disk(s3, tmp_path, pair_files):
     cube = build([pair_files], f"{s3.url}/cube.zarr")
     local = cube.preview(tmp_path / "p.png", n=4)
