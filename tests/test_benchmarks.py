@@ -159,3 +159,37 @@ def test_storage_read__runs_and_reports(tmp_path):
     assert rows["HTTP"]["gdal_name"].startswith("/vsicurl/http://127.0.0.1:")
     assert rows["S3"]["requests_per_read"] > 0 and rows["HTTP"]["requests_per_read"] > 0
     assert rows["HTTP"]["bytes_sent_per_read"] > 0
+
+
+def test_predict_storage__runs_and_reports(tmp_path):
+    """Prediction from disk, S3 and HTTP and to S3; the script checks every map is equal."""
+    for missing in (servers.moto_missing(), servers.nginx_missing()):
+        if missing:
+            servers.unavailable(missing)
+    out = tmp_path / "predict_storage.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    args = ["--size", "256", "--tile", "128", "--chunk", "128", "--region", "128", "--json"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "predict_storage.py"),
+            *args,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = {r["source"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {
+        "local disk -> local",
+        "S3 (moto) -> local",
+        "HTTP (nginx) -> local",
+        "local disk -> S3 (moto)",
+    }
+    assert runs["S3 (moto) -> local"]["requests"] > 0
+    assert runs["HTTP (nginx) -> local"]["bytes_read_over_file"] > 0

@@ -271,3 +271,24 @@ def test_cli_s3__chips_build_info_preview_by_url(s3, tmp_path, pair_files, capsy
     assert main(["chips", "preview", url, "-o", f"{s3.url}/p.png", "--n", "4"]) == 0
     assert s3.get("p.png").startswith(b"\x89PNG")
     servers.close_s3_clients()
+
+
+def test_cli_s3__images_and_csv_cells_may_be_urls(s3, tmp_path, pair_files):
+    """`--image URL` and URL cells of --pairs-csv are kept as typed (no s3:/ collapse)."""
+    from xchm.cli import main
+
+    image, chm = pair_files
+    s3.put(f"scenes//{image.name}", image.read_bytes())
+    s3.put(f"scenes//{chm.name}", chm.read_bytes())
+    image_url, chm_url = f"{s3.url}/scenes//{image.name}", f"{s3.url}/scenes//{chm.name}"
+    unlabeled = tmp_path / "images.zarr"
+    args = ["chips", "build", "-o", str(unlabeled), "--image", image_url, "--bands", *BANDS]
+    assert main([*args, "-q"]) == 0
+    assert not xchm.chips.open(unlabeled).labeled
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"image,chm\n{image_url},{chm_url}\n")
+    labeled = tmp_path / "pairs.zarr"
+    args = ["chips", "build", "-o", str(labeled), "--pairs-csv", str(table), "--bands", *BANDS]
+    assert main([*args, "-q"]) == 0
+    same_chips(xchm.chips.open(labeled), build([pair_files], tmp_path / "local.zarr"))
+    servers.close_s3_clients()

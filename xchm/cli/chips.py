@@ -141,7 +141,7 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
         if empty:
             hint = " (for images without CHM, leave out the chm column)" if "chm" in empty else ""
             raise InputError(f"{source} line {line}: {' and '.join(empty)} must not be empty{hint}")
-        pair: dict[str, Any] = {k: source.parent / Path(row[k]).expanduser() for k in paths}
+        pair: dict[str, Any] = {k: _cell_path(source, row[k]) for k in paths}
         pair.update({k: row[k] for k in ("scene", "date") if row.get(k)})
         pairs.append(pair)
     if not pairs:
@@ -149,12 +149,17 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
     return pairs
 
 
+def _cell_path(source: Path, cell: str) -> str | Path:
+    """Return a CSV cell as a path under the CSV's folder, or a URL as written."""
+    return cell if "://" in cell else source.parent / Path(cell).expanduser()
+
+
 def _build(args: argparse.Namespace) -> int:
     import xchm.chips
     from xchm.errors import InputError
 
     pairs: list[Any] = [tuple(p) for p in args.pair or []]
-    pairs += [Path(p) for p in args.image or []]  # images alone: an unlabeled cube
+    pairs += [p if "://" in p else Path(p) for p in args.image or []]  # images alone
     if args.pairs_csv:
         pairs += read_pairs_csv(args.pairs_csv)
     if not pairs:
