@@ -3,7 +3,13 @@
 Build one from scene pairs with :func:`build` (or from images alone: an unlabeled
 cube of image chips, for pretraining), import the reference's layouts with
 :func:`from_directories` / :func:`from_hf_dataset`, and open one with :func:`open`.
-The format is described in docs/chip-cube-format.md.
+The format is described in docs/chip-cube-format.md. Cubes may live on local disk or
+in object storage (any URL :mod:`xchm.storage` reaches).
+
+Layering: chips may import :mod:`xchm.models` (band names), :mod:`xchm.inference`
+(opening imagery, the nodata rule) and the leaf utilities (:mod:`xchm.errors`,
+:mod:`xchm.storage`, :mod:`xchm.outputs`); never training, evaluation, pretraining,
+stac or the command line, which are built on it.
 
 Examples
 --------

@@ -16,6 +16,10 @@
 only when called (``pip install 'xchm[stac]'``), so ``import xchm.stac`` is light and
 ``import xchm`` does not import this package at all. See ``docs/stac.md``.
 
+Layering: stac may import :mod:`xchm.models` (band names), :mod:`xchm.inference` and
+the leaf utilities (:mod:`xchm.errors`, :mod:`xchm.storage`); never chips, training,
+evaluation, pretraining or the command line.
+
 Layout: ``search.py`` (requests, retries, cloud cover, overflow), ``dates.py``
 (datetime parsing, per-year month windows), ``checks.py`` (search arguments),
 ``bands.py`` (which asset and band is nir, red, ...), ``load.py`` (odc-stac, CRS and
