@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -117,5 +118,17 @@ def test_evaluate_raster__takes_urls(s3, nginx, served, tmp_path, no_gdal_s3):
         s3.put(name, (tmp_path / name).read_bytes())
         shutil.copy(tmp_path / name, served / name)
     local = xchm.evaluate_raster(tmp_path / "pred.tif", tmp_path / "ref.tif")
-    remote = xchm.evaluate_raster(f"{s3.url}/pred.tif", f"{nginx.url}/ref.tif")
+    report = f"{s3.url}/reports//r1"
+    remote = xchm.evaluate_raster(f"{s3.url}/pred.tif", f"{nginx.url}/ref.tif", output=report)
     assert remote.mae == pytest.approx(local.mae) and remote.n_pixels == local.n_pixels == 64 * 64
+    # The report went to S3 (drawn in a temp folder, one PUT per file), named as typed.
+    assert remote.report == report
+    keys = {o["Key"] for o in s3.server.client().list_objects_v2(Bucket=s3.bucket)["Contents"]}
+    assert {"reports//r1/metrics.json", "reports//r1/density.png"} <= keys
+    assert json.loads(s3.get("reports//r1/metrics.json"))["mae"] == pytest.approx(local.mae)
+    s3.put("reports/mine/notes.txt", b"mine")  # a folder that is not a report: refused
+    with pytest.raises(xchm.errors.OutputExistsError):
+        xchm.evaluate_raster(
+            tmp_path / "pred.tif", tmp_path / "ref.tif", output=f"{s3.url}/reports/mine"
+        )
+    assert s3.get("reports/mine/notes.txt") == b"mine"

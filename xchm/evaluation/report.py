@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from xchm.errors import MissingDependencyError
 from xchm.evaluation.metrics import HistogramAccumulator
 from xchm.outputs import prepare_output_dir, write_atomic
 from xchm.runs.result import jsonable
+from xchm.storage import Location, PathOrURL, location
 
 __all__ = ["format_metrics", "jsonable", "prepare_report_dir", "write_report"]
 
@@ -33,11 +34,13 @@ CLASSES_PNG = "error_by_class.png"
 EXAMPLES_PNG = "examples.png"
 
 
-def prepare_report_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+def prepare_report_dir(path: PathOrURL, *, overwrite: bool) -> Path | Location:
     """Create the report folder ``path``: new, empty, or an earlier report.
 
     The rule of :mod:`xchm.outputs`: an earlier report is replaced only with
     ``overwrite``; a folder holding anything else is refused and never touched.
+    ``path`` may be a URL (``s3://``...): its ``Location`` is returned, else the
+    local ``Path``.
 
     Raises
     ------
@@ -45,14 +48,19 @@ def prepare_report_dir(path: str | os.PathLike[str], *, overwrite: bool) -> Path
         If ``path`` is a file, holds files that are not a report, or holds a report
         and ``overwrite`` is False.
     """
-    out = Path(path).expanduser()
+    where = location(path)
+    out: Path | Location = where if where.is_url else Path(where.text).expanduser()
     prepare_output_dir(out, "report", overwrite=overwrite, legacy=_is_old_report)
     return out
 
 
-def _is_old_report(folder: Path) -> bool:
+def _is_old_report(folder: Path | Location) -> bool:
     """Recognise a report written before output markers: only report files."""
-    names = {p.name for p in folder.iterdir()}
+    names = (
+        set(folder.listdir())
+        if isinstance(folder, Location)
+        else {p.name for p in folder.iterdir()}
+    )
     ours = {METRICS_JSON, DENSITY_PNG, CLASSES_PNG, EXAMPLES_PNG}
     return METRICS_JSON in names and names <= ours
 
@@ -196,7 +204,7 @@ def plot_examples(
 
 
 def write_report(
-    directory: str | os.PathLike[str],
+    directory: PathOrURL,
     result: dict[str, Any],
     hist: HistogramAccumulator,
     *,
@@ -204,14 +212,15 @@ def write_report(
     bands: tuple[str, ...] = (),
     nodata: float | None = None,
     overwrite: bool = False,
-) -> list[Path]:
+) -> list[Path] | list[Location]:
     """Write ``metrics.json``, ``density.png``, ``error_by_class.png`` [and ``examples.png``].
 
     Parameters
     ----------
     directory
-        Report directory: created if absent; must be empty or, with ``overwrite``,
-        an earlier report (see :func:`prepare_report_dir`).
+        Report directory, a local path or a URL: created if absent; must be empty or,
+        with ``overwrite``, an earlier report (see :func:`prepare_report_dir`). For a
+        URL the files are drawn in a temporary folder, then each is sent in one request.
     result
         What :func:`~xchm.evaluate` returns (metrics dict).
     hist
@@ -225,7 +234,7 @@ def write_report(
 
     Returns
     -------
-    list of Path
+    list of Path or list of Location
         The files written.
 
     Examples
@@ -234,6 +243,25 @@ def write_report(
     [PosixPath('report/metrics.json'), PosixPath('report/density.png'), ...]
     """
     out = prepare_report_dir(directory, overwrite=overwrite)
+    if isinstance(out, Path):
+        return _draw(out, result, hist, examples, bands, nodata)
+    with tempfile.TemporaryDirectory(prefix="xchm-report-") as tmp:
+        drawn = _draw(Path(tmp), result, hist, examples, bands, nodata)
+        sent = [out.join(file.name) for file in drawn]
+        for file, target in zip(drawn, sent, strict=True):
+            target.write_bytes(file.read_bytes())
+    return sent
+
+
+def _draw(
+    out: Path,
+    result: dict[str, Any],
+    hist: HistogramAccumulator,
+    examples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
+    bands: tuple[str, ...],
+    nodata: float | None,
+) -> list[Path]:
+    """Write the report's files into the local folder ``out``; return them."""
     text = json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n"
     written = [_replace_into(out, METRICS_JSON, lambda tmp: tmp.write_text(text))]
     written.append(plot_density(hist, result, out))

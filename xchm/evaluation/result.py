@@ -99,7 +99,9 @@ class EvaluationResult(dict[str, Any]):
         return self.get("scenes")
 
     @property
-    def report(self) -> Path | None:
-        """The report folder written (``output=``), else None."""
+    def report(self) -> Path | str | None:
+        """The report folder written (``output=``): a ``Path``, a URL as typed, or None."""
         folder = self.get("report")
-        return None if folder is None else Path(folder)
+        if folder is None:
+            return None
+        return str(folder) if "://" in str(folder) else Path(folder)
