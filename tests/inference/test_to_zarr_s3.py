@@ -182,7 +182,10 @@ _CHUNK_PUT = re.compile(r"/chm/c/(\d+)/(\d+)$")
 
 
 @pytest.mark.slow
-def test_predict_to_zarr_s3__killed_process_resumes_to_an_identical_store(s3, tmp_path, checkpoint):
+def test_predict_to_zarr_s3__killed_process_resumes_to_an_identical_store(
+    s3, tmp_path, checkpoint, monkeypatch
+):
+    monkeypatch.setenv("XCHM_TORCH_THREADS", "1")  # one thread count here and in the child
     scene = _put_scene(s3, "imagery/scene.tif", make_image(256, 256), tmp_path)
     url = f"{s3.url}/killed.zarr"
     args = [sys.executable, "-c", KILLED_AFTER, scene, str(checkpoint), url, "5"]
