@@ -61,3 +61,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+#: What xchm.storage.gdal_environment() writes into os.environ (open_image, import xchm).
+_GDAL_S3 = ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING")
+
+
+@pytest.fixture(autouse=True)
+def _restore_gdal_s3_variables():
+    """Put GDAL's S3 variables back after each test: one test's endpoint never leaks on."""
+    before = {name: os.environ.get(name) for name in _GDAL_S3}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -12,6 +12,7 @@ scripts/install_storage_test_deps.sh installs nginx, the ``dev`` extra moto[serv
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ def moto_server() -> Iterator[servers.MotoServer]:
 @pytest.fixture
 def aws_env(
     moto_server: servers.MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> dict[str, str]:
+) -> Iterator[dict[str, str]]:
     """The standard AWS variables set to the test server; the machine's AWS setup hidden."""
     for name in _AWS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -97,7 +98,12 @@ def aws_env(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return env
+    yield env
+    # xchm.storage.gdal_environment() (open_image, import xchm) writes GDAL's names for
+    # the endpoint into os.environ for the process: drop them, or the next test sees
+    # this server's endpoint (monkeypatch restores what was there before the test).
+    for name in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
+        os.environ.pop(name, None)
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_predict_storage__runs_and_reports(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "no-aws")
     env["AWS_EC2_METADATA_DISABLED"] = "true"
-    args = ["--size", "256", "--tile", "128", "--chunk", "128", "--region", "128", "--json"]
+    args = ["--size", "256", "--tile", "128", "--chunk", "128", "--region", "128"]
     proc = subprocess.run(
         [
             sys.executable,

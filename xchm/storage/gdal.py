@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from xchm.errors import InputError
 from xchm.storage.location import Location, PathOrURL, location
@@ -80,10 +80,29 @@ def gdal_env(*locations: PathOrURL, **options: str) -> Iterator[dict[str, str]]:
     # rasterio.Env refuses AWS credentials as options (it wants boto3 sessions); set
     # them in the environment it made, which drops them on exit.
     credentials = {k: merged.pop(k) for k in _GDAL_CREDENTIALS if k in merged}
-    with rasterio.Env(**merged):
-        if credentials:
-            rasterio.env.setenv(**credentials)
-        yield {**merged, **credentials}
+    try:
+        with rasterio.Env(**merged):
+            if credentials:
+                rasterio.env.setenv(**credentials)
+            yield {**merged, **credentials}
+    finally:
+        _forget_mirrored(merged)
+
+
+def _forget_mirrored(keys: Iterable[str]) -> None:
+    """Drop GDAL config options that rasterio restored from environment variables.
+
+    Leaving its outermost ``Env``, rasterio sets each option back to what GDAL reported
+    before, and GDAL reports an environment variable when no option is set: the
+    variable's value became a process-wide option that outlives the variable (and,
+    in tests, the S3 server it named). Such mirrors are removed; GDAL reads the
+    variable itself while it exists.
+    """
+    from rasterio._env import del_gdal_config, get_gdal_config
+
+    for key in keys:
+        if key in os.environ and get_gdal_config(key, normalize=False) == os.environ[key]:
+            del_gdal_config(key)
 
 
 def gdal_environment() -> dict[str, str]:
