@@ -151,7 +151,9 @@ def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
 
 def _cell_path(source: Path, cell: str) -> str | Path:
     """Return a CSV cell as a path under the CSV's folder, or a URL as written."""
-    return cell if "://" in cell else source.parent / Path(cell).expanduser()
+    from xchm.storage import location
+
+    return cell if location(cell).is_url else source.parent / Path(cell).expanduser()
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -159,7 +161,9 @@ def _build(args: argparse.Namespace) -> int:
     from xchm.errors import InputError
 
     pairs: list[Any] = [tuple(p) for p in args.pair or []]
-    pairs += [p if "://" in p else Path(p) for p in args.image or []]  # images alone
+    from xchm.storage import location
+
+    pairs += [p if location(p).is_url else Path(p) for p in args.image or []]  # images alone
     if args.pairs_csv:
         pairs += read_pairs_csv(args.pairs_csv)
     if not pairs:

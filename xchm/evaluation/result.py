@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xchm.evaluation.report import jsonable
+from xchm.storage import location
 
 __all__ = ["EvaluationResult"]
 
@@ -104,4 +105,4 @@ class EvaluationResult(dict[str, Any]):
         folder = self.get("report")
         if folder is None:
             return None
-        return str(folder) if "://" in str(folder) else Path(folder)
+        return str(folder) if location(str(folder)).is_url else Path(folder)
