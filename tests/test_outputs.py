@@ -226,3 +226,20 @@ def test_write_atomic__is_the_storage_layers_atomic_write(tmp_path, monkeypatch)
     write_atomic(tmp_path / "a.txt", lambda tmp: tmp.write_text("a"))
     assert calls == [tmp_path / "a.txt"] and (tmp_path / "a.txt").read_text() == "a"
     assert "os.replace" not in inspect.getsource(xchm.outputs)
+
+
+def test_prepare_output_dir_s3__keys_after_a_double_slash_count_as_content(s3):
+    """``data//x`` lies under ``data`` too: a prefix holding only such keys is not empty."""
+    s3.put("data//mine.bin", b"mine")
+    with pytest.raises(OutputExistsError, match=f"{s3.url}/data is not empty and was not"):
+        prepare_output_dir(f"{s3.url}/data", "chip cube")
+    # An xchm output holding such keys is not cleared either: they are not xchm's.
+    prepare_output_dir(f"{s3.url}/cube", "chip cube")
+    s3.put("cube/zarr.json", b"{}")
+    s3.put("cube//mine.bin", b"mine")
+    with pytest.raises(OutputExistsError, match=f"holds keys beginning {s3.url}/cube//"):
+        prepare_output_dir(f"{s3.url}/cube", "chip cube", overwrite=True)
+    assert s3.get("cube/zarr.json") == b"{}" and s3.get("cube//mine.bin") == b"mine"
+    # The empty "folder" object a console creates is no content.
+    s3.put("console/", b"")
+    assert prepare_output_dir(f"{s3.url}/console", "chip cube") is False

@@ -370,7 +370,13 @@ def _only_marker(folder: Location) -> bool:
 def _clear(folder: Location) -> None:
     """Delete the content of an xchm output folder (the marker last: it stays)."""
     if not folder.is_local:
-        for name in folder.listdir():
+        names = folder.listdir()
+        if "/" in names:  # keys <folder>//...: xchm never writes them
+            raise OutputExistsError(
+                f"{shown(folder)} holds keys beginning {folder.text.rstrip('/')}//, which xchm "
+                "did not write; nothing in it is touched. Move them, or choose another output path"
+            )
+        for name in names:
             if name != MARKER:
                 folder.join(name).remove(missing_ok=True)  # OutputError names the URL
         return

@@ -24,8 +24,6 @@ from xchm.runs.run import Run
 from xchm.runs.state import load_state, save_state
 from xchm.training import TrainConfig, TrainResult, train
 
-from ..training.test_trainer import _learnable_scene
-
 KINDS = ("training", "pretraining")
 FORMATS = {"training": "xchm-train-state", "pretraining": "xchm-pretrain-state"}
 #: Two steps an epoch, small heads: a run takes a second or two on the CPU.
@@ -40,19 +38,6 @@ SETTINGS = {
         "local_crops": 1,
     },
 }
-
-
-@pytest.fixture(scope="module")
-def cube(tmp_path_factory):
-    """36 labeled chips (train and val): both kinds of run read it."""
-    img, chm = _learnable_scene(384)
-    return xchm.chips.build(
-        [xchm.chips.ScenePair(img, chm, scene="s")],
-        tmp_path_factory.mktemp("cube") / "c.zarr",
-        bands=("nir", "red", "green"),
-        block_size=1,
-        progress=False,
-    )
 
 
 def _config(kind, **settings):

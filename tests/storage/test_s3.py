@@ -48,6 +48,14 @@ def test_s3__exists_is_dir_listdir_remove(s3):
     root.remove(missing_ok=True)
 
 
+def test_s3__listdir_shows_keys_after_a_double_slash_and_skips_console_folders(s3):
+    s3.put("run//x.bin", b"x")
+    s3.put("run/a.bin", b"a")
+    assert location(s3.url).join("run").listdir() == ["/", "a.bin"]
+    s3.put("console/", b"")  # what "Create folder" of a web console makes
+    assert location(s3.url).join("console").listdir() == []
+
+
 def test_s3__sees_other_clients_at_once(s3):
     """No stale listing cache: another program's writes and deletes are seen at once."""
     loc = location(s3.url).join("shared", "done.txt")

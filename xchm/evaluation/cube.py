@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,7 +149,7 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     report_dir = None if output is None else prepare_report_dir(output, overwrite=overwrite)
-    full = cube if isinstance(cube, ChipCube) else open_cube(Path(cube))
+    full = cube if isinstance(cube, ChipCube) else open_cube(cube)
     chosen = full.sel(split=split) if split is not None else full
     overall = MetricAccumulator(classes=classes)  # checks classes before any work
     baseline = MetricAccumulator(classes=classes)

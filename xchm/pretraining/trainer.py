@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 class PretrainResult(RunResult):
     """What :func:`pretrain` returns (``to_dict()``: the same as plain JSON)."""
 
-    backbone: Path
-    """xchm checkpoint of the teacher backbone (pass it as ``weights=`` to ``xchm.train``)."""
+    backbone: Path | str
+    """xchm checkpoint of the teacher backbone (pass it as ``weights=`` to ``xchm.train``);
+    a URL when the run's directory is one."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per-epoch losses, schedules, collapse diagnostics and time."""
 
@@ -146,7 +147,10 @@ def pretrain(
     ssl = _SelfDistillation(cube, cfg, model, weights, run.device, steps, run.rank)
     ssl.build()
     run.restore(ssl.load)
-    return _loop(run, ssl, stream, progress)
+    try:
+        return _loop(run, ssl, stream, progress)
+    finally:
+        run.close()
 
 
 def _loop(
@@ -168,7 +172,7 @@ def _loop(
         run.log(history)
         if run.main:
             _warn_if_collapsed(row)
-    return PretrainResult(backbone=run.output / "backbone", history=history)
+    return PretrainResult(backbone=run.result("backbone"), history=history)
 
 
 def _run_epoch(

@@ -22,6 +22,14 @@ what an epoch's row holds); the rest is a :class:`Run`:
 The saved history is the record: ``metrics.jsonl`` and ``metrics.csv`` are written
 from it, so a run killed between its state and its logs, then resumed, logs each
 epoch exactly once. Only rank 0 writes; the other ranks compute alongside.
+
+The run directory may be a URL (``s3://runs/ak-1/``): the output rule, the resume
+checks and ``config.json`` then act on the store itself, and everything else is
+written into a local staging folder first (a temporary folder, in ``$TMPDIR``) and
+sent to the store by :class:`~xchm.runs.mirror.Mirror` right after each write, in
+the order written: a model's weights before its card, a model before the state that
+follows it, the state before the logs. A run killed mid-way leaves in the store what
+its last finished step sent, and resumes from there on any machine.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import numpy as np
 from xchm.errors import NonFiniteLossError, ResumeError
 from xchm.runs.config import RunConfig
 from xchm.runs.distributed import Place
+from xchm.runs.mirror import Mirror
 from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
 __all__ = ["Run", "STATE", "FORMATS"]
@@ -63,6 +72,7 @@ class Run(Generic[C]):
     cube: Any
     """The :class:`~xchm.chips.ChipCube` (or selection) the run reads."""
     output: Path
+    """Where this process writes: the run directory, or its staging folder for a URL."""
     place: Place
     job: dict[str, Any]
     """The fingerprint of the run's inputs (:func:`xchm.runs.job.fingerprint`)."""
@@ -70,6 +80,8 @@ class Run(Generic[C]):
     """``model`` and ``weights`` as given (recorded in saved models' provenance)."""
     state: dict[str, Any] | None = field(default=None, repr=False)
     """The state to resume from (None for a new run)."""
+    mirror: Mirror | None = field(default=None, repr=False)
+    """Sends ``output`` to the run directory when that is a URL (else None)."""
 
     @classmethod
     def start(
@@ -94,12 +106,13 @@ class Run(Generic[C]):
         import torch
 
         from xchm.runs.job import fingerprint
+        from xchm.storage import location
 
-        out = Path(output)
+        target = location(output)
         job = fingerprint(cube, model, weights, place.world)
         state = open_run(
-            out,
-            out / STATE,
+            target,
+            target.join(*STATE.parts),
             config.to_dict(),
             job=job,
             resume=resume,
@@ -111,9 +124,12 @@ class Run(Generic[C]):
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         source = {"model": str(model), "weights": None if weights is None else str(weights)}
-        run = cls(kind, config, cube, out, place, job, source, state)
+        mirror = None if target.is_local else Mirror(target)
+        out = mirror.staging if mirror is not None else target.path
+        run = cls(kind, config, cube, out, place, job, source, state, mirror)
         if state is not None and run.main:  # the logs of a run killed before them
             run._write_metrics(list(state.get("history", [])))
+            run._send()
         return run
 
     # -- where the run is ----------------------------------------------------------------
@@ -136,6 +152,12 @@ class Run(Generic[C]):
     def main(self) -> bool:
         """Whether this process writes (rank 0)."""
         return self.place.rank == 0
+
+    def result(self, name: str) -> Path | str:
+        """Return where ``name`` in the run directory is, for the user: a path or a URL."""
+        if self.mirror is None:
+            return self.output / name
+        return self.mirror.target.join(name).text
 
     def position(self) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
         """``(epoch, batches done in it, partial sums of the epoch, history)`` to go on from."""
@@ -162,7 +184,7 @@ class Run(Generic[C]):
             load(self.state)
         except (RuntimeError, ValueError, KeyError) as err:
             raise ResumeError(
-                f"the state in {self.output / STATE} does not fit the model "
+                f"the state in {self.result(str(STATE))} does not fit the model "
                 f"{self.source['model']!r}: it was saved by another model. Pass the run's own "
                 "model, or start a new run in another output directory "
                 f"({str(err).splitlines()[0]})"
@@ -196,6 +218,7 @@ class Run(Generic[C]):
             "job": self.job,
         }
         save_state(state, self.output / STATE)
+        self._send()
 
     def save_model(self, net: Any, name: str, provenance: dict[str, Any]) -> None:
         """Save ``net`` as the xchm checkpoint ``output/name`` (rank 0), replaced whole.
@@ -219,6 +242,7 @@ class Run(Generic[C]):
             save_model_dir(net, self.output / name)
         finally:
             net.card = card
+        self._send()
 
     # -- each step -----------------------------------------------------------------------
     def check_loss(self, value: float, epoch: int, step: int, hint: str) -> None:
@@ -270,6 +294,17 @@ class Run(Generic[C]):
                 for k, v in row.items():
                     if k != "epoch" and isinstance(v, int | float):
                         tb.add_scalar(k, v, row["epoch"])
+        self._send()
+
+    def _send(self) -> None:
+        """Send what changed in the staging folder to the run directory's URL (rank 0)."""
+        if self.mirror is not None and self.main:
+            self.mirror.send()
+
+    def close(self) -> None:
+        """Release the staging folder of a run into a URL (everything was sent)."""
+        if self.mirror is not None:
+            self.mirror.close()
 
     def _write_metrics(self, history: list[dict[str, Any]]) -> None:
         from xchm.outputs import write_atomic

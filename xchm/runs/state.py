@@ -9,6 +9,7 @@ arbitrary pickled objects.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import warnings
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from xchm.errors import WeightsError
+from xchm.storage import Location, PathOrURL, location
 
 __all__ = ["capture_rng", "restore_rng", "save_state", "load_state", "open_run"]
 
@@ -77,27 +79,32 @@ def save_model_dir(net: Any, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(path: Path, *, expected_format: str = "xchm-train-state") -> dict[str, Any]:
+def load_state(path: PathOrURL, *, expected_format: str = "xchm-train-state") -> dict[str, Any]:
     """Read a training state written by :func:`save_state` (no arbitrary unpickling).
 
-    ``expected_format`` is the state's ``format`` entry (``xchm-pretrain-state`` for
-    :func:`xchm.pretrain`), so one kind of run never resumes from another's state.
+    ``path`` is a local file or a URL (read whole into memory). ``expected_format`` is
+    the state's ``format`` entry (``xchm-pretrain-state`` for :func:`xchm.pretrain`),
+    so one kind of run never resumes from another's state.
     """
     import torch
 
+    from xchm.outputs import shown
+
+    loc = location(path)
+    source = loc.path if loc.is_local else io.BytesIO(loc.read_bytes())
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
-        raise WeightsError(f"cannot read training checkpoint {path}: {err}") from err
+        raise WeightsError(f"cannot read training checkpoint {shown(loc)}: {err}") from err
     if not isinstance(state, dict) or state.get("format") != expected_format:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise WeightsError(f"{path} is not an {expected_format} checkpoint (found {found!r})")
+        raise WeightsError(f"{shown(loc)} is not an {expected_format} checkpoint (found {found!r})")
     return state
 
 
 def open_run(
-    output: Path,
-    state_path: Path,
+    output: PathOrURL,
+    state_path: PathOrURL,
     config: dict[str, Any],
     *,
     job: dict[str, Any],
@@ -120,7 +127,7 @@ def open_run(
     Parameters
     ----------
     output
-        The run directory.
+        The run directory: a local path or a URL (a key prefix of an object store).
     state_path
         Its training state (``checkpoints/last.pt``).
     config
@@ -152,50 +159,54 @@ def open_run(
         ``output`` cannot be created or written.
     """
     from xchm.errors import OutputExistsError, PathNotFoundError
-    from xchm.outputs import MARKER, output_kind, prepare_output_dir
+    from xchm.outputs import MARKER, output_kind, prepare_output_dir, shown
 
     label = f"{kind} run"
+    folder, state_at = location(output), location(state_path)
+    name = shown(folder)
 
-    def legacy(folder: Path) -> bool:
-        return _legacy_run(folder, state_path, config_type)
+    def legacy(found: Any) -> bool:  # runs before markers: on the local disk only
+        return isinstance(found, Path) and _legacy_run(found, Path(state_at.path), config_type)
 
-    found = output_kind(output) if output.is_dir() else None
-    if found is None and output.is_dir() and legacy(output):
+    is_dir = folder.is_dir()
+    found = output_kind(folder) if is_dir else None
+    if found is None and is_dir and folder.is_local and legacy(folder.path):
         found = label
     if found not in (None, label):
         raise OutputExistsError(
-            f"{output} holds an xchm {found}, not a {label}; choose another output directory"
+            f"{name} holds an xchm {found}, not a {label}; choose another output directory"
         )
-    progress = _progress(output, state_path)
-    if resume and state_path.is_file():
+    has_state = _is_file(state_at)
+    progress = _progress(folder, state_at) if is_dir else []
+    if resume and has_state:
         if found != label:
             raise OutputExistsError(
-                f"{output} is not an xchm {label} (no {MARKER}, no config.json of a run); "
+                f"{name} is not an xchm {label} (no {MARKER}, no config.json of a run); "
                 "nothing in it is touched. Resume from the directory the run wrote"
             )
-        state = load_state(state_path, expected_format=expected_format)
+        state = load_state(state_at, expected_format=expected_format)
         defaults = config_type.defaults() if hasattr(config_type, "defaults") else {}
-        check_resume(state, config, job, output, defaults=defaults)
+        check_resume(state, config, job, name, defaults=defaults)
         if rank == 0:
-            prepare_output_dir(output, label, exist_ok=True, legacy=legacy)  # marks a legacy run
+            prepare_output_dir(folder, label, exist_ok=True, legacy=legacy)  # marks a legacy run
         return state
     if resume and (found != label or progress):
         raise PathNotFoundError(
-            f"nothing to resume: {state_path} does not exist; start a new run without "
+            f"nothing to resume: {shown(state_at)} does not exist; start a new run without "
             "resume=True (CLI: without --resume), in a new or empty output directory"
         )
     # A new run (or resume=True on a run killed before its first checkpoint).
     if rank == 0:
         hint = (
             "pass resume=True (CLI: --resume) to continue it, or choose another output directory"
-            if state_path.is_file()
-            else f"it has no checkpoint to resume ({state_path} is missing) but holds "
+            if has_state
+            else f"it has no checkpoint to resume ({shown(state_at)} is missing) but holds "
             f"{', '.join(progress)}; choose another output directory"
         )
         prepare_output_dir(
-            output, label, overwrite=found == label and not progress, legacy=legacy, hint=hint
+            folder, label, overwrite=found == label and not progress, legacy=legacy, hint=hint
         )
-        (output / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        folder.join("config.json").write_bytes((json.dumps(config, indent=2) + "\n").encode())
     return None
 
 
@@ -203,7 +214,7 @@ def check_resume(
     state: dict[str, Any],
     config: dict[str, Any],
     job: dict[str, Any],
-    output: Path,
+    output: PathOrURL,
     *,
     defaults: dict[str, Any] | None = None,
 ) -> None:
@@ -237,10 +248,20 @@ def check_resume(
         )
 
 
-def _progress(output: Path, state_path: Path) -> list[str]:
+def _progress(output: Location, state_path: Location) -> list[str]:
     """List what a run directory holds that a new run must not replace."""
-    names = [state_path, output / "metrics.jsonl", output / "best", output / "backbone"]
-    return [str(p.relative_to(output)) for p in names if p.exists()]
+    names = ["metrics.jsonl", "best", "backbone"]
+    held = [state_path] + [output.join(n) for n in names]
+    base = output.text.rstrip("/") + "/"
+    return [
+        str(p.path.relative_to(output.path)) if p.is_local else p.text.removeprefix(base)
+        for p in held
+        if p.exists()
+    ]
+
+
+def _is_file(place: Location) -> bool:
+    return place.path.is_file() if place.is_local else place.exists() and not place.is_dir()
 
 
 def _legacy_run(folder: Path, state_path: Path, config_type: Any) -> bool:

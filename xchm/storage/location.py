@@ -76,7 +76,9 @@ class Location(Address):
         Returns
         -------
         list of str
-            Names only (not paths); sub-folders (prefixes) included.
+            Names only (not paths); sub-folders (prefixes) included. On an object store,
+            keys that go on with another ``/`` (``run//x`` under ``run``) are listed as
+            ``"/"``, so that a folder holding only them does not look empty.
 
         Raises
         ------
@@ -94,8 +96,15 @@ class Location(Address):
                     raise NotADirectoryError(path)
                 raise FileNotFoundError(path)
             prefix = path.rstrip("/") + "/"
-            names = {e[len(prefix) :] if e.startswith(prefix) else e for e in fs.ls(path, False)}
-            return sorted(n.rstrip("/") for n in names if n.rstrip("/"))
+            names = set()
+            for entry in fs.ls(path, detail=True):
+                name = str(entry["name"]).removeprefix(prefix).rstrip("/")
+                if name:
+                    names.add(name)
+                elif entry.get("type") == "directory":  # keys like <folder>//x
+                    names.add("/")
+                # else: the empty "folder" object consoles create (<folder>/): not content
+            return sorted(names)
 
     # -- reading and writing -----------------------------------------------------------
 

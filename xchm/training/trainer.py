@@ -37,8 +37,8 @@ __all__ = ["train", "TrainResult"]
 class TrainResult(RunResult):
     """What :func:`train` returns (``to_dict()``: the same as plain JSON)."""
 
-    best_checkpoint: Path
-    """Directory of the best model (``xchm.load_model`` reads it)."""
+    best_checkpoint: Path | str
+    """Directory of the best model (``xchm.load_model`` reads it); a URL when the run's is."""
     history: list[dict[str, Any]] = field(default_factory=list)
     """Per-epoch metrics (train/val loss, val MAE/RMSE/bias, learning rates, time)."""
     best_epoch: int = -1
@@ -129,7 +129,10 @@ def train(
     opt = torch.optim.AdamW(_groups(net, cfg), weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
     run.restore(partial(_load, net, opt, sched))
-    return _loop(run, net, opt, sched, progress)
+    try:
+        return _loop(run, net, opt, sched, progress)
+    finally:
+        run.close()
 
 
 def _model(run: Run[TrainConfig], model: str | Path, weights: str | Path | None) -> Any:
@@ -246,7 +249,7 @@ def _loop(run: Run[TrainConfig], net: Any, opt: Any, sched: Any, progress: bool)
         _checkpoint(run, net, opt, sched, history, best, epoch, 0, sums)
         run.log(history)
     return TrainResult(
-        best_checkpoint=run.output / "best",
+        best_checkpoint=run.result("best"),
         history=history,
         best_epoch=int(best["epoch"]),
         stopped_early=stopped,
