@@ -26,6 +26,7 @@ from xchm.errors import OutputExistsError, PathNotFoundError
 from xchm.runs.mirror import Mirror
 from xchm.runs.run import Run
 from xchm.storage import location
+from xchm.training import TrainConfig
 
 from .test_run import FORMATS, KINDS, _config, _run
 
@@ -169,9 +170,10 @@ def test_cli_train_pretrain_evaluate_s3__cube_run_and_report_in_the_store(s3, tm
     cube_url = f"{s3.url}/chips.zarr"
     _learnable_cube(cube_url)
     run_url = f"{s3.url}/runs/ft"
-    config = tmp_path / "cfg.json"
-    config.write_text(json.dumps(_config("training").to_dict()))
-    argv = ["train", cube_url, "-o", run_url, "--model", "test-tiny", "-q", "--config", str(config)]
+    config = f"{s3.url}/configs/ft.json"  # the --config file may be in the store too
+    _config("training").save(config)
+    assert TrainConfig.load(config) == _config("training")
+    argv = ["train", cube_url, "-o", run_url, "--model", "test-tiny", "-q", "--config", config]
     assert main(argv) == 0
     assert f"checkpoint {run_url}/best" in capsys.readouterr().out
     assert main(argv) == 1  # a second run into the same URL: refused, pointed to --resume

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self
 
 from xchm.errors import InputError, PathNotFoundError
@@ -178,7 +177,7 @@ class RunConfig:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the config as a JSON object (a run's ``config.json``).
+        """Write the config as a JSON object (a run's ``config.json``) to a path or URL.
 
         Examples
         --------
@@ -187,7 +186,9 @@ class RunConfig:
         >>> PretrainConfig.load("ssl.json").epochs  # doctest: +SKIP
         2
         """
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from xchm.storage import location
+
+        location(path).write_bytes((json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Self:
@@ -208,7 +209,8 @@ class RunConfig:
     ) -> dict[str, Any]:
         """Read a JSON object of this config's fields, unchecked (``xchm train --config``).
 
-        ``name`` is how messages call the file (default: its path).
+        ``path`` is a local file or a URL; ``name`` is how messages call it (default: the
+        path or URL as given).
 
         Raises
         ------
@@ -219,11 +221,13 @@ class RunConfig:
         """
         name = name or str(path)
         kind, example = cls.__name__, 'such as {"epochs": 10, "lr": 0.001}'
-        source = Path(path)
-        if not source.is_file():
+        from xchm.storage import location
+
+        source = location(path)
+        if not (source.path.is_file() if source.is_local else source.exists()):
             raise PathNotFoundError(f"{name}: no such file; give a JSON file of {kind} fields")
         try:
-            data = json.loads(source.read_text(encoding="utf-8"))
+            data = json.loads(source.read_bytes().decode("utf-8"))
         except UnicodeDecodeError:
             raise InputError(
                 f"{name} is not a text file; give a JSON object of {kind} fields {example}"
