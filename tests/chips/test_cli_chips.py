@@ -71,13 +71,21 @@ def test_chips_build__pairs_csv_with_relative_paths_equals_python_build(scene, t
     assert set(built.coord("scene")) == {"plot-7"}
 
 
-def test_chips_build__band_map_selects_and_orders_bands(scene, cube, tmp_path):
+def test_chips_build__bands_selects_and_orders_bands(scene, cube, tmp_path):
     store = tmp_path / "mapped.zarr"
     args = ["chips", "build", "-o", str(store), "--pair", *map(str, scene), *CLI_OPTIONS]
-    assert main([*args, "--band-map", "green=3", "nir=NIR"]) == 0
+    assert main([*args, "--bands", "green=3,nir=NIR"]) == 0
     mapped = xchm.chips.open(store)
     assert mapped.bands == ("green", "nir")
     np.testing.assert_array_equal(mapped.image[...], cube.image[...][:, [2, 0]])
+
+
+def test_chips_build__band_map_is_an_old_spelling_of_bands(scene, cube, tmp_path, capsys):
+    store = tmp_path / "old.zarr"
+    args = ["chips", "build", "-o", str(store), "--pair", *map(str, scene), *CLI_OPTIONS]
+    assert main([*args, "--band-map", "green=3", "nir=NIR"]) == 0
+    assert "--band-map is deprecated" in capsys.readouterr().err
+    assert xchm.chips.open(store).bands == ("green", "nir")
 
 
 def test_chips_build__bands_and_options_reach_build(scene, tmp_path):
@@ -93,11 +101,12 @@ def test_chips_build__bands_and_options_reach_build(scene, tmp_path):
     assert built.filters["removed"]["no_positive"] == 0
 
 
-def test_chips_build__bad_band_map_syntax_exits_1(scene, tmp_path, capsys):
+def test_chips_build__bad_bands_syntax_is_a_usage_error(scene, tmp_path, capsys):
     store = tmp_path / "bad.zarr"
     args = ["chips", "build", "-o", str(store), "--pair", *map(str, scene), "-q"]
-    assert main([*args, "--band-map", "nir:4", "red=3"]) == 1
-    assert "NAME=BAND" in _one_line_error(capsys)
+    assert main([*args, "--bands", "nir:4,red=3"]) == 2
+    line = _one_line_error(capsys)
+    assert "argument --bands" in line and "'nir:4' is not NAME=BAND" in line
     assert not store.exists()
 
 

@@ -33,9 +33,9 @@ from typing import Any, cast
 import numpy as np
 import xarray as xr
 
-from xchm.errors import BandError, InputError, PathNotFoundError
-from xchm.inference.inputs import check_grid, to_north_up
-from xchm.models.bands import normalize_band_name, normalize_bands
+from xchm.errors import InputError, PathNotFoundError
+from xchm.inference.inputs import band_labels, check_grid, to_north_up
+from xchm.models.bands import BandsArg, select_bands
 from xchm.storage import Location, gdal_env, gdal_environment, location
 
 __all__ = ["ScenePair", "OpenScene", "open_scene", "as_pairs", "pairs_labeled", "resolve_bands"]
@@ -163,7 +163,7 @@ def open_scene(
     index: int,
     stack: ExitStack,
     *,
-    bands: Sequence[str] | Mapping[str, int | str] | None,
+    bands: BandsArg,
     resolution: float | None,
     nodata: float | str | None,
     chm_resampling: str,
@@ -361,62 +361,34 @@ def _open_raster(path: Source, stack: ExitStack) -> Any:
 
 
 def _resolve_bands(
-    image: Any, bands: Sequence[str] | Mapping[str, int | str] | None, pair: ScenePair
+    image: Any, bands: BandsArg, pair: ScenePair
 ) -> tuple[tuple[str, ...], list[int]]:
-    """Band names of the cube and the (0-based) image bands they come from."""
-    described = image.attrs.get("long_name")
-    if isinstance(described, str):
-        described = (described,)
+    """Band names of the cube and the (0-based) image bands they come from.
+
+    The image's names are its band coordinate (a DataArray's strings) or its band
+    descriptions (a file's), exactly as :func:`xchm.predict` reads them.
+    """
+    names, numbers = band_labels(image)
     where = f"image {_describe(pair.image)!r}"
-    return resolve_bands(image.sizes["band"], described, bands, where)
+    chosen = select_bands(image.sizes["band"], bands, names=names, numbers=numbers, where=where)
+    return chosen.names, list(chosen.positions)
 
 
 def resolve_bands(
     count: int,
     described: Sequence[str | None] | None,
-    bands: Sequence[str] | Mapping[str, int | str] | None,
+    bands: BandsArg,
     where: str,
 ) -> tuple[tuple[str, ...], list[int]]:
     """Band names and the (0-based) source bands they come from, for ``count`` bands.
 
     ``described`` are the source's band descriptions (None where it has none),
-    ``bands`` the user's names or ``{name: 1-based number or description}``, and
+    ``bands`` what :func:`xchm.models.bands.select_bands` accepts (names, a mapping
+    to band numbers from 1 or to descriptions, a sensor layout, or one string), and
     ``where`` names the source in error messages.
     """
-    source_names = (
-        [normalize_band_name(str(d)) for d in described]
-        if described is not None and len(described) == count and all(described)
-        else None
-    )
-    if bands is None:
-        if source_names is None:
-            raise BandError(
-                f"{where} has {count} bands without names; pass bands=('nir', 'red', "
-                "'green') (one name per band) or a mapping {'nir': 4, 'red': 3, ...}"
-            )
-        return normalize_bands(source_names), list(range(count))
-    if isinstance(bands, Mapping):
-        names = normalize_bands(list(bands))
-        picks, problems = [], []
-        for name, src in bands.items():
-            if isinstance(src, int) and not isinstance(src, bool):
-                if not 1 <= src <= count:
-                    problems.append(f"{name!r} <- band {src} (the image has bands 1..{count})")
-                picks.append(src - 1)
-            elif isinstance(src, str) and source_names and normalize_band_name(src) in source_names:
-                picks.append(source_names.index(normalize_band_name(src)))
-            else:
-                problems.append(f"{name!r} <- {src!r} (not a band number or name of the image)")
-        if problems:
-            raise BandError(f"{where}: cannot select " + "; ".join(problems))
-        return names, picks
-    names = normalize_bands(list(bands))
-    if len(names) != count:
-        raise BandError(
-            f"{where} has {count} bands but bands={tuple(bands)} names {len(names)}; name each "
-            "band, or select bands with a mapping such as {'nir': 4, 'red': 3, 'green': 2}"
-        )
-    return names, list(range(count))
+    chosen = select_bands(count, bands, names=described, where=where)
+    return chosen.names, list(chosen.positions)
 
 
 def _same_grid(a: Any, b: Any) -> bool:

@@ -23,6 +23,7 @@ from xchm.chips.builder import build as build_cube
 from xchm.chips.preview import preview
 from xchm.chips.splits import SPLIT_METHODS
 from xchm.cli.common import (
+    add_bands_argument,
     add_deprecated_alias,
     default_of,
     nodata,
@@ -32,53 +33,9 @@ from xchm.cli.common import (
     positive_int,
 )
 
-__all__ = ["add_chips_parser", "parse_band_map", "read_pairs_csv"]
+__all__ = ["add_chips_parser", "read_pairs_csv"]
 
 _CSV_COLUMNS = ("image", "chm", "scene", "date")
-
-
-def parse_band_map(items: list[str]) -> dict[str, int | str]:
-    """Parse ``--band-map`` items ``NAME=BAND`` into ``{name: band number or description}``.
-
-    Parameters
-    ----------
-    items
-        Strings such as ``"nir=4"`` (1-based band number) or ``"nir=NIR"`` (band
-        description).
-
-    Returns
-    -------
-    dict
-        The mapping for :func:`xchm.chips.build`'s ``bands=``, in the given order.
-
-    Raises
-    ------
-    InputError
-        If an item is not ``NAME=BAND`` or a name repeats (all problems at once).
-
-    Examples
-    --------
-    >>> parse_band_map(["nir=4", "red=3", "green=Green"])
-    {'nir': 4, 'red': 3, 'green': 'Green'}
-    """
-    from xchm.errors import InputError
-
-    mapping: dict[str, int | str] = {}
-    problems = []
-    for item in items:
-        name, sep, band = (part.strip() for part in item.partition("="))
-        if not sep or not name or not band:
-            problems.append(f"{item!r} is not NAME=BAND")
-        elif name in mapping:
-            problems.append(f"{name!r} is given twice")
-        else:
-            mapping[name] = int(band) if band.isdigit() else band
-    if problems:
-        raise InputError(
-            "--band-map expects NAME=BAND items such as nir=4 red=3 green=2 (1-based band "
-            "numbers or band descriptions): " + "; ".join(problems)
-        )
-    return mapping
 
 
 def read_pairs_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -171,7 +128,6 @@ def _build(args: argparse.Namespace) -> int:
             "no scenes: give --pair IMAGE CHM (repeatable), --image IMAGE (repeatable; images "
             "without CHM make an unlabeled cube, for pretraining) or --pairs-csv FILE"
         )
-    bands = parse_band_map(args.band_map) if args.band_map else args.bands
     fractions = {
         "train": round(1 - args.val_fraction - args.test_fraction, 12),
         "val": args.val_fraction,
@@ -187,7 +143,7 @@ def _build(args: argparse.Namespace) -> int:
         args.output,
         window=args.window,
         stride=args.stride,
-        bands=bands,
+        bands=args.bands,
         resolution=args.resolution,
         nodata=args.nodata,
         min_valid=args.min_valid,
@@ -297,16 +253,7 @@ def add_chips_parser(sub: Any) -> argparse.ArgumentParser:
         help="CSV with columns image,chm[,scene,date], or image[,scene,date] for images "
         "without CHM (paths relative to the CSV)",
     )
-    names = build.add_mutually_exclusive_group()
-    names.add_argument(
-        "--bands", nargs="+", metavar="NAME", help="name of each image band, in order"
-    )
-    names.add_argument(
-        "--band-map",
-        nargs="+",
-        metavar="NAME=BAND",
-        help="select and order bands, e.g. nir=4 red=3 green=2 (band number or description)",
-    )
+    add_bands_argument(build, words=True, what="image", old="--band-map")
     window = default_of(build_cube, "window")
     build.add_argument(
         "--window", type=positive_int, default=window, help=f"chip side in px (default {window})"

@@ -30,6 +30,7 @@ __all__ = [
     "HOST_HELP",
     "SCHEDULER_TIMEOUT_S",
     "Parser",
+    "add_bands_argument",
     "add_deprecated_alias",
     "add_run_arguments",
     "run_config",
@@ -121,6 +122,86 @@ def add_deprecated_alias(
         help=argparse.SUPPRESS,
         **kwargs,
     )
+
+
+class _Bands(argparse.Action):
+    """``--bands``: one string (several words are joined by commas), parsed at once.
+
+    A bad spelling is a usage error (exit 2) naming the item, before any work.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str | None = None, **kw: Any):
+        self.new = new  # set for an old spelling: the option that replaced it
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        from xchm.errors import BandError
+        from xchm.models.bands import parse_bands
+
+        if self.new is not None:
+            print(
+                f"xchm: warning: {option_string} is deprecated and will be removed in a future "
+                f"release; use {self.new}",
+                file=sys.stderr,
+            )
+        text = ",".join(values) if isinstance(values, list) else values
+        try:
+            setattr(namespace, self.dest, parse_bands(text))
+        except BandError as err:
+            parser.error(f"argument {option_string}: {err}")
+
+
+def add_bands_argument(
+    parser: argparse.ArgumentParser | Any,
+    *,
+    words: bool = False,
+    what: str = "input",
+    old: str | None = None,
+) -> None:
+    """Add ``--bands`` (the one band syntax of every command that reads imagery).
+
+    ``words=True`` also accepts the names as separate words (``--bands nir red
+    green``), the spelling ``xchm chips build`` had; commands with positional inputs
+    take one word, so that ``--bands`` cannot swallow a file name. ``old`` is a
+    former spelling kept hidden for one release (it warns when used).
+
+    Examples
+    --------
+    >>> parser = Parser(prog="xchm predict")
+    >>> add_bands_argument(parser)
+    >>> parser.parse_args(["--bands", "nir=4,red=3,green=2"]).bands
+    {'nir': 4, 'red': 3, 'green': 2}
+    >>> parser.parse_args(["--bands", "naip-rgbn"]).bands
+    ('red', 'green', 'blue', 'nir')
+    """
+    from xchm.models.bands import SENSOR_LAYOUTS
+
+    parser.add_argument(
+        "--bands",
+        action=_Bands,
+        nargs="+" if words else None,
+        metavar="SPEC",
+        help=f"which {what} band is which: nir=4,red=3,green=2 (band numbers from 1, as in "
+        "gdalinfo and QGIS, or band descriptions), nir,red,green (every band, in order) or a "
+        f"sensor layout ({', '.join(SENSOR_LAYOUTS)}); default: the {what}'s band "
+        "names (see docs/bands.md)",
+    )
+    if old is not None:
+        parser.add_argument(
+            old,
+            dest="bands",
+            action=_Bands,
+            new="--bands",
+            nargs="+",
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+        )
 
 
 def nodata(text: str) -> float | str | None:

@@ -18,6 +18,7 @@ from typing import Any
 from xchm.cli.common import (
     HOST_HELP,
     SCHEDULER_TIMEOUT_S,
+    add_bands_argument,
     check_device,
     check_writable,
     connect,
@@ -132,6 +133,8 @@ def _predict(args: argparse.Namespace) -> int:
         # "none": NaN only. (predict's nodata=None still means the file's own value for
         # one release, with a FutureWarning; NaN, always missing anyway, means none now.)
         nodata=math.nan if args.nodata is None else args.nodata,
+        # With --stac the items' bands were chosen when loading (xchm.cli.stac).
+        bands=None if args.stac else args.bands,
     )
     with _scheduler(args.scheduler, args.host) as client:
         if client is not None:
@@ -203,6 +206,7 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
         help="trained checkpoint directory (or a preset name: untrained decoder, for testing)",
     )
     pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
+    add_bands_argument(pred)
     pred.add_argument(
         "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from xchm.errors import InputError
 
-__all__ = ["stac_image", "parse_months"]
+__all__ = ["stac_image", "stac_bands", "parse_months"]
 
 
 def parse_months(text: str) -> tuple[int, ...] | None:
@@ -38,6 +38,44 @@ def parse_months(text: str) -> tuple[int, ...] | None:
             f"--months must be comma-separated month numbers 1-12 (e.g. 7,8) or 'all', got {text!r}"
         )
     return months
+
+
+def stac_bands(expected: tuple[str, ...], bands: Any) -> Any:
+    """Return the bands to load from STAC items for a model expecting ``expected``.
+
+    ``bands`` is ``--bands`` as parsed: None (the model's bands, found by name in
+    the items' band metadata), names to load (predict then picks the model's by
+    name), or ``{model band: band name or 'asset.N'}`` for some of the model's bands
+    (the others are found by name).
+
+    Examples
+    --------
+    >>> stac_bands(("nir", "red", "green"), {"nir": "image.4"})
+    {'nir': 'image.4', 'red': 'red', 'green': 'green'}
+    >>> stac_bands(("nir", "red", "green"), {"nir": 4})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    xchm.errors.BandError: --bands nir=4: ... name the asset, e.g. nir=image.4
+    """
+    from xchm.errors import BandError
+
+    if bands is None:
+        return expected
+    if not isinstance(bands, dict):
+        return bands
+    problems = [f"{name}={value}" for name, value in bands.items() if not isinstance(value, str)]
+    if problems:
+        raise BandError(
+            f"--bands {', '.join(problems)}: a STAC item holds its bands in assets, so a band "
+            f"number alone does not say which file; name the asset, e.g. "
+            f"{problems[0].split('=')[0]}=image.{problems[0].split('=')[1]}"
+        )
+    unused = [name for name in bands if name not in expected]
+    if unused:
+        raise BandError(
+            f"--bands names {unused}, which the model does not use {expected}; map the model's "
+            "bands, e.g. nir=image.4,red=image.1,green=image.2"
+        )
+    return {name: bands.get(name, name) for name in expected}
 
 
 def stac_image(args: argparse.Namespace) -> Any:
@@ -66,7 +104,7 @@ def stac_image(args: argparse.Namespace) -> Any:
     print(f"xchm: {len(items)} STAC item(s) from {args.stac}", file=sys.stderr)
     return load(
         items,
-        bands=card.bands,
+        bands=stac_bands(card.bands, args.bands),
         resolution=args.resolution,
         crs=args.crs,
         bbox=args.bbox,

@@ -2,33 +2,34 @@
 
 Bands are matched by name: band coordinate values, the ``long_name`` band
 descriptions rioxarray reads from GeoTIFFs, Dataset variable names, or an
-explicit ``bands=`` argument. Every problem is collected and reported at once.
+explicit ``bands=`` argument, decided by :func:`xchm.models.bands.select_bands` (the
+one implementation chips and STAC share; band numbers are GDAL's, from 1). Every
+problem is collected and reported at once.
 Nothing here reads data: selections and concatenations stay lazy.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from xchm.errors import BandError, InputError, XCHMWarning
-from xchm.models.bands import normalize_band_name
+from xchm.models.bands import BandsArg, normalize_band_name, parse_bands, select_bands
 from xchm.models.card import ModelCard
 
 __all__ = [
     "BandsArg",
     "GridSteps",
     "as_band_array",
+    "band_labels",
     "spatial_dims",
     "check_grid",
     "check_georeferencing",
 ]
-
-BandsArg = Mapping[str, Hashable] | Sequence[str] | None
 
 _SPATIAL = (("y", "x"), ("lat", "lon"), ("latitude", "longitude"), ("northing", "easting"))
 
@@ -48,79 +49,72 @@ def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
     )
 
 
-def _labels(da: xr.DataArray, band_dim: Hashable) -> list[Any]:
-    """Name of each input band: string coordinate values, else rioxarray's long_name."""
+def band_labels(
+    da: xr.DataArray, band_dim: Hashable = "band"
+) -> tuple[list[Any], list[Any] | None]:
+    """Return each band's name (None where it has none) and the integer band numbers.
+
+    Names come from string band coordinate values, else from the ``long_name`` band
+    descriptions rioxarray reads from GeoTIFFs. Numbers are an integer band
+    coordinate (rioxarray's GDAL band numbers, kept after a selection), else None.
+    Only coordinates and attributes are read, never the data.
+    """
     n = da.sizes[band_dim]
-    if band_dim in da.coords:
-        values = list(da[band_dim].values.tolist())
-        if all(isinstance(v, str) for v in values):
-            return values
-    long_name = da.attrs.get("long_name")
-    if isinstance(long_name, list | tuple) and len(long_name) == n and all(long_name):
-        return list(long_name)
-    if band_dim in da.coords:
-        return list(da[band_dim].values.tolist())
-    return list(range(n))
-
-
-def _match(card: ModelCard, labels: list[Any], bands: BandsArg) -> list[int]:
-    """Index of the input band feeding each card band, or one BandError listing all problems."""
-    problems: list[str] = []
-    if bands is not None and not isinstance(bands, Mapping):
-        names = list(bands)
-        if len(names) != len(labels):
-            raise BandError(
-                f"bands= names {len(names)} bands but the input has {len(labels)}: {labels}"
-            )
-        labels = names
-    if isinstance(bands, Mapping):
-        wanted = {normalize_band_name(k): v for k, v in bands.items()}
-        unknown = sorted(set(wanted) - set(card.bands))
-        if unknown:
-            problems.append(f"bands= names {unknown}, which the model does not use {card.bands}")
+    coord = list(da[band_dim].values.tolist()) if band_dim in da.coords else None
+    names: list[Any] = [None] * n
+    if coord is not None and all(isinstance(v, str) for v in coord):
+        names = coord
     else:
-        wanted = {}
-    by_name: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        if isinstance(label, str):
-            by_name.setdefault(normalize_band_name(label), []).append(i)
-    indices = []
-    for band in card.bands:
-        if band in wanted:
-            target = wanted[band]
-            hits = [i for i, label in enumerate(labels) if label == target]
-            if not hits and isinstance(target, int) and not isinstance(target, bool):
-                hits = [target] if 0 <= target < len(labels) else []
-            if len(hits) != 1:
-                problems.append(f"bands={{{band!r}: {target!r}}} matches no input band in {labels}")
-                continue
-            indices.append(hits[0])
-            continue
-        hits = by_name.get(band, [])
-        if len(hits) == 1:
-            indices.append(hits[0])
-        elif hits:
-            problems.append(f"band {band!r} is ambiguous: input bands {hits} are all called that")
-        else:
-            problems.append(f"band {band!r} is missing")
-    if problems:
-        example = ", ".join(f"{b!r}: ..." for b in card.bands)
-        raise BandError(
-            f"the model expects bands {card.bands}; the input has {labels}. "
-            + "; ".join(problems)
-            + f". Name the input bands (band coordinate or long_name) or pass bands={{{example}}}"
-            " mapping each model band to an input band"
-        )
-    return indices
+        described = da.attrs.get("long_name")
+        if isinstance(described, str) and n == 1:
+            described = (described,)
+        if isinstance(described, list | tuple) and len(described) == n:
+            names = [v if isinstance(v, str) and v.strip() else None for v in described]
+    ints = coord is not None and all(isinstance(v, int) and not isinstance(v, bool) for v in coord)
+    return names, coord if ints else None
+
+
+def _labels(da: xr.DataArray, band_dim: Hashable) -> list[Any]:
+    """How messages and job records show each input band: its name, number or position."""
+    names, numbers = band_labels(da, band_dim)
+    fallback = numbers if numbers is not None else list(range(da.sizes[band_dim]))
+    if all(names):
+        return names
+    if band_dim in da.coords and numbers is None:
+        fallback = list(da[band_dim].values.tolist())
+    return [name if name else other for name, other in zip(names, fallback, strict=True)]
+
+
+def _match(card: ModelCard, da: Any, band_dim: Any, bands: Any = None) -> list[int]:
+    """Position of the input band feeding each card band (one BandError listing all problems).
+
+    ``da`` is the input, or (the older call) the list :func:`_labels` gives, with
+    ``band_dim`` then being ``bands``.
+    """
+    if not isinstance(da, xr.DataArray):  # _match(card, labels, bands)
+        labels, bands = list(da), band_dim
+        band_dim = "band"
+        da = xr.DataArray(np.empty(len(labels)), dims="band")
+        if not labels or not all(isinstance(v, int) for v in labels):
+            da = da.assign_coords(band=[str(v) for v in labels])
+        elif labels != list(range(len(labels))):  # band numbers, not positions
+            da = da.assign_coords(band=labels)
+    names, numbers = band_labels(da, band_dim)
+    count = da.sizes[band_dim]
+    chosen = select_bands(count, bands, names=names, numbers=numbers, expected=card.bands)
+    return list(chosen.positions)
 
 
 def as_band_array(obj: xr.DataArray | xr.Dataset, card: ModelCard, bands: BandsArg) -> xr.DataArray:
     """Return ``obj`` as a lazy (band, y, x) DataArray ordered like ``card.bands``."""
     import rioxarray  # noqa: F401  (registers the .rio accessor; imported late: it is slow)
 
+    if isinstance(bands, str):  # "nir=B08,red=B04,...", "nir,red,green" or a sensor layout
+        bands = parse_bands(bands)
     if isinstance(obj, xr.Dataset):
         ydim, xdim = spatial_dims(obj)
         names = list(obj.data_vars)
+        chosen: dict[str, Hashable]
         if isinstance(bands, Mapping):
             chosen = {normalize_band_name(k): v for k, v in bands.items()}
         else:
@@ -153,7 +147,7 @@ def as_band_array(obj: xr.DataArray | xr.Dataset, card: ModelCard, bands: BandsA
         raise InputError(f"expected a 3-D (band, y, x) array, got dims {tuple(obj.dims)}; {hint}")
     ydim, xdim = spatial_dims(obj)
     (band_dim,) = [d for d in obj.dims if d not in (ydim, xdim)]
-    indices = _match(card, _labels(obj, band_dim), bands)
+    indices = _match(card, obj, band_dim, bands)
     da = obj.isel({band_dim: indices}).transpose(band_dim, ydim, xdim)
     return da.rename({band_dim: "band"}) if band_dim != "band" else da
 

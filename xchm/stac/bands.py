@@ -5,8 +5,10 @@ Names are matched, case-insensitively, against asset keys and against band metad
 ``eo:common_name``); ``raster:bands`` only counts bands. Candidates are ranked: an asset
 whose key is the name, then a single-band asset whose band has the name, then a band
 of a multi-band asset; two candidates of the same rank are ambiguous. A value
-``"asset.N"`` (or ``("asset", N)``) names band N (1-based) of an asset directly, for
-multi-band assets without band metadata.
+``"asset.N"`` (or ``("asset", N)``) names band N (1-based, as GDAL numbers bands) of
+an asset directly, for multi-band assets without band metadata. A string is read with
+the one band syntax of xchm (:func:`xchm.models.bands.parse_bands`, ``--bands``):
+``"nir=image.4,red=image.1,green=image.2"``, ``"nir,red,green"`` or a sensor layout.
 
 odc-stac loads band 1 of a multi-band asset that has no band metadata and says
 nothing, so :func:`check_undescribed` reads the header of such an asset (of one item)
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from xchm.errors import BandError, InputError
+from xchm.models.bands import parse_bands as parse_band_text
 
 if TYPE_CHECKING:
     import pystac
@@ -61,9 +64,11 @@ def parse_bands(bands: Any) -> dict[str, str | tuple[str, int]]:
     {'nir': 'nir', 'red': 'red', 'green': 'green'}
     >>> parse_bands({"nir": "image.4", "red": ("image", 1)})
     {'nir': ('image', 4), 'red': ('image', 1)}
+    >>> parse_bands("nir=image.4,red=image.1")  # as xchm predict --stac --bands
+    {'nir': ('image', 4), 'red': ('image', 1)}
     """
-    if isinstance(bands, str):
-        bands = (bands,)
+    if isinstance(bands, str):  # the one-string syntax of --bands: "nir=image.4,...", a layout
+        bands = parse_band_text(bands)
     if isinstance(bands, Mapping):
         pairs = list(bands.items())
     elif isinstance(bands, Sequence) and bands:
@@ -90,7 +95,8 @@ def parse_bands(bands: Any) -> dict[str, str | tuple[str, int]]:
             out[name] = (match["asset"], int(match["index"])) if match else spec
         else:
             raise InputError(
-                f"bands[{name!r}] must be a band name, 'asset.N' or ('asset', N), got {spec!r}"
+                f"bands[{name!r}] must be a band name, 'asset.N' or ('asset', N), got {spec!r} "
+                "(a STAC item holds bands in assets: name the asset, e.g. 'image.4')"
             )
     return out
 
