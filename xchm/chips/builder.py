@@ -26,6 +26,7 @@ from xchm.chips.sources import OpenScene, ScenePair, as_pairs, open_scene, pairs
 from xchm.chips.splits import SplitRule
 from xchm.chips.writer import ChipWriter, CubeSettings
 from xchm.errors import BandError, InputError
+from xchm.models.bands import BandsArg
 from xchm.storage import Location
 
 __all__ = ["build"]
@@ -42,7 +43,7 @@ def build(
     *,
     window: int = 64,
     stride: int | None = None,
-    bands: Sequence[str] | Mapping[str, int | str] | None = None,
+    bands: BandsArg = None,
     resolution: float | None = None,
     nodata: float | str | None = "auto",
     min_valid: float = 1.0,
@@ -83,10 +84,14 @@ def build(
     stride
         Distance between chip origins in pixels (default ``window``: no overlap).
     bands
-        Names of the image's bands in order, or a mapping ``{name: source band}``
-        (1-based number or band description) to select and reorder, e.g.
-        ``{"nir": 4, "red": 3, "green": 2}`` for B, G, R, NIR scenes. Default: the
-        image's band descriptions.
+        Which image band is which, as everywhere in xchm
+        (:func:`xchm.models.bands.select_bands`, ``docs/bands.md``): names of the
+        image's bands in order; a mapping ``{name: source band}`` (band number, from
+        1 as in GDAL and QGIS, or band name) to select and reorder, e.g.
+        ``{"nir": 4, "red": 3, "green": 2}`` for B, G, R, NIR scenes; a sensor layout
+        such as ``"worldview-bgrn"``; or one string ``"nir=4,red=3,green=2"``.
+        Default: the image's band names (a DataArray's band coordinate, a file's
+        band descriptions).
     resolution
         Resample the image to this pixel size (its CRS units, metres) by area average.
     nodata
