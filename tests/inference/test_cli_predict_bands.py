@@ -1,5 +1,9 @@
 """``xchm predict --bands`` on a GeoTIFF without band descriptions (most real files)."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -91,3 +95,17 @@ def test_predict_cli__bands_that_do_not_fit_the_file_fail_clearly(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and match in err
     assert not (tmp_path / "chm.tif").exists()
+
+
+@pytest.mark.slow
+def test_bands_neon_example__runs_on_a_real_undescribed_geotiff(neon_dir, tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "bands_neon.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "descriptions (None, None, None)" in out and "without bands: BandError" in out
+    assert out.count("same map as bands={'red': 1, ...}: True") == 3
+    assert "exit 0, same map: True" in out
