@@ -21,6 +21,7 @@ LAYERS = {
     "_version": 0,
     "errors": 0,
     "_compat": 0,
+    "_html": 0,
     "_optional": 1,
     "datasets": 1,
     "storage": 1,

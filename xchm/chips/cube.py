@@ -286,6 +286,35 @@ class ChipCube:
 
         return preview(self, output, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """Show the cube as a compact table in Jupyter (as :meth:`summary`; text escaped)."""
+        from xchm._html import html_grid, html_table
+
+        a = self.attrs
+        bands = html_grid(
+            ["band", "clip max", "mean", "std"],
+            [
+                [b, s.clip_max, s.mean, s.std]
+                for b, s in zip(self.bands, self.statistics, strict=True)
+            ],
+        )
+        chips = f"{len(self)}"
+        if self._index is not None:
+            chips += f" (a selection of {a['chips']})"
+        rows = [
+            ("chips", chips),
+            ("labels", "image and height" if self.labeled else "image only (unlabeled)"),
+            ("bands", bands),
+            ("window", f"{self.window} px"),
+            ("pixel size", "unknown" if self.pixel_size is None else f"{self.pixel_size:g} m"),
+            ("nodata", self.nodata),
+            ("splits", html_grid(["split", "chips"], self.splits.items())),
+            ("split method", a.get("split", {}).get("method", "")),
+            ("scenes", len(np.unique(self.coord("scene")))),
+            ("created", a.get("provenance", {}).get("created", "")),
+        ]
+        return html_table("xchm.ChipCube", rows, subtitle=str(self.path))
+
     def summary(self) -> str:
         """Describe the cube in a few lines (what ``xchm chips info`` prints)."""
         a = self.attrs

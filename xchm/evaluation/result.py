@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from xchm._html import text
 from xchm.evaluation.report import jsonable
 from xchm.storage import location
 
@@ -53,6 +54,31 @@ class EvaluationResult(dict[str, Any]):
         shown = [k for k in ("mae", "rmse", "bias", "r2", "n_pixels") if k in self]
         more = ", ..." if len(self) > len(shown) else ""
         return f"{type(self).__name__}({', '.join(f'{k}={self[k]!r}' for k in shown)}{more})"
+
+    def _repr_html_(self) -> str:
+        """Show the result as a compact table in Jupyter (as the text report; escaped).
+
+        The metrics of all pixels, each height class, the baseline and each scene,
+        then what was scored.
+        """
+        from xchm._html import html_grid, html_table
+
+        columns = ["", "pixels", "MAE", "RMSE", "bias", "R2", "Pearson r2"]
+        keys = ("n_pixels", "mae", "rmse", "bias", "r2", "pearson_r2")
+        named = [("all", dict(self))]
+        named += [(f"{c['class']} m", c) for c in self.classes]
+        if self.baseline is not None:
+            named.append((f"baseline ({text(self.baseline.get('height'))} m)", self.baseline))
+        named += [(f"scene {s}", m) for s, m in (self.scenes or {}).items()]
+        grid = html_grid(columns, [[name, *(m.get(k, "") for k in keys)] for name, m in named])
+        scored = [
+            (k.replace("_", " "), self[k])
+            for k in ("model", "cube", "split", "n_chips", "pred", "reference", "shape", "crs")
+            if k in self
+        ]
+        if "report" in self:
+            scored.append(("report", self.report))
+        return html_table(f"xchm.{type(self).__name__}", [("metrics", grid), *scored])
 
     @property
     def mae(self) -> float:

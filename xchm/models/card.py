@@ -326,3 +326,30 @@ class ModelCard:
     def replace(self, **changes: Any) -> ModelCard:
         """Return a copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
+
+    def _repr_html_(self) -> str:
+        """Show the card as a compact table in Jupyter (text escaped)."""
+        from xchm._html import html_grid, html_table
+
+        filters = ("red", "green", "blue")
+        stats = self.statistics or (None,) * len(self.bands)
+        bands = html_grid(
+            ["band", "pretrained filter", "clip max", "mean", "std"],
+            [
+                [b, filters[f], *((s.clip_max, s.mean, s.std) if s else ("-",) * 3)]
+                for b, f, s in zip(self.bands, self.band_map, stats, strict=True)
+            ],
+        )
+        rows = [
+            ("bands", bands),
+            ("statistics", self.statistics_source or "none (pass statistics=)"),
+            ("pixel size", f"{self.pixel_size:g} m"),
+            ("window", f"{self.window} px"),
+            ("feature blocks", self.feature_indices or "last"),
+            ("units", self.units),
+            ("contract", self.digest()),
+            ("xchm", self.xchm_version),
+        ]
+        if self.provenance:
+            rows.append(("provenance", html_grid(None, self.provenance.items())))
+        return html_table("xchm.ModelCard", rows, subtitle=self.preset)

@@ -52,3 +52,16 @@ class RunResult:
         {'backbone': 'ssl/backbone', 'history': [{'loss': 9.5}]}
         """
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def _repr_html_(self) -> str:
+        """Show the result as a compact table in Jupyter: each field, the history as rows."""
+        from xchm._html import html_grid, html_table
+
+        rows: list[tuple[str, Any]] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "history":
+                columns = list(dict.fromkeys(k for row in value for k in row))
+                value = html_grid(columns, [[r.get(k, "") for k in columns] for r in value])
+            rows.append((f.name.replace("_", " "), value))
+        return html_table(f"xchm.{type(self).__name__}", rows)
