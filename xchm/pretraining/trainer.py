@@ -90,7 +90,8 @@ def pretrain(
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
-        Show a progress bar per epoch (rank 0).
+        Show one progress bar over every step of the run, with a summary line per
+        epoch above it (rank 0).
 
     Returns
     -------
@@ -192,19 +193,19 @@ def _run_epoch(
     sums = {k: float(v) for k, v in partial.items() if k != "seconds"}
     t0 = time.perf_counter() - float(partial.get("seconds", 0.0))  # resumed: time so far
     stream.set_epoch(epoch, start_batch=start)
-    with run.progress(ssl.steps, start, f"pretrain {epoch}", "step", progress) as bar:
-        for i, raw in enumerate(stream, start=start):
-            if i >= ssl.steps:
-                break
-            values = ssl.step(run, student, raw, epoch, i)
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            sums["steps"] = sums.get("steps", 0.0) + 1
-            bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
-            bar.update()
-            if run.checkpoint_due(i + 1, ssl.steps):
-                done = {**sums, "seconds": time.perf_counter() - t0}
-                run.checkpoint(epoch, i + 1, done, history, ssl.parts())
+    bar = run.progress(ssl.steps, epoch, start, "step", progress)  # the fit's one bar
+    for i, raw in enumerate(stream, start=start):
+        if i >= ssl.steps:
+            break
+        values = ssl.step(run, student, raw, epoch, i)
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        sums["steps"] = sums.get("steps", 0.0) + 1
+        bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
+        bar.update()
+        if run.checkpoint_due(i + 1, ssl.steps):
+            done = {**sums, "seconds": time.perf_counter() - t0}
+            run.checkpoint(epoch, i + 1, done, history, ssl.parts())
     keys = sorted(sums)
     totals = all_reduce_sum([sums[k] for k in keys], run.device)
     return {**dict(zip(keys, totals, strict=True)), "seconds": time.perf_counter() - t0}

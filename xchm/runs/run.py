@@ -17,7 +17,8 @@ what an epoch's row holds); the rest is a :class:`Run`:
    every epoch :meth:`Run.checkpoint` (``checkpoints/last.pt``, atomic);
 5. after every epoch: :meth:`Run.save_model` (an xchm checkpoint with the run's
    provenance, swapped in whole) and :meth:`Run.log` (``metrics.jsonl``,
-   ``metrics.csv`` and, with ``config.tensorboard``, TensorBoard).
+   ``metrics.csv``, with ``config.tensorboard`` TensorBoard, and one summary line
+   above the progress bar, also logged at INFO).
 
 The saved history is the record: ``metrics.jsonl`` and ``metrics.csv`` are written
 from it, so a run killed between its state and its logs, then resumed, logs each
@@ -50,7 +51,7 @@ from xchm.runs.distributed import Place
 from xchm.runs.mirror import Mirror
 from xchm.runs.state import capture_rng, open_run, restore_rng, save_model_dir, save_state
 
-__all__ = ["Run", "STATE", "FORMATS"]
+__all__ = ["Run", "STATE", "FORMATS", "summary_line"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,24 @@ C = TypeVar("C", bound=RunConfig)
 STATE = Path("checkpoints") / "last.pt"
 #: The ``format`` entry of each kind of run's state (one never resumes from another's).
 FORMATS = {"training": "xchm-train-state", "pretraining": "xchm-pretrain-state"}
+
+
+#: The entries of an epoch's row its summary line shows (those it has), in this order.
+SUMMARY = ("train_loss", "val_loss", "val_mae", "loss", "teacher_information")
+
+
+def summary_line(kind: str, row: dict[str, Any]) -> str:
+    """Return the one line that sums up an epoch's row of the history.
+
+    Examples
+    --------
+    >>> summary_line("training", {"epoch": 2, "train_loss": 1.5, "val_mae": 0.98765,
+    ...                           "lr_decoder": 0.01, "seconds": 4.25})
+    'training epoch 2: train_loss 1.5, val_mae 0.9877 (4.2 s)'
+    """
+    shown = ", ".join(f"{k} {row[k]:.4g}" for k in SUMMARY if isinstance(row.get(k), int | float))
+    took = f" ({row['seconds']:.1f} s)" if isinstance(row.get("seconds"), int | float) else ""
+    return f"{kind} epoch {row['epoch']}: {shown}{took}"
 
 
 @dataclass
@@ -82,6 +101,8 @@ class Run(Generic[C]):
     """The state to resume from (None for a new run)."""
     mirror: Mirror | None = field(default=None, repr=False)
     """Sends ``output`` to the run directory when that is a URL (else None)."""
+    bar: Any = field(default=None, init=False, repr=False)
+    """The run's one progress bar (:meth:`progress`), once an epoch has asked for it."""
 
     @classmethod
     def start(
@@ -267,13 +288,31 @@ class Run(Generic[C]):
         every = self.config.checkpoint_every
         return every is not None and done % every == 0 and done < total
 
-    def progress(self, total: int, initial: int, desc: str, unit: str, show: bool) -> Any:
-        """Return a progress bar over an epoch's steps, shown by rank 0 if ``show``."""
+    def progress(self, steps: int, epoch: int, start: int, unit: str, show: bool) -> Any:
+        """Return the run's progress bar, moved to step ``start`` of ``epoch``.
+
+        One bar for the whole fit, shown by rank 0 if ``show``: its total is every
+        step of every epoch (``config.epochs * steps``, ``steps`` per epoch), each
+        epoch moves it on and names itself in it, and :meth:`log` writes one summary
+        line per epoch above it. :meth:`close` closes it; a resumed run's bar starts
+        where the run stopped.
+        """
         from tqdm.auto import tqdm
 
-        return tqdm(
-            total=total, initial=initial, desc=desc, unit=unit, disable=not (show and self.main)
-        )
+        done, desc = epoch * steps + start, f"{self.kind} epoch {epoch}"
+        if self.bar is None:
+            self.bar = tqdm(
+                total=self.config.epochs * steps,
+                initial=done,
+                desc=desc,
+                unit=unit,
+                disable=not (show and self.main),
+                dynamic_ncols=True,
+            )
+        else:
+            self.bar.n = done  # where an epoch cut short (a shorter stream) left it
+            self.bar.set_description(desc)
+        return self.bar
 
     # -- logs ----------------------------------------------------------------------------
     def log(self, history: list[dict[str, Any]]) -> None:
@@ -286,7 +325,11 @@ class Run(Generic[C]):
             return
         row = history[-1]
         self._write_metrics(history)
-        log.info("%s epoch %d: %s", self.kind, row["epoch"], row)
+        line = summary_line(self.kind, row)
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(line)  # above the bar, which stays at the bottom
+        log.info("%s", line)
+        log.debug("%s epoch %d: %s", self.kind, row["epoch"], row)
         if self.config.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -302,7 +345,9 @@ class Run(Generic[C]):
             self.mirror.send()
 
     def close(self) -> None:
-        """Release the staging folder of a run into a URL (everything was sent)."""
+        """Close the progress bar; release the staging folder of a run into a URL."""
+        if self.bar is not None:
+            self.bar.close()
         if self.mirror is not None:
             self.mirror.close()
 

@@ -65,30 +65,29 @@ def run_epoch(
     net.train()
     trainable = [p for p in net.parameters() if p.requires_grad]
     loss_sum, done = float(partial["loss_sum"]), int(partial["steps"])
-    bar = run.progress(steps, start_batch, f"epoch {epoch}", "batch", progress)
+    bar = run.progress(steps, epoch, start_batch, "batch", progress)  # the fit's one bar
     with torch.random.fork_rng(devices=[]):  # the loader's seed draw must not shift dropout
         batches = iter(loader)
-    with bar:
-        for i, (raw, heights) in enumerate(batches, start=start_batch):
-            if i >= steps:
-                break
-            x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
-            y = heights.to(run.device, non_blocking=True)
-            with autocast(run.device, cfg.mixed_precision):
-                pred = model(x, validate=False)
-            loss = height_loss(pred[:, 0], y, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            opt.step()
-            value = loss.detach().item()  # the step's one sync with the device
-            run.check_loss(value, epoch, i, "Lower lr, keep grad_clip on or use loss='huber'")
-            loss_sum, done = loss_sum + value, done + 1
-            bar.set_postfix(loss=f"{loss_sum / done:.3f}")
-            bar.update()
-            if run.checkpoint_due(i + 1, steps):
-                checkpoint(i + 1, {"loss_sum": loss_sum, "steps": done})
+    for i, (raw, heights) in enumerate(batches, start=start_batch):
+        if i >= steps:
+            break
+        x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
+        y = heights.to(run.device, non_blocking=True)
+        with autocast(run.device, cfg.mixed_precision):
+            pred = model(x, validate=False)
+        loss = height_loss(pred[:, 0], y, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        value = loss.detach().item()  # the step's one sync with the device
+        run.check_loss(value, epoch, i, "Lower lr, keep grad_clip on or use loss='huber'")
+        loss_sum, done = loss_sum + value, done + 1
+        bar.set_postfix(loss=f"{loss_sum / done:.3f}")
+        bar.update()
+        if run.checkpoint_due(i + 1, steps):
+            checkpoint(i + 1, {"loss_sum": loss_sum, "steps": done})
     total, count = all_reduce_sum([loss_sum, done], run.device)
     return {"loss": total / max(count, 1), "steps": done}
 
