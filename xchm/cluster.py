@@ -16,6 +16,11 @@ Everything :func:`start` starts (scheduler, workers, nannies, dashboard) listens
 127.0.0.1 only, unless ``host=`` says otherwise: distributed alone would serve a
 dashboard given as a bare port (``":8787"``) on every interface.
 
+Dask's own log records follow xchm's logging level (:func:`dask_log_level`): with
+Python's default (warnings) a cluster :func:`start` starts says nothing but warnings,
+in this process (scheduler, nannies) and in its workers; ``xchm -v`` (or
+``logging.getLogger("xchm").setLevel(logging.INFO)``) brings Dask's INFO lines back.
+
 Workers share nothing with the client but the task graph: models travel as specs
 (a checkpoint path or URL, fetched by each worker), and every client xchm uses gets a
 worker plugin (:func:`prepare_workers`) that gives GDAL the worker's own S3 endpoint
@@ -44,6 +49,7 @@ __all__ = [
     "active_client",
     "prepare_workers",
     "gpu_count",
+    "dask_log_level",
     "TORCH_THREADS_ENV",
     "LOOPBACK",
 ]
@@ -144,16 +150,53 @@ def _cores() -> int:
     return os.cpu_count() or 1  # pragma: no cover
 
 
-def _owning_client(cluster: Any) -> Any:
-    """Return a Client that also closes ``cluster`` when it is closed (``with start():``)."""
+def dask_log_level() -> int:
+    """Return the level of Dask's log records shown while a cluster :func:`start` started runs.
+
+    The effective level of the ``xchm`` logger: WARNING by Python's default (Dask's
+    start-up and shutdown INFO lines are not shown), INFO with ``xchm -v``. Pass
+    ``silence_logs=`` to :func:`start` to choose otherwise.
+
+    Examples
+    --------
+    >>> import logging
+    >>> dask_log_level() == logging.getLogger("xchm").getEffectiveLevel()
+    True
+    """
+    return logging.getLogger("xchm").getEffectiveLevel()
+
+
+def _quiet_dask(level: int) -> Any:
+    """Raise the ``distributed`` logger to ``level`` here; return what undoes it.
+
+    ``silence_logs`` quiets only the stream handlers distributed installed itself; a
+    handler of the application's (``logging.basicConfig`` before distributed is
+    imported, a notebook's) would still get every INFO record.
+    """
+    dask_logger = logging.getLogger("distributed")
+    before = dask_logger.level
+    if dask_logger.getEffectiveLevel() < level:
+        dask_logger.setLevel(level)
+    return lambda: dask_logger.setLevel(before)
+
+
+def _owning_client(cluster: Any, restore: Any = None) -> Any:
+    """Return a Client that also closes ``cluster`` when it is closed (``with start():``).
+
+    ``restore`` (if given) runs after the cluster closed: the log level set for it.
+    """
     from distributed import Client
 
     class OwningClient(Client):
         def close(self, *args: Any, **kwargs: Any) -> Any:
             owned = self.cluster
-            result = super().close(*args, **kwargs)
-            if owned is not None:
-                owned.close()
+            try:
+                result = super().close(*args, **kwargs)
+                if owned is not None:
+                    owned.close()
+            finally:
+                if restore is not None and owned is not None:
+                    restore()
             return result
 
     return OwningClient(cluster, set_as_default=True)
@@ -215,7 +258,8 @@ def start(
         Do not print the dashboard link (it is logged either way).
     **kwargs
         Passed on to ``LocalCUDACluster`` / ``distributed.LocalCluster``
-        (``memory_limit``, ``local_directory``, ...).
+        (``memory_limit``, ``local_directory``, ...). ``silence_logs`` defaults to
+        :func:`dask_log_level` (warnings only, unless xchm's logging asks for more).
 
     Returns
     -------
@@ -289,41 +333,42 @@ def start(
                     XCHMWarning,
                     stacklevel=2,
                 )
-                return start(
-                    None,
-                    threads_per_worker,
-                    dashboard_address=dashboard_address,
-                    host=host,
-                    quiet=quiet,
-                    **kwargs,
-                )
-        dask_cuda = require("dask_cuda")
-        cluster = dask_cuda.LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=kwargs.pop("CUDA_VISIBLE_DEVICES", list(range(n_gpus))),
-            threads_per_worker=threads,
-            host=host,
-            dashboard_address=dashboard_address,
-            **kwargs,
-        )
-        kind = f"{n_gpus} GPU worker(s)"
-    else:
-        from distributed import LocalCluster
+                n_gpus = 0
+    level = kwargs.setdefault("silence_logs", dask_log_level())
+    restore = _quiet_dask(level) if isinstance(level, int) and level > logging.NOTSET else None
+    try:
+        if n_gpus > 0:
+            dask_cuda = require("dask_cuda")
+            cluster = dask_cuda.LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=kwargs.pop("CUDA_VISIBLE_DEVICES", list(range(n_gpus))),
+                threads_per_worker=threads,
+                host=host,
+                dashboard_address=dashboard_address,
+                **kwargs,
+            )
+            kind = f"{n_gpus} GPU worker(s)"
+        else:
+            from distributed import LocalCluster
 
-        cores = _cores()
-        workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
-        torch_threads = max(1, cores // workers)
-        env = {**kwargs.pop("env", {}), TORCH_THREADS_ENV: str(torch_threads)}
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads,
-            processes=True,
-            host=host,
-            dashboard_address=dashboard_address,
-            env=env,
-            **kwargs,
-        )
-        kind = f"{workers} CPU worker process(es), torch {torch_threads} thread(s) each"
-    client = _owning_client(cluster)
+            cores = _cores()
+            workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
+            torch_threads = max(1, cores // workers)
+            env = {**kwargs.pop("env", {}), TORCH_THREADS_ENV: str(torch_threads)}
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=threads,
+                processes=True,
+                host=host,
+                dashboard_address=dashboard_address,
+                env=env,
+                **kwargs,
+            )
+            kind = f"{workers} CPU worker process(es), torch {torch_threads} thread(s) each"
+    except BaseException:
+        if restore is not None:
+            restore()
+        raise
+    client = _owning_client(cluster, restore)
     link = client.dashboard_link if dashboard_address is not None else "(no dashboard)"
     logger.info("started %s; dashboard: %s", kind, link)
     if not quiet:

@@ -9,6 +9,10 @@ shared by every command are in :mod:`~xchm.cli.common`, and :mod:`~xchm.cli.refe
 renders ``docs/cli.md``. Each command imports what it needs when it runs, so
 ``xchm --help`` stays fast. Option defaults are the library's constants, never copies.
 
+Logging: warnings and errors only by default (Dask's start-up and shutdown lines
+included, see :func:`xchm.cluster.dask_log_level`); ``-v`` adds INFO lines, ``-vv``
+DEBUG ones.
+
 Every failure ends in one line ``xchm: error: ...`` on stderr and a documented exit
 status (1: the command failed, 2: usage); a traceback only with ``xchm --debug`` or
 ``XCHM_DEBUG=1``. Library exceptions that are not xchm's (an ``OSError`` of
@@ -47,7 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Canopy height maps from very-high-resolution imagery (DINOv3, xarray, Dask).",
     )
     parser.add_argument("--version", action="version", version=f"xchm {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v adds INFO lines (xchm's, and Dask's from the clusters xchm "
+        "starts), -vv DEBUG; by default only warnings and errors",
+    )
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -107,10 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version (0) or a usage error (2, one line)
         return done.code if isinstance(done.code, int) else EXIT_USAGE
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # xchm's own level even where logging was configured before (basicConfig then does
+    # nothing); Dask clusters xchm starts follow it (xchm.cluster.dask_log_level).
+    logging.getLogger("xchm").setLevel(level)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
