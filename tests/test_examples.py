@@ -114,3 +114,16 @@ def test_object_storage__runs_against_the_s3_server_and_resumes(neon_dir, s3):
     assert any(k.startswith("example/maps/chm.zarr/chm/c/") for k in keys)
     again = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     assert re.search(r" 0/(\d+) regions computed \(\1 already done\)", again), again
+
+
+def test_predict_chmv2__writes_a_cog_from_meta_layout_files(neon_dir, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "predict_chmv2.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "model test-tiny-chmv2: bands ('red', 'green', 'blue')" in out
+    with rasterio.open(tmp_path / "chm.tif") as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert abs(cog.res[0] - 0.6) < 1e-6

@@ -41,6 +41,7 @@ class CHMAccessor:
         nodata: float | str | None = _DEFAULT["nodata"],
         uncertainty: bool = _DEFAULT["uncertainty"],
         weights: str | os.PathLike[str] | None = _DEFAULT["weights"],
+        backbone_weights: str | os.PathLike[str] | None = _DEFAULT["backbone_weights"],
     ) -> xr.DataArray | xr.Dataset:
         """Predict canopy height of this object; :func:`xchm.predict` with it as ``obj``.
 
@@ -48,7 +49,7 @@ class CHMAccessor:
         ----------
         model
             A loaded model (``xchm.load_model``), a checkpoint directory, or a preset name.
-        overlap, batch_size, device, bands, nodata, uncertainty, weights
+        overlap, batch_size, device, bands, nodata, uncertainty, weights, backbone_weights
             As for :func:`xchm.predict` (same defaults).
 
         Returns
@@ -76,6 +77,7 @@ class CHMAccessor:
             nodata=nodata,
             uncertainty=uncertainty,
             weights=weights,
+            backbone_weights=backbone_weights,
         )
 
 

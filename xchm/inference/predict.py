@@ -105,6 +105,7 @@ def predict(
     nodata: float | str | None = AUTO,
     uncertainty: bool = False,
     weights: str | os.PathLike[str] | None = None,
+    backbone_weights: str | os.PathLike[str] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Predict a canopy height map (metres) from imagery, lazily for dask-backed input.
 
@@ -138,7 +139,10 @@ def predict(
         Also return ``chm_std``: the weighted standard deviation of the overlapping
         window predictions at each pixel (0 where a single window counts).
     weights
-        Backbone weights for a preset name (see ``xchm.load_model``).
+        Backbone weights for a preset name (see ``xchm.load_model``); for ``chmv2``
+        its head file or snapshot folder.
+    backbone_weights
+        The backbone file beside ``weights`` (e.g. CHMv2's; see ``xchm.load_model``).
 
     Returns
     -------
@@ -176,7 +180,7 @@ def predict(
     from xchm.cluster import active_client
 
     active_client()  # a distributed client's workers get xchm's plugin (GDAL's S3 endpoint)
-    spec, card = spec_for(model, weights=weights)
+    spec, card = spec_for(model, weights=weights, backbone_weights=backbone_weights)
     window = card.window
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < window:
         raise InputError(f"overlap must be an integer in [0, {window}), got {overlap!r}")

@@ -77,36 +77,48 @@ def _checkpoint_digest(spec: ModelSpec) -> str:
     return str(meta["weights"]["sha256"])
 
 
-def spec_for(model: Any, *, weights: Any = None) -> tuple[ModelSpec, Any]:
-    """Describe ``model`` (object, checkpoint path or preset name); return the spec and card."""
-    from xchm.models.presets import PRESETS
+def _weights_option(role: str, weights: Any) -> tuple[tuple[str, Any], str]:
+    """Return the spec option for a weights path or URL, and a text of its version."""
+    if location(weights).is_url:
+        from xchm.storage.cache import remote_version
+
+        source = location(weights)  # each worker fetches it (once per machine)
+        version = remote_version(source)  # raises, naming the URL, if nothing is there
+        return (role, source.text), f"{source.text}:{version}"
+    path = Path(str(weights)).expanduser().resolve()
+    if not path.exists():
+        raise WeightsError(f"{role} path {str(path)!r} does not exist")
+    from xchm.models.weights import check_weights_file
+
+    check_weights_file(path)  # a text file fails now, not on the worker
+    stat = path.stat()
+    return (role, str(path)), f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def spec_for(
+    model: Any, *, weights: Any = None, backbone_weights: Any = None
+) -> tuple[ModelSpec, Any]:
+    """Describe ``model`` (object, checkpoint path or preset name); return the spec and card.
+
+    ``weights`` and ``backbone_weights`` go with a preset name to ``load_model`` on the
+    worker (paths or URLs; the digest changes with their content).
+    """
+    from xchm.models.presets import PRESETS, get_preset
 
     if isinstance(model, str | os.PathLike) and str(model) in PRESETS:
-        options: tuple[tuple[str, Any], ...] = ()
+        given_options: list[tuple[str, Any]] = []
+        versions = []
+        for role, given in (("weights", weights), ("backbone_weights", backbone_weights)):
+            if given is not None:
+                option, version = _weights_option(role, given)
+                given_options.append(option)
+                versions.append(f"{role}={version}")
         digest = str(model)
-        if weights is not None and location(weights).is_url:
-            from xchm.storage.cache import remote_version
-
-            source = location(weights)  # each worker fetches it (once per machine)
-            options = (("weights", source.text),)
-            version = remote_version(source)  # raises, naming the URL, if nothing is there
-            digest = hashlib.sha256(f"{source.text}:{version}".encode()).hexdigest()
-        elif weights is not None:
-            path = Path(str(weights)).expanduser().resolve()
-            if not path.exists():
-                raise WeightsError(f"weights path {str(path)!r} does not exist")
-            from xchm.models.weights import check_weights_file
-
-            check_weights_file(path)  # a text file fails now, not on the worker
-            options = (("weights", str(path)),)
-            stat = path.stat()
-            digest = hashlib.sha256(
-                f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-            ).hexdigest()
+        if versions:
+            digest = hashlib.sha256("\n".join(versions).encode()).hexdigest()
         # The preset's default card, without building the model on the client.
-        from xchm.models.card import ModelCard
-
-        return ModelSpec("preset", str(model), digest, options), ModelCard(preset=str(model))
+        card = get_preset(str(model)).default_card()
+        return ModelSpec("preset", str(model), digest, tuple(given_options)), card
     if isinstance(model, Location) or (isinstance(model, str) and location(model).is_url):
         from xchm.models.checkpoint import read_card
 
@@ -263,7 +275,7 @@ def _check_visible(spec: ModelSpec) -> None:
     paths += [
         Path(value)
         for key, value in spec.options
-        if key == "weights" and not location(value).is_url
+        if key in ("weights", "backbone_weights") and not location(value).is_url
     ]
     for path in paths:
         if not os.access(path, os.R_OK):

@@ -19,7 +19,7 @@ from xchm.errors import (
     RandomWeightsWarning,
     WeightsError,
 )
-from xchm.models.bands import REFERENCE_BANDS, normalize_bands, resolve_band_map
+from xchm.models.bands import normalize_bands, resolve_band_map
 from xchm.models.card import BandStats, ModelCard
 from xchm.models.presets import PRESETS, get_preset
 from xchm.storage import Location, PathOrURL, location
@@ -127,16 +127,29 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return info
 
 
+def _local_source(source: PathOrURL, role: str) -> tuple[Path, dict[str, Any]]:
+    """Return a weights path or URL as a local path (URLs fetched once) and provenance."""
+    if location(source).is_url:
+        from xchm.storage import fetch_version
+
+        where = location(source)
+        path, digest = fetch_version(where)  # once per machine and version of the file
+        return Path(path), {role: where.name, f"{role}_sha256": digest, f"{role}_url": where.text}
+    path = Path(str(source)).expanduser()
+    return path, {f"{role}{k[len('weights') :]}": v for k, v in _file_identity(path).items()}
+
+
 def create_model(
     preset: str,
     *,
     weights: PathOrURL | None = None,
+    backbone_weights: PathOrURL | None = None,
     bands: Sequence[str] | None = None,
     band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
     statistics: StatisticsLike | None = None,
     multilevel: bool = False,
-    window: int = 64,
-    pixel_size: float = 2.0,
+    window: int | None = None,
+    pixel_size: float | None = None,
     output_bias: float = DEFAULT_OUTPUT_BIAS,
     seed: int | None = None,
 ) -> CanopyHeightModel:
@@ -146,6 +159,32 @@ def create_model(
     from xchm.models.weights import load_backbone_weights
 
     spec = get_preset(preset)
+    window = spec.window if window is None else window
+    pixel_size = spec.pixel_size if pixel_size is None else pixel_size
+    if backbone_weights is not None and weights is not None and is_checkpoint(weights):
+        return _checkpoint_on_backbone(preset, weights, backbone_weights)
+    if backbone_weights is not None and (spec.dpt is None or is_checkpoint(backbone_weights)):
+        if weights is not None:
+            raise InputError(
+                f"for {preset!r}, weights= and backbone_weights= together mean a decoder from "
+                f"an xchm checkpoint (weights=) on a backbone file; {str(weights)!r} is not an "
+                "xchm checkpoint: pass the backbone file once, as backbone_weights="
+            )
+        weights, backbone_weights = backbone_weights, None  # the same backbone weights
+    if spec.dpt is not None and not (weights is not None and is_checkpoint(weights)):
+        from xchm.models.chmv2_build import create_dpt_model
+
+        return create_dpt_model(
+            spec,
+            weights=None if weights is None else _local_source(weights, "weights"),
+            backbone_weights=(
+                None
+                if backbone_weights is None
+                else _local_source(backbone_weights, "backbone_weights")
+            ),
+            card=_preset_card(spec, bands, band_map, statistics, multilevel, window, pixel_size),
+            seed=spec.seed if seed is None else seed,
+        )
     if weights is not None and is_checkpoint(weights):
         where = location(weights)
         return _from_checkpoint_backbone(
@@ -160,26 +199,11 @@ def create_model(
             output_bias=output_bias,
             seed=seed,
         )
-    band_names = normalize_bands(bands) if bands is not None else REFERENCE_BANDS
     provenance: dict[str, Any] = {}
-    if weights is not None and location(weights).is_url:
-        from xchm.storage import fetch_version
-
-        source = location(weights)
-        weights, digest = fetch_version(source)  # once per machine and version of the file
-        provenance.update(weights=source.name, weights_sha256=digest, weights_url=source.text)
-    elif weights is not None:
-        provenance.update(_file_identity(Path(str(weights)).expanduser()))
-    card = ModelCard(
-        preset=preset,
-        bands=band_names,
-        statistics=_statistics(band_names, statistics),
-        band_map=resolve_band_map(band_names, band_map),
-        feature_indices=spec.multilevel_indices if multilevel else (),
-        window=window,
-        pixel_size=pixel_size,
-        provenance=provenance,
-    )
+    if weights is not None:
+        weights, provenance = _local_source(weights, "weights")
+    card = _preset_card(spec, bands, band_map, statistics, multilevel, window, pixel_size)
+    card = card.replace(provenance=provenance)
     with _seeded(spec.seed if seed is None else seed):
         backbone = build_backbone(spec, card.window, empty=weights is not None)
         if weights is not None:
@@ -194,6 +218,58 @@ def create_model(
             )
         adapt_patch_embed(backbone, card.band_map)
         return assemble(backbone, card, output_bias=output_bias)
+
+
+def _preset_card(
+    spec: Any,
+    bands: Sequence[str] | None,
+    band_map: Any,
+    statistics: StatisticsLike | None,
+    multilevel: bool,
+    window: int,
+    pixel_size: float,
+) -> ModelCard:
+    """Return the card of a new model of preset ``spec`` (its defaults unless given)."""
+    default = spec.default_card()
+    band_names = normalize_bands(bands) if bands is not None else default.bands
+    stats = _statistics(band_names, statistics)
+    if stats is None and band_names == default.bands:
+        stats = default.statistics
+    return ModelCard(
+        preset=spec.name,
+        bands=band_names,
+        statistics=stats,
+        statistics_source=default.statistics_source if stats is default.statistics else "",
+        band_map=resolve_band_map(band_names, band_map),
+        feature_indices=spec.feature_indices(multilevel),
+        window=window,
+        pixel_size=pixel_size,
+    )
+
+
+def _checkpoint_on_backbone(
+    preset: str, checkpoint: PathOrURL, backbone_weights: PathOrURL
+) -> CanopyHeightModel:
+    """Put the decoder (and card) of an xchm checkpoint on a backbone from a weights file."""
+    from xchm.models.backbone import adapt_patch_embed, build_backbone
+    from xchm.models.network import assemble, load_checkpoint
+    from xchm.models.weights import load_backbone_weights
+
+    source = load_checkpoint(checkpoint)
+    card = source.card
+    if card.preset != preset:
+        raise WeightsError(
+            f"checkpoint {str(checkpoint)!r} holds a {card.preset!r} model, not {preset!r}; "
+            f"use model={card.preset!r}"
+        )
+    path, provenance = _local_source(backbone_weights, "backbone_weights")
+    backbone = build_backbone(get_preset(preset), card.window, empty=True)
+    load_backbone_weights(backbone, path)
+    adapt_patch_embed(backbone, card.band_map)
+    card = card.replace(provenance={**provenance, "decoder_from": str(checkpoint)})
+    model = assemble(backbone, card, decoder_spec=source.decoder_spec)
+    model.decoder.load_state_dict(source.decoder.state_dict(), strict=True)
+    return model
 
 
 def _from_checkpoint_backbone(
@@ -239,7 +315,7 @@ def _from_checkpoint_backbone(
     new_card = card.replace(
         statistics=stats,
         statistics_source=card.statistics_source if statistics is None else "given",
-        feature_indices=spec.multilevel_indices if multilevel else (),
+        feature_indices=spec.feature_indices(multilevel),
         window=window,
         pixel_size=pixel_size,
         xchm_version=ModelCard(preset=preset).xchm_version,
@@ -274,12 +350,13 @@ def load_model(
     name_or_path: PathOrURL,
     *,
     weights: PathOrURL | None = None,
+    backbone_weights: PathOrURL | None = None,
     bands: Sequence[str] | None = None,
     band_map: Mapping[str, int | str] | Sequence[int | str] | str | None = None,
     statistics: StatisticsLike | None = None,
     multilevel: bool = False,
-    window: int = 64,
-    pixel_size: float = 2.0,
+    window: int | None = None,
+    pixel_size: float | None = None,
     output_bias: float = DEFAULT_OUTPUT_BIAS,
     seed: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -300,9 +377,18 @@ def load_model(
         backbone is taken with its bands, band map and statistics (the decoder is
         new). Read offline and without unpickling objects. Without it the backbone is
         random (a :class:`~xchm.errors.RandomWeightsWarning` says so, except for
-        ``test-tiny``, which is random by design).
+        ``test-tiny``, which is random by design). For ``chmv2`` it is the trained head:
+        Meta's ``dinov3_vitl16_chmv2_dpt_head-*.pth`` (with ``backbone_weights=``) or a
+        ``facebook/dinov3-vitl16-chmv2-dpt-head`` snapshot folder (backbone and head).
+        With ``backbone_weights=`` and another preset, an xchm checkpoint whose decoder
+        and card are put on that backbone.
+    backbone_weights
+        The backbone's weights file (any layout ``weights=`` reads for a backbone), for
+        every preset: e.g. Meta's ``dinov3_vitl16_pretrain_sat493m-*.pth`` beside the
+        CHMv2 head. Alone, it means what ``weights=`` means for a backbone.
     bands
-        Input band names in order (default ``("nir", "red", "green")``).
+        Input band names in order (default: the preset's, ``("nir", "red", "green")``
+        except ``("red", "green", "blue")`` for ``chmv2``).
     band_map
         Which pretrained RGB filter each band's patch-embedding channel copies:
         default nir<-red, red<-red, green<-green, blue<-blue; a mapping such as
@@ -315,9 +401,11 @@ def load_model(
         Feed the decoder four backbone depths (e.g. blocks 5, 11, 17, 23 of ViT-L)
         instead of the last block only (the reference).
     window
-        Window size in pixels (multiple of 16; 64 by default).
+        Window size in pixels (multiple of 16; default the preset's: 64, or 256 for
+        ``chmv2``).
     pixel_size
-        Ground sampling distance in metres the model is meant for.
+        Ground sampling distance in metres the model is meant for (default the
+        preset's: 2.0, or 0.6 for ``chmv2``).
     output_bias
         Initial output bias in metres (a high percentile of the training labels).
     seed
@@ -349,10 +437,12 @@ def load_model(
     torch.Size([2, 1, 64, 64])
     """
     options = {"weights": weights, "bands": bands, "band_map": band_map, "statistics": statistics}
+    options["backbone_weights"] = backbone_weights
     if isinstance(name_or_path, str) and name_or_path in PRESETS:
         return create_model(
             name_or_path,
             weights=weights,
+            backbone_weights=backbone_weights,
             bands=bands,
             band_map=band_map,
             statistics=statistics,

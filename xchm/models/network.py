@@ -22,6 +22,7 @@ from xchm.models.backbone import (
 from xchm.models.card import ModelCard
 from xchm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, read_checkpoint, save_checkpoint
 from xchm.models.decoder import CHMDecoder
+from xchm.models.dpt import DPTHead
 from xchm.models.presets import DecoderSpec, get_preset
 from xchm.storage import Location, PathOrURL
 
@@ -40,7 +41,7 @@ class CanopyHeightModel(nn.Module):
     backbone
         A timm DINOv3 ViT whose patch embedding takes ``card.num_bands`` channels.
     decoder
-        The CHM decoder.
+        The CHM decoder, or CHMv2's DPT head (presets with ``dpt``).
     card
         The model card (bands, statistics, window...).
     decoder_spec
@@ -48,7 +49,11 @@ class CanopyHeightModel(nn.Module):
     """
 
     def __init__(
-        self, backbone: Any, decoder: CHMDecoder, card: ModelCard, decoder_spec: DecoderSpec
+        self,
+        backbone: Any,
+        decoder: CHMDecoder | DPTHead,
+        card: ModelCard,
+        decoder_spec: DecoderSpec,
     ) -> None:
         super().__init__()
         self.backbone: Any = backbone  # timm Eva (dynamic submodules)
@@ -107,14 +112,27 @@ class CanopyHeightModel(nn.Module):
                 "(xchm's predict does this) instead of feeding it"
             )
 
-    def features(self, x: torch.Tensor, *, validate: bool | None = None) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, *, validate: bool | None = None) -> list[Any]:
         """Backbone feature maps (B, C, W/16, W/16) of the configured blocks, final norm applied.
 
         The last map is the final block's patch tokens after the final norm (Meta's
-        ``x_norm_patchtokens``). ``validate`` overrides ``self.validate_inputs``.
+        ``x_norm_patchtokens``). For a DPT head (CHMv2) each level is a pair
+        ``(map, class token (B, C))``, the class token normed too, as in Meta's
+        ``get_intermediate_layers(norm=True, return_class_token=True)``. ``validate``
+        overrides ``self.validate_inputs``.
         """
         if self.validate_inputs if validate is None else validate:
             self.check_input(x)
+        if getattr(self.decoder, "uses_class_token", False):
+            levels = self.backbone.forward_intermediates(
+                x,
+                indices=list(self.feature_indices),
+                norm=True,
+                return_prefix_tokens=True,
+                intermediates_only=True,
+                stop_early=True,
+            )
+            return [(patches, prefix[:, 0]) for patches, prefix in levels]
         return backbone_features(self.backbone, x, self.feature_indices)
 
     def forward(self, x: torch.Tensor, *, validate: bool | None = None) -> torch.Tensor:
@@ -161,6 +179,14 @@ def assemble(
     """
     spec = get_preset(card.preset)
     decoder_spec = spec.decoder if decoder_spec is None else decoder_spec
+    if spec.dpt is not None:  # CHMv2: the head reads four fixed depths; no output bias
+        if card.feature_indices != spec.multilevel_indices:
+            raise InputError(
+                f"the {card.preset!r} head reads backbone blocks {spec.multilevel_indices}; the "
+                f"card names {card.feature_indices}"
+            )
+        head: CHMDecoder | DPTHead = DPTHead(spec.embed_dim, spec.dpt)
+        return CanopyHeightModel(backbone, head, card, decoder_spec).eval()
     levels = max(len(card.feature_indices), 1)
     decoder = CHMDecoder(spec.embed_dim, levels, decoder_spec, output_bias=output_bias)
     return CanopyHeightModel(backbone, decoder, card, decoder_spec).eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "DecoderSpec", "PRESETS", "get_preset"]
+__all__ = ["Preset", "DecoderSpec", "DPTSpec", "PRESETS", "get_preset"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +52,24 @@ class DecoderSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DPTSpec:
+    """Widths and height bins of a CHMv2-style DPT head (see ``xchm.models.dpt``)."""
+
+    channels: tuple[int, int, int, int] = (128, 256, 512, 1024)
+    """Channels of the four reassembled levels (resized x4, x2, x1, /2)."""
+    fusion_channels: int = 256
+    """Channels of the fusion blocks."""
+    head_channels: int = 128
+    """Hidden channels of the last convolution before the bin logits."""
+    bins: int = 256
+    """Number of height bins (logits per pixel)."""
+    min_height: float = 0.001
+    """Smallest bin edge of Meta's ``min_depth`` (before its factor 8)."""
+    max_height: float = 96.0
+    """Largest height in metres (Meta's ``max_depth``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Preset:
     """A named model architecture."""
 
@@ -65,6 +83,9 @@ class Preset:
     """timm tag of the matching Meta weights (``sat493m`` or ``lvd1689m``)."""
     decoder: DecoderSpec = DecoderSpec()
     """The CHM decoder."""
+    dpt: DPTSpec | None = None
+    """If set, the model has a CHMv2 DPT head with height bins instead of the CHM decoder;
+    it reads four backbone depths (:attr:`multilevel_indices`) with their class tokens."""
     embed_dim: int = 1024
     """Backbone width (channels of each feature map)."""
     depth: int = 24
@@ -75,6 +96,16 @@ class Preset:
     """One line for ``xchm models``."""
     notes: str = ""
     """Requirements and caveats (memory, licence)."""
+    bands: tuple[str, ...] | None = None
+    """Default input bands of the card (None: the reference's nir, red, green)."""
+    statistics: tuple[tuple[float, float, float], ...] | None = None
+    """Default (clip_max, mean, std) per default band (None: the card's defaults)."""
+    window: int = 64
+    """Default window in pixels."""
+    pixel_size: float = 2.0
+    """Default ground sampling distance in metres."""
+    statistics_source: str = ""
+    """Where the default statistics come from."""
 
     @property
     def multilevel_indices(self) -> tuple[int, ...]:
@@ -82,6 +113,42 @@ class Preset:
         step = self.depth // 4
         return tuple(step * (i + 1) - 1 for i in range(4))
 
+    def feature_indices(self, multilevel: bool) -> tuple[int, ...]:
+        """Blocks feeding the head: four with ``multilevel`` or a DPT head, else the last."""
+        return self.multilevel_indices if multilevel or self.dpt is not None else ()
+
+    def default_card(self) -> Any:
+        """Return the :class:`~xchm.models.card.ModelCard` of this preset with every default."""
+        from xchm.models.card import BandStats, ModelCard
+
+        stats = None
+        if self.statistics is not None:
+            stats = tuple(BandStats(clip_max=c, mean=m, std=s) for c, m, s in self.statistics)
+        return ModelCard(
+            preset=self.name,
+            bands=self.bands if self.bands is not None else ModelCard(preset=self.name).bands,
+            statistics=stats,
+            statistics_source=self.statistics_source if stats is not None else "",
+            feature_indices=self.feature_indices(False),
+            window=self.window,
+            pixel_size=self.pixel_size,
+        )
+
+
+#: CHMv2's input: RGB, 8-bit values divided by 255, then its mean and std (Meta's
+#: chmv2 notebook and transformers' CHMv2ImageProcessor: mean 0.420, not the 0.430 of
+#: the SAT backbone's README).
+CHMV2_BANDS = ("red", "green", "blue")
+CHMV2_STATISTICS = (
+    (255.0, 0.420, 0.213),
+    (255.0, 0.411, 0.156),
+    (255.0, 0.296, 0.143),
+)
+CHMV2_SOURCE = (
+    "CHMv2 (Meta): 8-bit RGB / 255, mean (0.420, 0.411, 0.296), std (0.213, 0.156, 0.143)"
+)
+#: Default CHMv2 window: chosen by seams and speed on CPU (benchmarks/RESULTS.md).
+CHMV2_WINDOW = 256
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -112,6 +179,38 @@ PRESETS: dict[str, Preset] = {
             summary="DINOv3 ViT-7B/16 pretrained on SAT-493M (research scale)",
             notes="6.7B backbone parameters: needs a large GPU (>= 40 GB for inference in "
             "bf16, 80 GB+ to train the decoder); ran out of memory on 32 GB V100s.",
+        ),
+        Preset(
+            name="chmv2",
+            timm_name="vit_large_patch16_dinov3_qkvb",
+            pretrained_tag="sat493m",
+            dpt=DPTSpec(),
+            bands=CHMV2_BANDS,
+            statistics=CHMV2_STATISTICS,
+            statistics_source=CHMV2_SOURCE,
+            window=CHMV2_WINDOW,
+            pixel_size=0.6,
+            summary="Meta's CHMv2: DINOv3 ViT-L/16 SAT-493M + DPT head, trained canopy heights",
+            notes="Meta's two files (gated, DINOv3 License): weights=dinov3_vitl16_chmv2_dpt_"
+            "head-*.pth, backbone_weights=dinov3_vitl16_pretrain_sat493m-*.pth; or weights= a "
+            "facebook/dinov3-vitl16-chmv2-dpt-head snapshot folder. RGB 8-bit, ~0.6 m.",
+        ),
+        Preset(
+            name="test-tiny-chmv2",
+            timm_name="vit_large_patch16_dinov3_qkvb",
+            timm_kwargs={"embed_dim": 64, "depth": 4, "num_heads": 4, "init_values": 1.0},
+            embed_dim=64,
+            depth=4,
+            dpt=DPTSpec(channels=(8, 16, 32, 64), fusion_channels=16, head_channels=8),
+            bands=CHMV2_BANDS,
+            statistics=CHMV2_STATISTICS,
+            statistics_source=CHMV2_SOURCE,
+            window=64,
+            pixel_size=0.6,
+            seed=0,
+            summary="CHMv2's architecture (DPT head, 256 height bins) on test-tiny's backbone "
+            "(tests, CPU demos)",
+            notes="Random weights from a fixed seed; never pretrained.",
         ),
         Preset(
             name="test-tiny",

@@ -28,6 +28,8 @@ __all__ = [
     "check_weights_file",
     "detect_layout",
     "load_backbone_weights",
+    "load_backbone_tensors",
+    "read_weights",
     "hf_to_timm",
 ]
 
@@ -326,6 +328,14 @@ def _meta_to_timm(tensors: Mapping[str, torch.Tensor], backbone: Backbone) -> di
         ) from err
 
 
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read the tensors of a weights file or of a snapshot folder (see :func:`read_tensors`)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise WeightsError(f"weights path {str(path)!r} does not exist")
+    return _read_folder(path) if path.is_dir() else read_tensors(path)
+
+
 def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> str:
     """Load pretrained weights into an RGB backbone from ``path``; return the layout found.
 
@@ -342,10 +352,17 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> s
     WeightsError
         If the file is unreadable, in no known layout, or does not fit the backbone.
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise WeightsError(f"weights path {str(path)!r} does not exist")
-    tensors = _read_folder(path) if path.is_dir() else read_tensors(path)
+    return load_backbone_tensors(backbone, read_weights(path), str(Path(path).expanduser()))
+
+
+def load_backbone_tensors(
+    backbone: Backbone, tensors: Mapping[str, torch.Tensor], where: str
+) -> str:
+    """Load backbone tensors read from ``where`` (named in errors); return their layout.
+
+    See :func:`load_backbone_weights`, which reads them from a file or folder.
+    """
+    path = where
     try:
         layout = detect_layout(tensors)
         periods = None
@@ -389,7 +406,7 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike[str]) -> s
         raise WeightsError(
             f"weights in {str(path)!r} ({layout} layout, {_describe(state)}) do not fit this "
             f"backbone ({_describe(own)}): " + "; ".join(details) + ". Check that the file "
-            "matches the preset (e.g. ViT-L/16 SAT-493M for dinov3-vitl16-sat)."
+            "matches the preset (ViT-L/16 SAT-493M for dinov3-vitl16-sat and chmv2)."
         )
     backbone.load_state_dict(state, strict=True)
     if periods is not None:
