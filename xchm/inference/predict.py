@@ -125,9 +125,11 @@ def predict(
     device
         ``"cuda"``, ``"cpu"``...; default: chosen on each worker (CUDA if present).
     bands
-        Which input band is which: a mapping ``{model band: input band}`` (band
-        coordinate value, name, or position; Dataset variable name), or a sequence
-        naming every input band in order. Default: match by name.
+        Which input band is which, as everywhere in xchm (``docs/bands.md``): a
+        mapping ``{model band: input band}`` (band number, from 1 as in GDAL and
+        QGIS, or band name; Dataset variable name), a sequence naming every input
+        band in order, a sensor layout such as ``"naip-rgbn"``, or one string
+        ``"nir=4,red=3,green=2"``. Default: match by name.
     nodata
         Value marking missing pixels besides NaN (always missing): ``"auto"`` (the
         default: the input's own, ``rio.nodata`` or else ``_FillValue``, if it has
