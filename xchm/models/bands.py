@@ -9,6 +9,14 @@ each a copy of one pretrained colour filter. Which filter each band gets is the
 The reference project meant NIR<-red, red<-red, green<-green, but its code
 assumed BGR filters and so gave NIR and red the *blue* filter: band map
 ``(2, 2, 1)`` for (nir, red, green). ``band_map="reference"`` reproduces that.
+
+Which *input* band is which is decided here too, once for every reader of imagery
+(predict, chip cubes and their importers, STAC): :func:`select_bands` with the
+one-string syntax of ``--bands`` (:func:`parse_bands`) and the sensor layouts of
+:data:`SENSOR_LAYOUTS`. Band numbers are GDAL's, from 1. This is written by hand:
+rioxarray and odc-stac read band names but leave choosing and ordering bands, and
+the errors that say how, to the caller. The module is in the lowest layer that every
+reader imports (NumPy only, no xarray).
 """
 
 from __future__ import annotations
