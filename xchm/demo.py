@@ -64,19 +64,13 @@ def _timed(seconds: dict[str, float], name: str, work: Callable[[], Any]) -> Any
 def _train_config(real: bool, epochs: int | None, seed: int, train_chips: int) -> Any:
     from xchm.training import TrainConfig
 
-    # A random test-tiny backbone: train all of it at the decoder's rate, MSE (the
-    # asymmetric default biases heights up), bias started at the train median.
-    return TrainConfig(
+    # A random test-tiny backbone: the from-scratch recipe (all of it at lr 1e-2, MSE,
+    # bias started at the train median; docs/training.md).
+    return TrainConfig.recipe(
+        "from-scratch",
         epochs=epochs or (25 if real else 16),
         batch_size=max(1, min(8 if real else 32, train_chips)),  # a small scene: fewer chips
-        lr=1e-2,
-        policy="full",
-        ft_rate=1.0,
-        loss="mse",
-        output_bias_percentile=50.0,
         augment=not real,
-        scheduler="cosine",
-        patience=0,
         num_workers=0,
         mixed_precision=False,
         seed=seed,

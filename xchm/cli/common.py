@@ -338,13 +338,16 @@ def add_run_arguments(
     options: dict[str, Any],
     *,
     weights_help: str,
+    output_required: bool = True,
 ) -> None:
     """Add the options ``xchm train`` and ``xchm pretrain`` share.
 
     Run folder, model, weights, config file, resume, device, one option per
-    ``options`` field (help: ``config_name.field``) and ``-q``.
+    ``options`` field (help: ``config_name.field``) and ``-q``. Without
+    ``output_required`` the command checks ``-o`` itself (``xchm train --find-lr``
+    writes nothing).
     """
-    p.add_argument("-o", "--output", required=True, help="run directory")
+    p.add_argument("-o", "--output", required=output_required, help="run directory")
     p.add_argument(
         "--model", default=default_of(function, "model"), help="preset or checkpoint directory"
     )
@@ -360,13 +363,19 @@ def add_run_arguments(
 
 
 def run_config(
-    args: argparse.Namespace, config_type: Any, options: dict[str, Any], **fixed: Any
+    args: argparse.Namespace,
+    config_type: Any,
+    options: dict[str, Any],
+    *,
+    base: dict[str, Any] | None = None,
+    **fixed: Any,
 ) -> Any:
-    """Return the run's config: ``--config`` file, then options given, then ``fixed``.
+    """Return the run's config: ``base``, then the ``--config`` file, options given, ``fixed``.
 
-    A bad config fails before the device is checked; both before any work.
+    Each later source overrides the earlier ones field by field (``base``: a recipe's
+    fields). A bad config fails before the device is checked; both before any work.
     """
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(base or {})
     if args.config:
         settings.update(config_type.read_fields(args.config, name=f"--config {args.config}"))
     settings.update({n: getattr(args, n) for n in options if getattr(args, n) is not None})

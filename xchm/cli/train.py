@@ -14,9 +14,11 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 from xchm.cli.common import (
+    EXIT_USAGE,
     add_deprecated_alias,
     add_run_arguments,
     check_device,
@@ -123,11 +125,27 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     return ev
 
 
-def _train(args: argparse.Namespace) -> int:
-    from xchm.training import TrainConfig, train
+def _train_config(args: argparse.Namespace) -> Any:
+    """Return the run's TrainConfig: ``--recipe``, then ``--config``, then the options."""
+    from xchm.training import RECIPES, TrainConfig
 
     fixed = {"augment": False} if args.no_augment else {}
-    config = run_config(args, TrainConfig, _TRAIN_OPTIONS, **fixed)
+    base = dict(RECIPES[args.recipe]) if args.recipe else None
+    return run_config(args, TrainConfig, _TRAIN_OPTIONS, base=base, **fixed)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from xchm.training import train
+
+    config = _train_config(args)
+    if args.find_lr:
+        return _find_lr(args, config)
+    if args.output is None:  # a usage error, as argparse's (-o is optional for --find-lr)
+        args.parser.print_usage(sys.stderr)
+        print(
+            "xchm train: error: the following arguments are required: -o/--output", file=sys.stderr
+        )
+        return EXIT_USAGE
     result = train(
         args.cube,
         model=args.model,
@@ -144,6 +162,49 @@ def _train(args: argparse.Namespace) -> int:
             f"best epoch {result.best_epoch}: val loss {best.get('val_loss', float('nan')):.4f}, "
             f"MAE {best.get('val_mae', float('nan')):.3f} m; checkpoint {result.best_checkpoint}"
         )
+        print(
+            f"baseline (the train mean {result.baseline_height:.2f} m everywhere): val MAE "
+            f"{result.baseline_mae:.3f} m; "
+            + {
+                True: "the model beats it",
+                False: "the model does NOT beat it: it learned nothing from the imagery. Try "
+                "--recipe small-data (pretrained backbone) or --recipe from-scratch (random "
+                "backbone), and --find-lr for the learning rate",
+                None: "no comparison (no valid val pixel)",
+            }[result.beats_baseline]
+        )
+    return 0
+
+
+def _find_lr(args: argparse.Namespace, config: Any) -> int:
+    """``xchm train CUBE --find-lr``: sweep, print the suggestion and how to use it."""
+    from xchm.training import find_lr
+
+    found = find_lr(
+        args.cube,
+        args.model,
+        weights=args.weights,
+        config=config,
+        steps=args.find_lr_steps,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(found.to_dict(), indent=2, allow_nan=False))
+        return 0
+    if found.losses:
+        low = int(min(range(len(found.losses)), key=found.losses.__getitem__))
+        print(
+            f"swept lr {found.lrs[0]:.1e} to {found.lrs[-1]:.1e} in {len(found.lrs)} steps"
+            + (" (stopped: the loss diverged)" if found.stopped_early else "")
+            + f"; lowest smoothed loss {found.losses[low]:.4g} at lr {found.lrs[low]:.1e}"
+        )
+    if found.suggestion != found.suggestion:  # NaN: too few steps to read the curve
+        print("no suggestion: the curve is too short; use more --find-lr-steps")
+        return 1
+    print(f"suggested lr: {found.suggestion:.1e} ({found.rule} rule)")
+    recipe = f" --recipe {args.recipe}" if args.recipe else ""
+    print(f"use it: xchm train {args.cube} -o RUN{recipe} --lr {found.suggestion:.1e} [options]")
     return 0
 
 
@@ -183,7 +244,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         "train",
         help="fine-tune a model on a chip cube (DDP: torchrun --nproc_per_node=N -m xchm train)",
         description="Fine-tune a canopy height model on the train split of a chip cube, "
-        "validating on its val split (see docs/training.md). Options override --config.",
+        "validating on its val split (see docs/training.md). Settings come from --recipe "
+        "(default: the reference's TrainConfig defaults), then --config overrides it field "
+        "by field, then the options given override both. At the end the best val MAE is "
+        "compared with predicting the train mean height everywhere.",
     )
     p.add_argument("cube", help="chip cube (.zarr) with train and val chips")
     from xchm.training import train
@@ -194,7 +258,32 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         "TrainConfig",
         _TRAIN_OPTIONS,
         weights_help="pretrained backbone weights for a preset",
+        output_required=False,  # checked in _train: --find-lr writes nothing
     )
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
-    p.set_defaults(func=_train)
+    from xchm.training.recipes import RECIPE_HELP
+
+    p.add_argument(
+        "--recipe",
+        choices=list(RECIPE_HELP),
+        help="named settings to start from ("
+        + "; ".join(f"{k}: {v}" for k, v in RECIPE_HELP.items())
+        + "); --config and the options override it",
+    )
+    p.add_argument(
+        "--find-lr",
+        action="store_true",
+        help="do not train: sweep the learning rate over a few steps, print the suggested "
+        "--lr and exit (writes nothing; -o not needed)",
+    )
+    from xchm.training import find_lr
+
+    p.add_argument(
+        "--find-lr-steps",
+        type=positive_int,
+        default=default_of(find_lr, "steps"),
+        help="steps of the --find-lr sweep",
+    )
+    p.add_argument("--json", action="store_true", help="with --find-lr: print the curve as JSON")
+    p.set_defaults(func=_train, parser=p)
     return p

@@ -10,13 +10,18 @@ evaluation, pretraining, stac or the command line. Scoring a trained model is
 """
 
 from xchm.training.config import LOSSES, POLICIES, SCHEDULERS, TrainConfig
+from xchm.training.lr_finder import LRFinderResult, find_lr
+from xchm.training.recipes import RECIPES
 from xchm.training.trainer import TrainResult, train
 
 __all__ = [
     "LOSSES",
+    "LRFinderResult",
     "POLICIES",
+    "RECIPES",
     "SCHEDULERS",
     "TrainConfig",
     "TrainResult",
+    "find_lr",
     "train",
 ]

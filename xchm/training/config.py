@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from xchm.errors import InputError
 from xchm.runs.config import (
     RunConfig,
     nonnegative_int_problems,
@@ -34,6 +36,11 @@ class TrainConfig(RunConfig):
     >>> cfg = TrainConfig(epochs=5, policy="full", ft_rate=0.1)
     >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
     True
+
+    A named recipe (:mod:`xchm.training.recipes`) with one field changed:
+
+    >>> TrainConfig.recipe("from-scratch", epochs=10).lr
+    0.01
     """
 
     epochs: int = 100
@@ -84,6 +91,38 @@ class TrainConfig(RunConfig):
     """Random flips and 90-degree rotations of training chips."""
     num_workers: int = 2
     """DataLoader worker processes per training process."""
+
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """Return the config of the recipe ``name``, with ``overrides`` on top.
+
+        Parameters
+        ----------
+        name
+            ``"reference"`` (the defaults: a pretrained ViT on a large cube),
+            ``"small-data"`` (a pretrained backbone on a small cube) or
+            ``"from-scratch"`` (a random backbone such as ``test-tiny``); see
+            :mod:`xchm.training.recipes` and docs/training.md.
+        **overrides
+            TrainConfig fields that replace the recipe's (``epochs=10``...).
+
+        Raises
+        ------
+        InputError
+            An unknown recipe (the message lists them), unknown fields or invalid values.
+
+        Examples
+        --------
+        >>> cfg = TrainConfig.recipe("small-data", epochs=5)
+        >>> cfg.policy, cfg.loss, cfg.epochs
+        ('last_blocks', 'mse', 5)
+        """
+        from xchm.training.recipes import RECIPE_HELP, RECIPES
+
+        if name not in RECIPES:
+            known = "; ".join(f"{k!r}: {v}" for k, v in RECIPE_HELP.items())
+            raise InputError(f"unknown training recipe {name!r}; choose one of {known}")
+        return cls.from_dict({**RECIPES[name], **overrides})
 
     def problems(self) -> list[str]:
         """Every invalid value, in words (the shared fields' first)."""

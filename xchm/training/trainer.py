@@ -11,12 +11,19 @@ exactly where the run stopped.
 The run directory, resume, checkpoints, logs, the non-finite loss check and DDP are
 the shared run skeleton's (:class:`xchm.runs.run.Run`); this module holds what is
 fine-tuning's own: the optimiser and scheduler, early stopping and the best model.
+
+At the end of every run the best model's val MAE is compared with predicting the
+train split's mean height everywhere (:mod:`xchm.training.baseline`): a run that does
+not beat that constant gets an :class:`~xchm.errors.XCHMWarning` saying what to try,
+and both numbers go into the :class:`TrainResult` and the run's ``summary.json``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,12 +32,16 @@ from typing import Any
 import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
-from xchm.errors import InputError
+from xchm.errors import InputError, XCHMWarning
 from xchm.runs.result import RunResult
 from xchm.runs.run import Run
 from xchm.training.config import TrainConfig
 
-__all__ = ["train", "TrainResult"]
+__all__ = ["train", "TrainResult", "SUMMARY"]
+
+#: The run's summary, relative to the run directory: :class:`TrainResult` as JSON,
+#: without the history (``metrics.jsonl`` holds it).
+SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,16 @@ class TrainResult(RunResult):
     """Epoch (0-based) of the best validation loss."""
     stopped_early: bool = False
     """Whether early stopping ended the run before ``config.epochs``."""
+    best_val_mae: float = math.nan
+    """Val MAE (m) of the best model (``history[best_epoch]["val_mae"]``)."""
+    baseline_height: float = math.nan
+    """The train split's mean height (m): the constant baseline's prediction."""
+    baseline_mae: float = math.nan
+    """Val MAE (m) of predicting ``baseline_height`` everywhere (as ``xchm.evaluate``)."""
+    beats_baseline: bool | None = None
+    """Whether ``best_val_mae < baseline_mae`` (None when either is not a number). False
+    also raised an :class:`~xchm.errors.XCHMWarning`: the model learned nothing from the
+    imagery."""
 
 
 def train(
@@ -69,11 +90,14 @@ def train(
     weights
         Pretrained backbone weights for a preset (Meta ``.pth``, HF folder, timm).
     config
-        Training settings (:class:`TrainConfig`; defaults are the reference's).
+        Training settings (:class:`TrainConfig`; defaults are the reference's, meant
+        for a pretrained ViT on a large cube: on a small cube or a random backbone use
+        ``TrainConfig.recipe("small-data")`` or ``TrainConfig.recipe("from-scratch")``).
     output
         Run directory: ``best/`` (xchm checkpoint), ``checkpoints/last.pt``,
-        ``metrics.jsonl``, ``metrics.csv``, ``config.json`` (and ``tensorboard/`` with
-        ``config.tensorboard``). It must be new, empty or a training run (see
+        ``metrics.jsonl``, ``metrics.csv``, ``config.json``, ``summary.json`` (the
+        result without the history, at the end) and ``tensorboard/`` with
+        ``config.tensorboard``. It must be new, empty or a training run (see
         ``xchm.outputs``); nothing else in it is touched.
     resume
         Continue the run in ``output`` from its last checkpoint; the cube, model,
@@ -86,6 +110,15 @@ def train(
     Returns
     -------
     TrainResult
+        With the best model's val MAE next to the train-mean baseline's
+        (``baseline_mae``, ``beats_baseline``).
+
+    Warns
+    -----
+    XCHMWarning
+        The best model's val MAE is not below that of predicting the train mean height
+        everywhere: the run learned nothing from the imagery (try a recipe,
+        :meth:`TrainConfig.recipe`, or :func:`xchm.training.find_lr`).
 
     Raises
     ------
@@ -137,14 +170,27 @@ def train(
 
 def _model(run: Run[TrainConfig], model: str | Path, weights: str | Path | None) -> Any:
     """Load the model to fine-tune on the run's device (a new run: output bias set)."""
+    if run.state is not None:  # resumed: the saved weights replace the start
+        from xchm.runs.model import model_for_cube
+
+        return model_for_cube(run.cube, model, weights, seed=run.config.seed).to(run.device)
+    return initial_model(run.cube, model, weights, run.config).to(run.device)
+
+
+def initial_model(
+    cube: ChipCube, model: str | Path, weights: str | Path | None, cfg: TrainConfig
+) -> Any:
+    """Return the model a new run starts from (on the CPU): for the cube, output bias set.
+
+    Also where :func:`xchm.training.find_lr` starts its sweep.
+    """
     from xchm.runs.model import model_for_cube
 
-    cfg = run.config
-    net = model_for_cube(run.cube, model, weights, seed=cfg.seed)
+    net = model_for_cube(cube, model, weights, seed=cfg.seed)
     p = cfg.output_bias_percentile
-    if p is not None and run.state is None:
-        net.decoder.reset_output(_label_percentile(run.cube, p, cfg.seed))
-    return net.to(run.device)
+    if p is not None:
+        net.decoder.reset_output(_label_percentile(cube, p, cfg.seed))
+    return net
 
 
 def _groups(net: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -248,12 +294,63 @@ def _loop(run: Run[TrainConfig], net: Any, opt: Any, sched: Any, progress: bool)
         epoch, batch, sums = epoch + 1, 0, {"loss_sum": 0.0, "steps": 0}
         _checkpoint(run, net, opt, sched, history, best, epoch, 0, sums)
         run.log(history)
-    return TrainResult(
-        best_checkpoint=run.result("best"),
-        history=history,
-        best_epoch=int(best["epoch"]),
-        stopped_early=stopped,
+    result = _with_baseline(
+        run,
+        TrainResult(
+            best_checkpoint=run.result("best"),
+            history=history,
+            best_epoch=int(best["epoch"]),
+            stopped_early=stopped,
+        ),
     )
+    _write_summary(run, result)
+    return result
+
+
+def _with_baseline(run: Run[TrainConfig], result: TrainResult) -> TrainResult:
+    """Compare the best val MAE with the train-mean baseline; warn when it is not better."""
+    from dataclasses import replace
+
+    from xchm.training.baseline import mean_baseline
+
+    base = mean_baseline(run.cube)
+    rows = result.history
+    best_mae = (
+        float(rows[result.best_epoch]["val_mae"])
+        if 0 <= result.best_epoch < len(rows)
+        else math.nan
+    )
+    beats = None if math.isnan(best_mae) or math.isnan(base["mae"]) else best_mae < base["mae"]
+    if beats is False and run.main:
+        warnings.warn(
+            f"xchm.train: the best model (epoch {result.best_epoch}) has a val MAE of "
+            f"{best_mae:.3f} m, no better than predicting the train mean height "
+            f"{base['height']:.2f} m everywhere (MAE {base['mae']:.3f} m): it learned nothing "
+            "from the imagery. Try a recipe for your case (TrainConfig.recipe('small-data') for "
+            "a pretrained backbone, 'from-scratch' for a random one; CLI --recipe), a learning "
+            "rate from xchm.training.find_lr (CLI --find-lr), or more epochs",
+            XCHMWarning,
+            stacklevel=4,  # train's caller
+        )
+    return replace(
+        result,
+        best_val_mae=best_mae,
+        baseline_height=base["height"],
+        baseline_mae=base["mae"],
+        beats_baseline=beats,
+    )
+
+
+def _write_summary(run: Run[TrainConfig], result: TrainResult) -> None:
+    """Write ``summary.json`` (the result, without the history) in the run directory; rank 0."""
+    from xchm.outputs import write_atomic
+
+    if not run.main:
+        return
+    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    write_atomic(run.output / SUMMARY, lambda tmp: tmp.write_text(text))
+    run._send()  # the run's own mirror (a run into a URL): as Run.log does after its files
 
 
 def _save_best(run: Run[TrainConfig], net: Any, row: dict[str, Any]) -> None:
