@@ -253,7 +253,9 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     )
     pred.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     stac = pred.add_argument_group(
-        "STAC search (instead of input files; pip install 'xchm[stac]', see docs/stac.md)"
+        "STAC search (instead of input files; pip install 'xchm[stac]', see docs/stac.md)",
+        "--bands maps the model's bands to STAC band names or to a band of an asset, "
+        "e.g. nir=image.4,red=image.1,green=image.2 (default: the model's bands by name)",
     )
     stac.add_argument("--stac", metavar="URL", help="STAC API to search for the scenes")
     stac.add_argument("--collection", action="append", help="collection id (repeatable)")
