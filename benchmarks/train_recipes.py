@@ -170,9 +170,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for dataset in args.datasets:
         cube = build(dataset, args.out, args.data)
-        rows = [one(cube, r, args, args.out / f"{dataset}-{r}") for r in args.recipes]
-        results["datasets"][dataset] = {"splits": cube.splits, "rows": rows}
-        print(table(dataset, results["datasets"][dataset]), flush=True)
+        part: dict[str, Any] = {"splits": cube.splits, "rows": []}
+        results["datasets"][dataset] = part
+        for recipe in args.recipes:
+            part["rows"].append(one(cube, recipe, args, args.out / f"{dataset}-{recipe}"))
+            print(table(dataset, {**part, "rows": part["rows"][-1:]}), flush=True)
+            if args.json:  # what is done so far survives an interrupted run
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(table(dataset, part), flush=True)
     results["load_average_end"] = load_average()
     return results
 
