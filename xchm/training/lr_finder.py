@@ -24,6 +24,8 @@ checkpoint; the model is discarded at the end.
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,8 +278,10 @@ def _sweep(
         raw: list[float] = []
         smooth: list[float] = []
         average, lowest, stopped = 0.0, math.inf, False
-        with tqdm(total=len(lrs), desc="find_lr", unit="step", disable=not progress) as bar:
-            for lr, (images, heights) in zip(lrs, _batches(cube, cfg), strict=False):
+        batches = _batches(cube, cfg)
+        bar = tqdm(total=len(lrs), desc="find_lr", unit="step", disable=not progress)
+        with bar, closing(batches):  # closing: DataLoader workers end with the sweep
+            for lr, (images, heights) in zip(lrs, batches, strict=False):
                 for group, ratio in zip(opt.param_groups, ratios, strict=True):
                     group["lr"] = float(lr) * ratio
                 x = prepare_inputs(images, cube.nodata, stats, where)
@@ -304,7 +308,7 @@ def _sweep(
     return raw, smooth, stopped
 
 
-def _batches(cube: ChipCube, cfg: TrainConfig) -> Any:
+def _batches(cube: ChipCube, cfg: TrainConfig) -> Generator[Any, None, None]:
     """Training batches, epoch after epoch, without end (the caller stops)."""
     from xchm.training.data import ChipStream, make_loader
 
