@@ -298,3 +298,24 @@ def test_load_model__backbone_weights_for_other_presets(tmp_path):
         assert torch.equal(both.decoder.state_dict()[name], tensor)
     with pytest.raises(InputError, match="not an xchm checkpoint"):
         xchm.load_model("test-tiny", weights=pth, backbone_weights=pth)
+
+
+def test_mixlog_bins__meta_centres_in_metres():
+    """Bin centres x 8 by index, as tabulated from Meta's eval/depth/utils.py (CHMV2.md 3)."""
+    from xchm.models.dpt import mixlog_bins
+    from xchm.models.presets import DPTSpec
+
+    metres = mixlog_bins(DPTSpec()) * 8
+    expected = {0: 0.008, 1: 0.0098, 16: 0.39, 32: 1.54, 64: 6.11, 128: 24.6, 192: 56.8, 255: 96.0}
+    for index, value in expected.items():
+        assert float(metres[index]) == pytest.approx(value, rel=6e-3), index
+
+
+def test_heights_from_logits__all_nonpositive_logits_give_the_mean_bin():
+    """ReLU then a 1e-8 shift: a pixel with no positive logit is the plain mean of the bins."""
+    from xchm.models.dpt import heights_from_logits, mixlog_bins
+    from xchm.models.presets import DPTSpec
+
+    bins = mixlog_bins(DPTSpec())
+    heights = heights_from_logits(-torch.ones(1, 256, 2, 2), bins)
+    assert torch.allclose(heights, torch.full_like(heights, 33.15), atol=0.01)

@@ -183,6 +183,17 @@ def test_predict__chmv2_preset_by_name_with_meta_files(checkpoint, image, tmp_pa
         "test-tiny-chmv2", weights=tmp_path / "head.pth", backbone_weights=tmp_path / "backbone.pth"
     )
     np.testing.assert_array_equal(by_name.values, xchm.predict(image, loaded).values)
+    # A resumable store knows the backbone file: another one is another job.
+    from xchm.inference.job import model_identity
+
+    torch.save(
+        export_meta_state_dict(xchm.load_model("test-tiny").backbone), tmp_path / "other.pth"
+    )
+    digests = {
+        model_identity("test-tiny-chmv2", tmp_path / "head.pth", tmp_path / name)[0]
+        for name in ("backbone.pth", "other.pth")
+    }
+    assert len(digests) == 2
     # Meta's layout rounds the RoPE periods to bf16: within a millimetre of the checkpoint.
     np.testing.assert_allclose(by_name.values, xchm.predict(image, checkpoint).values, atol=1e-3)
 

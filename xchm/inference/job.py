@@ -32,7 +32,9 @@ def job_fingerprint(
     predict_kwargs: dict[str, Any],
 ) -> dict[str, Any]:
     """Return the fingerprint of predicting ``obj`` (dask-backed) into ``ds`` by regions."""
-    model_digest, card = model_identity(model, predict_kwargs.get("weights"))
+    model_digest, card = model_identity(
+        model, predict_kwargs.get("weights"), predict_kwargs.get("backbone_weights")
+    )
     bands = predict_kwargs.get("bands")
     source = {
         "input": input_identity(obj),
@@ -53,13 +55,13 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-def model_identity(model: Any, weights: Any) -> tuple[str, Any]:
+def model_identity(model: Any, weights: Any, backbone_weights: Any = None) -> tuple[str, Any]:
     """Return the model's digest (weights included) and its card."""
     from xchm.inference.runtime import spec_for
 
     if hasattr(model, "state_dict") and hasattr(model, "card"):
         return weights_digest(model), model.card
-    spec, card = spec_for(model, weights=weights)
+    spec, card = spec_for(model, weights=weights, backbone_weights=backbone_weights)
     return spec.digest, card
 
 

@@ -182,6 +182,25 @@ class DPTHead(nn.Module):
         self.fusion_blocks = nn.ModuleList(_Fusion(fusion, first=i == 0) for i in range(4))
         self.conv_depth = _UpConvHead(fusion, spec.head_channels, spec.bins)
 
+    def reset_output(self, height: float) -> None:
+        """Re-initialise the last (1x1, bin logits) convolution to predict about ``height`` m.
+
+        The counterpart of the CHM decoder's output bias, called by training
+        (``TrainConfig.output_bias_percentile``): bias 1 on the bin nearest ``height``
+        and 0 elsewhere, weights ~ N(0, 1e-4), so the linear normalisation puts almost
+        all weight on that bin while the other bins' logits are small but not all zero
+        (ReLU passes gradients only to positive logits). The rest of the head (a
+        pretrained CHMv2's) is kept.
+        """
+        conv = self.conv_depth.head[4]
+        assert isinstance(conv, nn.Conv2d) and conv.bias is not None  # built so
+        centres = mixlog_bins(self.spec) * _SCALE
+        nearest = int(torch.argmin((centres - float(height)).abs()))
+        with torch.no_grad():
+            nn.init.normal_(conv.weight, mean=0.0, std=1e-4)
+            conv.bias.zero_()
+            conv.bias[nearest] = 1.0
+
     def logits(self, levels: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Bin logits (B, bins, 16h, 16w) from the four levels, shallowest first."""
         maps = [conv(x) for conv, x in zip(self.convs, self.reassemble_blocks(levels), strict=True)]
