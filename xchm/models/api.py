@@ -452,6 +452,20 @@ def load_model(
             output_bias=output_bias,
             seed=seed,
         )
+    if _is_reference_file(name_or_path):  # a reference project's .pth (xchm.models.reference)
+        from xchm.models.reference import load_model_file
+
+        return load_model_file(
+            name_or_path,
+            weights=weights,
+            bands=bands,
+            band_map=band_map,
+            statistics=statistics,
+            multilevel=multilevel,
+            window=window,  # None: the file's (64 px, 2 m for the reference)
+            pixel_size=pixel_size,
+            storage_options=storage_options,
+        )
     if isinstance(name_or_path, Location | str) and location(name_or_path).is_url:
         from xchm.models.network import load_checkpoint
 
@@ -465,17 +479,24 @@ def load_model(
         model = load_checkpoint(path)
         _refuse_changes(model, options)
         return model
-    if path.is_file():
-        raise WeightsError(
-            f"{str(path)!r} is a file; xchm checkpoints are directories. For backbone weights "
-            f"use xchm.load_model('dinov3-vitl16-sat', weights={str(path)!r})"
-        )
     if isinstance(name_or_path, str) and os.sep not in name_or_path and not path.suffix:
         get_preset(name_or_path)  # raises with close matches
     raise ModelNotFoundError(
         f"{str(path)!r} is neither a model preset {list_models()} nor an existing checkpoint "
         "directory"
     )
+
+
+def _is_reference_file(source: PathOrURL) -> bool:
+    """Whether ``source`` is a file (or a ``.pth``-like URL): a reference checkpoint's place."""
+    from xchm.models.reference import REFERENCE_SUFFIXES
+
+    if not isinstance(source, Location | str | os.PathLike):
+        return False
+    where = location(source)
+    if where.is_url:
+        return Path(where.name).suffix.lower() in REFERENCE_SUFFIXES
+    return Path(where.text).expanduser().is_file()
 
 
 def _refuse_changes(model: CanopyHeightModel, options: Mapping[str, Any]) -> None:
