@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="test-tiny", help="preset (random weights) (test-tiny)")
     p.add_argument("--epochs", type=int, default=20, help="epochs of every run (20)")
     p.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    p.add_argument("--lr", type=float, help="replace every recipe's lr (e.g. find_lr's)")
     p.add_argument("--find-lr", action="store_true", help="also run find_lr per recipe")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = torch's (0)")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
@@ -110,7 +111,8 @@ def one(cube: Any, recipe: str, args: argparse.Namespace, run: Path) -> dict[str
     import xchm
     from xchm.training import TrainConfig, find_lr
 
-    cfg = TrainConfig.recipe(recipe, epochs=args.epochs, num_workers=0, seed=args.seed)
+    fixed = {"lr": args.lr} if args.lr else {}
+    cfg = TrainConfig.recipe(recipe, epochs=args.epochs, num_workers=0, seed=args.seed, **fixed)
     if cfg.batch_size > cube.splits["train"]:  # the recipe cannot run on so few chips
         return {"recipe": recipe, "skipped": f"batch_size {cfg.batch_size} > train chips"}
     if run.exists():
