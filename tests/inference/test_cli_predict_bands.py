@@ -109,3 +109,30 @@ def test_bands_neon_example__runs_on_a_real_undescribed_geotiff(neon_dir, tmp_pa
     assert "descriptions (None, None, None)" in out and "without bands: BandError" in out
     assert out.count("same map as bands={'red': 1, ...}: True") == 3
     assert "exit 0, same map: True" in out
+
+
+def test_predict_to_zarr__band_string_on_a_dataset_and_a_coordinate_free_array(model, tmp_path):
+    image = make_image(128, 128)
+    codes = (("B08", "nir"), ("B04", "red"), ("B03", "green"))
+    ds = xr.Dataset({code: image.sel(band=name, drop=True) for code, name in codes})
+    expected = xchm.predict(image, model).values
+    stored = xchm.predict_to_zarr(
+        ds.chunk({"x": 64, "y": 64}),
+        model,
+        tmp_path / "ds.zarr",
+        bands="nir=B08,red=B04,green=B03",
+        region_size=128,
+        progress=False,
+    )
+    np.testing.assert_allclose(stored["chm"].values, expected, rtol=1e-5, atol=1e-4)
+    # No band coordinate: numbers count from 1; the job record names the bands so.
+    bare = image.isel(band=[2, 0, 1]).drop_vars("band").chunk({"x": 64, "y": 64})
+    stored = xchm.predict_to_zarr(
+        bare,
+        model,
+        tmp_path / "bare.zarr",
+        bands="nir=2,red=3,green=1",
+        region_size=128,
+        progress=False,
+    )
+    np.testing.assert_allclose(stored["chm"].values, expected, rtol=1e-5, atol=1e-4)

@@ -85,20 +85,8 @@ def _labels(da: xr.DataArray, band_dim: Hashable) -> list[Any]:
     return [name if name else other for name, other in zip(names, fallback, strict=True)]
 
 
-def _match(card: ModelCard, da: Any, band_dim: Any, bands: Any = None) -> list[int]:
-    """Position of the input band feeding each card band (one BandError listing all problems).
-
-    ``da`` is the input, or (the older call) the list :func:`_labels` gives, with
-    ``band_dim`` then being ``bands``.
-    """
-    if not isinstance(da, xr.DataArray):  # _match(card, labels, bands)
-        labels, bands = list(da), band_dim
-        band_dim = "band"
-        da = xr.DataArray(np.empty(len(labels)), dims="band")
-        if not labels or not all(isinstance(v, int) for v in labels):
-            da = da.assign_coords(band=[str(v) for v in labels])
-        elif labels != list(range(len(labels))):  # band numbers, not positions
-            da = da.assign_coords(band=labels)
+def _match(card: ModelCard, da: xr.DataArray, band_dim: Hashable, bands: BandsArg) -> list[int]:
+    """Position of the input band feeding each card band (one BandError listing all problems)."""
     names, numbers = band_labels(da, band_dim)
     count = da.sizes[band_dim]
     chosen = select_bands(count, bands, names=names, numbers=numbers, expected=card.bands)

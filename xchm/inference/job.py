@@ -197,8 +197,10 @@ def input_identity(obj: xr.DataArray | xr.Dataset) -> dict[str, Any]:
 def band_selection(obj: xr.DataArray | xr.Dataset, card: Any, bands: Any) -> list[str]:
     """Which input band feeds each model band, in words (``"nir=band 1 ('nir')"``)."""
     from xchm.inference.inputs import _labels, _match, spatial_dims
-    from xchm.models.bands import normalize_band_name
+    from xchm.models.bands import normalize_band_name, parse_bands
 
+    if isinstance(bands, str):  # the one-string syntax, as as_band_array reads it
+        bands = parse_bands(bands)
     if isinstance(obj, xr.Dataset):  # as_band_array: a mapping, else variables by name
         pairs = bands.items() if isinstance(bands, Mapping) else ((v, v) for v in obj.data_vars)
         chosen = {normalize_band_name(str(k)): v for k, v in pairs}
@@ -206,7 +208,7 @@ def band_selection(obj: xr.DataArray | xr.Dataset, card: Any, bands: Any) -> lis
     ydim, xdim = spatial_dims(obj)
     (band_dim,) = [d for d in obj.dims if d not in (ydim, xdim)]
     labels = _labels(obj, band_dim)
-    indices = _match(card, labels, bands)
+    indices = _match(card, obj, band_dim, bands)
     return [f"{b}=band {i + 1} ({labels[i]!r})" for b, i in zip(card.bands, indices, strict=True)]
 
 
