@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import pytest
 
@@ -90,3 +91,19 @@ def test_summary_line__shows_the_losses_it_has_and_the_time():
     assert summary_line("pretraining", row) == (
         "pretraining epoch 4: loss 9.877, teacher_information 0.5 (2.0 s)"
     )
+
+
+def test_progress__into_a_log_file_refreshes_at_most_every_few_seconds(tmp_path, capsys):
+    """Off a terminal every refresh is a line's worth of bytes in the log."""
+    from xchm.runs.distributed import Place
+    from xchm.training import TrainConfig
+
+    place = Place(rank=0, world=1, device="cpu")
+    run = Run("training", TrainConfig(epochs=1), None, tmp_path, place, {}, {})
+    bar = run.progress(40, 0, 0, "batch", True)
+    for _ in range(40):  # 0.8 s of steps: a terminal's bar would refresh about 8 times
+        time.sleep(0.02)
+        bar.update()
+    run.close()
+    (refreshes,) = _bars(capsys.readouterr().err)
+    assert refreshes == [(0, 40), (40, 40)]

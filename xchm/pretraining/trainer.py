@@ -201,7 +201,7 @@ def _run_epoch(
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         sums["steps"] = sums.get("steps", 0.0) + 1
-        bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
+        bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}", refresh=False)
         bar.update()
         if run.checkpoint_due(i + 1, ssl.steps):
             done = {**sums, "seconds": time.perf_counter() - t0}

@@ -63,8 +63,15 @@ STATE = Path("checkpoints") / "last.pt"
 FORMATS = {"training": "xchm-train-state", "pretraining": "xchm-pretrain-state"}
 
 
+#: Seconds between refreshes of the progress bar when it goes to a file, not a terminal.
+LOG_REFRESH_S = 10.0
 #: The entries of an epoch's row its summary line shows (those it has), in this order.
 SUMMARY = ("train_loss", "val_loss", "val_mae", "loss", "teacher_information")
+
+
+def _isatty(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty()) if callable(isatty) else False
 
 
 def summary_line(kind: str, row: dict[str, Any]) -> str:
@@ -297,10 +304,15 @@ class Run(Generic[C]):
         line per epoch above it. :meth:`close` closes it; a resumed run's bar starts
         where the run stopped.
         """
+        import sys
+
         from tqdm.auto import tqdm
 
         done, desc = epoch * steps + start, f"{self.kind} epoch {epoch}"
         if self.bar is None:
+            # Into a log file (not a terminal, not a notebook's widget) every refresh is
+            # a line's worth of bytes: one every LOG_REFRESH_S seconds is enough there.
+            to_file = "notebook" not in tqdm.__module__ and not _isatty(sys.stderr)
             self.bar = tqdm(
                 total=self.config.epochs * steps,
                 initial=done,
@@ -308,10 +320,11 @@ class Run(Generic[C]):
                 unit=unit,
                 disable=not (show and self.main),
                 dynamic_ncols=True,
+                mininterval=LOG_REFRESH_S if to_file else 0.1,
             )
         else:
             self.bar.n = done  # where an epoch cut short (a shorter stream) left it
-            self.bar.set_description(desc)
+            self.bar.set_description(desc, refresh=False)  # shown at the next refresh
         return self.bar
 
     # -- logs ----------------------------------------------------------------------------

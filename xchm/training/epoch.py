@@ -84,7 +84,7 @@ def run_epoch(
         value = loss.detach().item()  # the step's one sync with the device
         run.check_loss(value, epoch, i, "Lower lr, keep grad_clip on or use loss='huber'")
         loss_sum, done = loss_sum + value, done + 1
-        bar.set_postfix(loss=f"{loss_sum / done:.3f}")
+        bar.set_postfix(loss=f"{loss_sum / done:.3f}", refresh=False)  # shown by update()
         bar.update()
         if run.checkpoint_due(i + 1, steps):
             checkpoint(i + 1, {"loss_sum": loss_sum, "steps": done})
