@@ -114,7 +114,10 @@ def build(
         ``split=`` (a name now kept for split labels, as in ``cube.sel(split="val")``),
         which still works for one release with a ``FutureWarning``.
     fractions
-        Share of each label, default ``{"train": 0.8, "val": 0.2}``.
+        Share of each label, default ``{"train": 0.8, "val": 0.2}``. Blocks (scenes,
+        chips) are labelled by quota within each scene, and every label with a
+        non-zero fraction gets chips whenever there are at least as many blocks with
+        chips as such labels (see :mod:`xchm.chips.splits`).
     block_size
         Side of a split block in chips.
     seed
@@ -150,6 +153,12 @@ def build(
     OutputExistsError
         If ``output`` holds a chip cube and ``overwrite`` is False, or holds anything
         else (see :mod:`xchm.outputs`).
+
+    Warns
+    -----
+    XCHMWarning
+        When a label of ``fractions`` got no chip (fewer blocks, scenes or chips than
+        labels), with the counts; not for an unlabeled cube.
 
     Examples
     --------

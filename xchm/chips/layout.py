@@ -20,6 +20,8 @@ __all__ = [
     "CHIPS_PER_CHUNK",
     "CHIPS_PER_SHARD",
     "CHIP_ARRAYS",
+    "BAND_ARRAY",
+    "CRS_ARRAY",
     "SPLITS",
     "compressors",
     "cube_attrs",
@@ -44,6 +46,11 @@ CHIP_ARRAYS: dict[str, str] = {
     "split": "str",
     "block": "int64",
 }
+#: The band names (along ``band``), a coordinate of ``image`` in a plain ``xr.open_zarr``.
+BAND_ARRAY = "band"
+#: The CRS variable (0-d, CF grid-mapping attrs as rioxarray writes them) of a cube whose
+#: chips share one CRS; ``image`` and ``height`` name it in ``grid_mapping``.
+CRS_ARRAY = "spatial_ref"
 #: Split labels, in the order fractions are given.
 SPLITS = ("train", "val", "test")
 

@@ -3,8 +3,10 @@
 Builders and importers hand chips to a :class:`ChipWriter` in any order and any
 batch size. The writer
 
-1. filters each batch (missing values beyond ``min_valid``, no height > 0, chips
-   straddling blocks of different splits) and counts what each rule removed;
+1. filters each batch (missing values beyond ``min_valid``, no height > 0) and
+   counts what each rule removed; split labels are decided on :meth:`ChipWriter.finish`,
+   once every split unit is known (:meth:`xchm.chips.splits.SplitRule.assign`), and
+   chips straddling blocks of different splits are dropped then;
    an unlabeled cube (``labeled=False``: image chips alone, for pretraining) has
    no heights, so only the image counts as missing and ``no_positive`` does not
    apply;
@@ -36,6 +38,7 @@ warns about a file it does not know on every listing of the group
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,9 +49,11 @@ import numpy as np
 
 from xchm._version import __version__
 from xchm.chips.layout import (
+    BAND_ARRAY,
     CHIP_ARRAYS,
     CHIPS_PER_CHUNK,
     CHIPS_PER_SHARD,
+    CRS_ARRAY,
     FORMAT_NAME,
     FORMAT_VERSION,
     SPLITS,
@@ -58,7 +63,7 @@ from xchm.chips.layout import (
 )
 from xchm.chips.splits import SplitRule
 from xchm.chips.store import prepare_store
-from xchm.errors import InputError
+from xchm.errors import InputError, XCHMWarning
 from xchm.models.card import statistics_from_pixels
 from xchm.outputs import MARKER
 from xchm.storage import Location
@@ -192,6 +197,11 @@ class ChipWriter:
         self._candidates = 0
         self._blocks: dict[tuple[Any, ...], int] = {}
         self._given_split = False
+        # Split units of the kept chips: key -> id, and per id its group and whether
+        # a chip lies wholly inside it (see _units).
+        self._unit_ids: dict[tuple[Any, ...], int] = {}
+        self._unit_groups: list[str] = []
+        self._unit_whole: list[bool] = []
 
     # -- adding chips ---------------------------------------------------------------
     def add(
@@ -236,7 +246,8 @@ class ChipWriter:
         Returns
         -------
         int
-            How many chips were kept.
+            How many chips were staged (the split buffer, decided with the labels in
+            :meth:`finish`, may still remove some).
         """
         s = self.settings
         if (height is not None) != s.labeled:
@@ -262,26 +273,33 @@ class ChipWriter:
             keep &= positive
         scenes = _per_chip(scene, k, object)
         keys = scenes if block_key is None else _per_chip(block_key, k, object)
-        labels, block_ids, straddles = self._labels(
-            scenes, keys, origin_x, origin_y, block_first, block_last
+        first = np.asarray(block_first, dtype=np.int64).reshape(-1, 2)
+        last = first if block_last is None else np.asarray(block_last, dtype=np.int64)
+        last = last.reshape(-1, 2)
+        block_ids = np.array(
+            [self._block_id(g, r, c) for g, (r, c) in zip(keys, first, strict=True)],
+            dtype=np.int64,
         )
+        given = np.full(k, "", dtype=object)
         if split is not None:
-            labels, straddles = _given_labels(split, k), np.zeros(k, dtype=bool)
+            given = _given_labels(split, k)
             self._given_split = True
-        self._removed["split_buffer"] += int((keep & straddles).sum())
-        keep &= ~straddles
         idx = np.flatnonzero(keep)
         if len(idx) == 0:
             return 0
+        units = self._units(scenes, keys, origin_x, origin_y, first, last, idx, split is None)
         meta = {
             "scene": scenes[idx],
             "crs": _per_chip(crs, k, object)[idx],
             "origin_x": np.asarray(origin_x, dtype=np.float64)[idx],
             "origin_y": np.asarray(origin_y, dtype=np.float64)[idx],
             "date": _per_chip("NaT" if date is None else date, k, "datetime64[D]")[idx],
-            "split": labels[idx],
+            "split": given[idx],
             "block": block_ids[idx],
             "n_valid": n_valid[idx].astype(np.int64),
+            "unit": units,
+            "first": first[idx],
+            "last": last[idx],
         }
         which = self._rng.integers(len(self._buckets), size=len(idx))
         for b in np.unique(which):
@@ -295,43 +313,80 @@ class ChipWriter:
                 self._stage(int(b))
         return len(idx)
 
-    def _labels(
+    def _units(
         self,
         scenes: np.ndarray,
         keys: np.ndarray,
         origin_x: np.ndarray,
         origin_y: np.ndarray,
         first: np.ndarray,
-        last: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        last: np.ndarray,
+        idx: np.ndarray,
+        by_rule: bool,
+    ) -> np.ndarray:
+        """Register the split unit of each kept chip ``idx``; return their unit ids.
+
+        Labels are decided in :meth:`finish`, once every unit is known (ranked within
+        its group, see :mod:`xchm.chips.splits`). A block counts as a unit to rank
+        only with a chip wholly inside it, which no split buffer can remove. Chips
+        with a label given by the source have no unit (-1).
+        """
+        if not by_rule:
+            return np.full(len(idx), -1, dtype=np.int64)
+        method = self.settings.split.method
+        ids = np.empty(len(idx), dtype=np.int64)
+        for n, i in enumerate(idx):
+            key: tuple[Any, ...]
+            if method == "scene":
+                key, group, whole = (str(scenes[i]),), str(scenes[i]), True
+            elif method == "random":
+                x, y = origin_x[i], origin_y[i]
+                key, group, whole = (str(scenes[i]), x, y), str(scenes[i]), True
+            else:
+                (r, c), g = first[i], str(keys[i])
+                key, group = (g, int(r), int(c)), g
+                whole = bool((last[i] == first[i]).all())
+            unit = self._unit_ids.setdefault(key, len(self._unit_ids))
+            if unit == len(self._unit_groups):
+                self._unit_groups.append(group)
+                self._unit_whole.append(whole)
+            else:
+                self._unit_whole[unit] |= whole
+            ids[n] = unit
+        return ids
+
+    def _decide(self, meta: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Return each staged chip's label and whether it survives the split buffer."""
         rule = self.settings.split
-        first = np.asarray(first, dtype=np.int64).reshape(-1, 2)
-        block_ids = np.array(
-            [self._block_id(g, r, c) for g, (r, c) in zip(keys, first, strict=True)],
-            dtype=np.int64,
-        )
-        if rule.method == "scene":
-            labels = np.array([rule.label(s) for s in scenes], dtype=object)
-        elif rule.method == "random":
-            labels = np.array(
-                [rule.label(s, x, y) for s, x, y in zip(scenes, origin_x, origin_y, strict=True)],
-                dtype=object,
+        labels = meta["split"].copy()
+        keep = np.ones(len(labels), dtype=bool)
+        ruled = meta["unit"] >= 0
+        if not ruled.any():
+            return labels, keep
+        keys = list(self._unit_ids)
+        ranked = {
+            key: self._unit_groups[u] for key, u in self._unit_ids.items() if self._unit_whole[u]
+        }
+        assigned = rule.assign(ranked)
+        # A block without a chip of its own wholly inside is labelled by its hash alone.
+        unit_labels = np.array([assigned.get(k) or rule.label(*k) for k in keys], dtype=object)
+        labels[ruled] = unit_labels[meta["unit"][ruled]]
+        if rule.method != "block":
+            return labels, keep
+        first, last = meta["first"], meta["last"]
+        for i in np.flatnonzero(ruled & (first != last).any(axis=1)):
+            group = keys[meta["unit"][i]][0]
+            (r0, c0), (r1, c1) = first[i], last[i]
+            keep[i] = all(
+                self._block_label(rule, unit_labels, (group, int(r), int(c))) == labels[i]
+                for r in range(r0, r1 + 1)
+                for c in range(c0, c1 + 1)
             )
-        else:
-            labels = np.array(
-                [rule.label(g, r, c) for g, (r, c) in zip(keys, first, strict=True)], dtype=object
-            )
-        straddles = np.zeros(len(first), dtype=bool)
-        if rule.method == "block" and last is not None:
-            last = np.asarray(last, dtype=np.int64).reshape(-1, 2)
-            for i in np.flatnonzero((last != first).any(axis=1)):
-                (r0, c0), (r1, c1) = first[i], last[i]
-                straddles[i] = any(
-                    rule.label(keys[i], r, c) != labels[i]
-                    for r in range(r0, r1 + 1)
-                    for c in range(c0, c1 + 1)
-                )
-        return labels, block_ids, straddles
+        return labels, keep
+
+    def _block_label(self, rule: SplitRule, unit_labels: np.ndarray, key: tuple[Any, ...]) -> str:
+        unit = self._unit_ids.get(key)
+        return rule.label(*key) if unit is None else str(unit_labels[unit])
 
     def _block_id(self, scene: str, row: int, col: int) -> int:
         return self._blocks.setdefault((scene, int(row), int(col)), len(self._blocks))
@@ -392,14 +447,10 @@ class ChipWriter:
         for b in range(len(self._buckets)):
             self._stage(b, final=True)
         sizes = [bucket.staged for bucket in self._buckets]
-        n = sum(sizes)
-        if n == 0:
-            raise InputError(
-                f"no chip passed the filters ({self._candidates} candidates; removed: "
-                f"{self._removed}); check nodata, min_valid and the CHM's units"
-            )
+        if sum(sizes) == 0:
+            raise self._nothing_kept()
         perms = [self._rng.permutation(size) for size in sizes]
-        meta = {
+        staged = {
             key: np.concatenate(
                 [
                     np.concatenate([m[key] for m in bk.meta])[p]
@@ -407,8 +458,18 @@ class ChipWriter:
                     if bk.meta
                 ]
             )
-            for key in (*CHIP_ARRAYS, "n_valid")
+            for key in (*CHIP_ARRAYS, "n_valid", "unit", "first", "last")
         }
+        # Labels need every unit, so they (and the split buffer) are decided only now.
+        staged["split"], keep = self._decide(staged)
+        self._removed["split_buffer"] += int((~keep).sum())
+        ends = np.cumsum(sizes)
+        perms = [p[keep[end - len(p) : end]] for p, end in zip(perms, ends, strict=True)]
+        meta = {key: staged[key][keep] for key in (*CHIP_ARRAYS, "n_valid")}
+        n = len(meta["n_valid"])
+        if n == 0:
+            raise self._nothing_kept()
+        self._warn_if_split_empty(meta["split"])
         image_out, height_out = self._final_arrays(n)
         sampler = _PixelSampler(meta["n_valid"], s.stats_sample, s.seed)
         carry_img: list[np.ndarray] = []
@@ -440,15 +501,87 @@ class ChipWriter:
                 chunks=(min(n, 65536),),
                 dtype=dtype if dtype != "str" else str,
                 compressors=compressors(),
+                dimension_names=("chip",),
             )
             arr[:] = values.astype(str) if dtype == "str" else values
+        self._write_conventions(meta["crs"])
         stats = statistics_from_pixels(sampler.pixels())
         attrs = self._attrs(n, stats, sampler.total_valid, sampler.picked)
         del self.group[_STAGING]
         self.group.attrs.update(attrs)
         # Complete: the attrs identify the cube from now on (see the module docstring).
         self.location.join(MARKER).remove(missing_ok=True)
+        # Last: any later write of the group's zarr.json would drop it again.
+        from xchm.inference.to_zarr import consolidate
+
+        consolidate(self.group.store)
         return attrs
+
+    def _write_conventions(self, crs: np.ndarray) -> None:
+        """Make a plain ``xr.open_zarr`` give what :meth:`ChipCube.to_xarray` gives.
+
+        The per-chip arrays and the band names become coordinates of ``image`` and
+        ``height`` (their ``coordinates`` attribute), and, when every chip has the
+        same CRS, a ``spatial_ref`` variable as rioxarray writes it ties them to that
+        CRS (``grid_mapping``), so ``.rio.crs`` gives it.
+        """
+        import xarray as xr
+
+        bands = self.group.create_array(
+            BAND_ARRAY, shape=(len(self.settings.bands),), dtype=str, dimension_names=("band",)
+        )
+        bands[:] = np.array(self.settings.bands, dtype=str)
+        names = [*CHIP_ARRAYS, BAND_ARRAY]
+        mapping: dict[str, str] = {}
+        found = set(crs.astype(str).tolist())
+        if len(found) == 1 and "" not in found:
+            import rioxarray  # noqa: F401  (registers .rio)
+
+            ref = xr.DataArray(0).rio.write_crs(found.pop()).coords[CRS_ARRAY]
+            arr = self.group.create_array(
+                CRS_ARRAY, shape=(), dtype="int64", dimension_names=(), attributes=dict(ref.attrs)
+            )
+            arr[...] = 0
+            names.append(CRS_ARRAY)
+            mapping = {"grid_mapping": CRS_ARRAY}
+        for name in ("image", "height") if self.settings.labeled else ("image",):
+            self.group[name].attrs.update({"coordinates": " ".join(names), **mapping})
+
+    def _nothing_kept(self) -> InputError:
+        return InputError(
+            f"no chip passed the filters ({self._candidates} candidates; removed: "
+            f"{self._removed}); check nodata, min_valid and the CHM's units"
+        )
+
+    def _warn_if_split_empty(self, labels: np.ndarray) -> None:
+        """Warn, with the counts, when a label with a non-zero fraction has no chip.
+
+        Not for labels given by the source, nor for an unlabeled cube: pretraining
+        reads every chip of it unless told a split.
+        """
+        rule = self.settings.split
+        if self._given_split or not self.settings.labeled:
+            return
+        names, counts = np.unique(labels.astype(str), return_counts=True)
+        chips = dict(zip(names.tolist(), counts.tolist(), strict=True))
+        empty = [name for name in rule.fractions if name not in chips]
+        if not empty:
+            return
+        units = sum(self._unit_whole)
+        what = {"block": "block", "scene": "scene", "random": "chip"}[rule.method]
+        what += "" if units == 1 else "s"
+        advice = {
+            "block": "a smaller block_size (CLI: --block-size), more or larger scenes",
+            "scene": "more scenes, or split_by='block'",
+            "random": "more chips",
+        }[rule.method]
+        warnings.warn(
+            f"split {'/'.join(empty)} has no chip: {units} {what} with chips for "
+            f"{len(rule.fractions)} splits {dict(rule.fractions)} (chips per split: {chips}); "
+            f"build again with {advice}, or leave {'/'.join(empty)} out of fractions",
+            XCHMWarning,
+            stacklevel=5,  # build's caller (past finish, build and renamed_keywords)
+        )
 
     def _final_arrays(self, n: int) -> tuple[Any, Any | None]:
         """Create the final image and height arrays (height None: unlabeled)."""

@@ -55,7 +55,7 @@ from xchm.inference.windows import window_span
 from xchm.outputs import MARKER, output_kind, prepare_output_dir, shown
 from xchm.storage import Location, PathOrURL, location
 
-__all__ = ["predict_to_zarr", "DEFAULT_REGION_SIZE", "PROGRESS_GROUP"]
+__all__ = ["predict_to_zarr", "consolidate", "DEFAULT_REGION_SIZE", "PROGRESS_GROUP"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,21 @@ def _complete(store: Any, zarr_format: ZarrFormat) -> None:
 
     root = zarr.open_group(store, mode="r+", use_consolidated=False, zarr_format=zarr_format)
     root.attrs["xchm_status"] = "complete"
+    consolidate(store, zarr_format)
+
+
+def consolidate(store: Any, zarr_format: ZarrFormat = 3) -> None:
+    """Write the consolidated metadata of every node into the root ``zarr.json``.
+
+    What ``xr.open_zarr`` looks for first: without it, it warns ("Failed to open Zarr
+    store with consolidated metadata") and lists the store node by node. zarr-python
+    warns, while writing it, that consolidated metadata is not (yet) part of the zarr
+    v3 specification; zarr-python and xarray read it, and xchm writes it knowingly
+    (the warning is silenced here; reading gives none). Mosaic stores and chip cubes
+    call it once complete.
+    """
+    import zarr
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", _CONSOLIDATED_WARNING, UserWarning)
         zarr.consolidate_metadata(store, zarr_format=zarr_format)
@@ -180,13 +195,12 @@ def _initialise(
     template = ds.copy()
     template.attrs = {**template.attrs, "xchm_status": "incomplete"}
     chunks = tuple(fingerprint["chunks"])
-    encoding = {  # keep grid_mapping: it ties each variable to its CRS (spatial_ref)
-        name: {
-            "chunks": chunks,
-            **{k: v for k, v in ds[name].encoding.items() if k == "grid_mapping"},
-        }
-        for name in ds.data_vars
-    }
+    encoding: dict[Any, dict[str, Any]] = {}
+    for name in ds.data_vars:
+        mapping = _grid_mapping(ds[name])
+        encoding[name] = {"chunks": chunks, **({"grid_mapping": mapping} if mapping else {})}
+        if mapping:  # opened as the variable's coordinate by a plain xr.open_zarr
+            template[name].attrs = {**template[name].attrs, "coordinates": mapping}
     with warnings.catch_warnings():  # Zarr lists the folder and finds the marker
         warnings.filterwarnings("ignore", "Object at .* is not recognized", UserWarning)
         template.to_zarr(
@@ -196,6 +210,21 @@ def _initialise(
     progress.create_array("done", shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0)
     progress.attrs["fingerprint"] = fingerprint  # written last: its presence means "ready"
     loc.join(MARKER).remove(missing_ok=True)
+
+
+def _grid_mapping(var: xr.DataArray) -> str | None:
+    """Return the name of the variable's CRS coordinate (``spatial_ref``), if it has one.
+
+    The store ties the variable to it twice: ``grid_mapping`` names it, as CF says;
+    and a ``coordinates`` attribute naming it makes xarray's default
+    ``decode_coords=True`` open it as a coordinate of the variable, where rioxarray's
+    ``.rio.crs`` looks. xarray leaves a grid-mapping variable out of the
+    ``coordinates`` it writes (not "technically" a coordinate under CF), so without
+    the attribute ``xr.open_zarr(store)["chm"].rio.crs`` is None unless the reader
+    passes ``decode_coords="all"`` (measured with xarray 2026.9, rioxarray 0.19).
+    """
+    mapping = var.encoding.get("grid_mapping")
+    return str(mapping) if mapping and mapping in var.coords else None
 
 
 def _prepare(
