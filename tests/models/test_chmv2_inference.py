@@ -205,3 +205,18 @@ def test_gflop_per_window__chmv2_counts_the_dpt_head(checkpoint):
     assert gflop["decoder"] > 0 and gflop["total"] == pytest.approx(
         gflop["backbone"] + gflop["decoder"]
     )
+
+
+def test_chmv2_windows_benchmark__runs_and_reports(tmp_path):
+    """Smoke run of benchmarks/chmv2_windows.py (its numbers live in RESULTS.md)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "chmv2_windows.py"
+    args = ["--seam-preset", "test-tiny-chmv2", "--scene", "128", "--windows", "64", "--no-speed"]
+    out = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=True
+    ).stdout
+    row = [line for line in out.splitlines() if line.startswith("| 64 |")]
+    assert row and "17.3" in row[0]  # chmv2's GFLOP per 64 px window
