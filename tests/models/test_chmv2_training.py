@@ -102,3 +102,42 @@ def test_train__chmv2_checkpoint_fine_tunes_its_own_head(cube, start, tmp_path):
         after = tuned(torch.from_numpy(tuned.card.normalize(image, axis=1)))
     assert not torch.equal(after, net_heights)  # it trained
     assert float((after - net_heights).abs().mean()) < 5.0  # from the checkpoint's head
+
+
+def test_train__chmv2_from_meta_head_and_backbone_files(cube, start, tmp_path):
+    """xchm.train(model="chmv2"-like, weights=HEAD, backbone_weights=BACKBONE): Meta's two
+    files; the backbone file is part of the run's identity (resume refuses another)."""
+    from xchm.errors import ResumeError
+    from xchm.testing import export_meta_state_dict
+
+    model = xchm.load_model(start)
+    head, backbone = tmp_path / "head.pth", tmp_path / "backbone.pth"
+    torch.save(model.decoder.state_dict(), head)
+    torch.save(export_meta_state_dict(model.backbone), backbone)
+    config = TrainConfig(**FAST, epochs=1, max_steps_per_epoch=2, output_bias_percentile=None)
+    result = train(
+        cube,
+        model="test-tiny-chmv2",
+        weights=head,
+        backbone_weights=backbone,
+        config=config,
+        output=tmp_path / "run",
+        progress=False,
+    )
+    best = xchm.load_model(result.best_checkpoint)
+    for name, tensor in model.backbone.state_dict().items():  # the file's, frozen
+        assert torch.equal(best.backbone.state_dict()[name], tensor), name
+    assert str(best.card.provenance["backbone_weights"]).endswith("backbone.pth")
+    other = tmp_path / "other.pth"
+    torch.save(export_meta_state_dict(xchm.load_model("test-tiny").backbone), other)
+    with pytest.raises(ResumeError, match="backbone_weights"):
+        train(
+            cube,
+            model="test-tiny-chmv2",
+            weights=head,
+            backbone_weights=other,
+            config=config,
+            output=tmp_path / "run",
+            resume=True,
+            progress=False,
+        )

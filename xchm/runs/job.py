@@ -40,7 +40,9 @@ __all__ = ["fingerprint", "cube_identity", "source_identity", "differences"]
 _EDGE = 1 << 20
 
 
-def fingerprint(cube: Any, model: Any, weights: Any, world_size: int) -> dict[str, Any]:
+def fingerprint(
+    cube: Any, model: Any, weights: Any, world_size: int, *, backbone_weights: Any = None
+) -> dict[str, Any]:
     """Return the identity of a run's inputs (plain JSON-able containers).
 
     Parameters
@@ -53,13 +55,19 @@ def fingerprint(cube: Any, model: Any, weights: Any, world_size: int) -> dict[st
         Pretrained backbone weights (file, folder, xchm checkpoint) or None.
     world_size
         Number of DDP processes.
+    backbone_weights
+        The backbone file beside ``weights`` (CHMv2's), or None; only a given one is
+        recorded, so runs without it keep their fingerprint.
     """
-    return {
+    job = {
         "cube": cube_identity(cube),
         "model": source_identity(model),
         "weights": source_identity(weights),
         "world_size": int(world_size),
     }
+    if backbone_weights is not None:
+        job["backbone_weights"] = source_identity(backbone_weights)
+    return job
 
 
 def cube_identity(cube: Any) -> dict[str, Any]:
@@ -152,8 +160,8 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
                 f"cube: another selection of chips ({a.get('chips')} chips in the run, "
                 f"{b['chips']} now)"
             )
-    for part in ("model", "weights"):
-        was, given = saved.get(part), now[part]
+    for part in ("model", "weights", "backbone_weights"):
+        was, given = saved.get(part), now.get(part)
         if _key(was) == _key(given):
             continue
         if was is not None and given is not None and was.get("path", 0) == given.get("path"):

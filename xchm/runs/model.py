@@ -12,7 +12,12 @@ __all__ = ["model_for_cube"]
 
 
 def model_for_cube(
-    cube: Any, model: str | Path | Location, weights: str | Path | None, *, seed: int
+    cube: Any,
+    model: str | Path | Location,
+    weights: str | Path | None,
+    *,
+    seed: int,
+    backbone_weights: str | Path | None = None,
 ) -> Any:
     """Load ``model`` for the bands, window, pixel size and statistics of ``cube``.
 
@@ -30,6 +35,8 @@ def model_for_cube(
         model normalises with the cube's statistics.
     seed
         Seed of the new (untrained) parts of a preset.
+    backbone_weights
+        The backbone file beside ``weights`` (e.g. CHMv2's; see ``xchm.load_model``).
 
     Returns
     -------
@@ -61,6 +68,8 @@ def model_for_cube(
         options["statistics"] = cube.statistics
     if cube.pixel_size is not None:
         options["pixel_size"] = cube.pixel_size
+    if backbone_weights is not None:
+        options["backbone_weights"] = backbone_weights
     return api.load_model(str(model), weights=weights, **options)
 
 

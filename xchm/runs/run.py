@@ -123,6 +123,7 @@ class Run(Generic[C]):
         model: str | Path,
         weights: str | Path | None,
         resume: bool,
+        backbone_weights: str | Path | None = None,
     ) -> Run[C]:
         """Check and prepare the run directory, read the state to resume, seed the RNGs.
 
@@ -137,7 +138,7 @@ class Run(Generic[C]):
         from xchm.storage import location
 
         target = location(output)
-        job = fingerprint(cube, model, weights, place.world)
+        job = fingerprint(cube, model, weights, place.world, backbone_weights=backbone_weights)
         state = open_run(
             target,
             target.join(*STATE.parts),
@@ -152,6 +153,8 @@ class Run(Generic[C]):
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         source = {"model": str(model), "weights": None if weights is None else str(weights)}
+        if backbone_weights is not None:
+            source["backbone_weights"] = str(backbone_weights)
         mirror = None if target.is_local else Mirror(target)
         out = mirror.staging if mirror is not None else target.path
         run = cls(kind, config, cube, out, place, job, source, state, mirror)

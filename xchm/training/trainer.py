@@ -73,6 +73,7 @@ def train(
     *,
     model: str | Path = "dinov3-vitl16-sat",
     weights: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
     config: TrainConfig | None = None,
     output: str | Path,
     resume: bool = False,
@@ -88,7 +89,11 @@ def train(
     model
         Preset name or xchm checkpoint directory to start from.
     weights
-        Pretrained backbone weights for a preset (Meta ``.pth``, HF folder, timm).
+        Pretrained backbone weights for a preset (Meta ``.pth``, HF folder, timm); for
+        ``chmv2`` its head file or snapshot folder (see ``xchm.load_model``).
+    backbone_weights
+        The backbone file beside ``weights`` (CHMv2's ``dinov3_vitl16_pretrain_sat493m-*.pth``;
+        see ``xchm.load_model``). Part of the run's identity, as ``weights``.
     config
         Training settings (:class:`TrainConfig`; defaults are the reference's, meant
         for a pretrained ViT on a large cube: on a small cube or a random backbone use
@@ -156,9 +161,17 @@ def train(
             )
     where = place(device)  # before the run directory is created
     run = Run.start(
-        "training", cube, cfg, output, place=where, model=model, weights=weights, resume=resume
+        "training",
+        cube,
+        cfg,
+        output,
+        place=where,
+        model=model,
+        weights=weights,
+        backbone_weights=backbone_weights,
+        resume=resume,
     )
-    net = _model(run, model, weights)
+    net = _model(run, model, weights, backbone_weights)
     opt = torch.optim.AdamW(_groups(net, cfg), weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
     run.restore(partial(_load, net, opt, sched))
@@ -168,17 +181,30 @@ def train(
         run.close()
 
 
-def _model(run: Run[TrainConfig], model: str | Path, weights: str | Path | None) -> Any:
+def _model(
+    run: Run[TrainConfig],
+    model: str | Path,
+    weights: str | Path | None,
+    backbone_weights: str | Path | None = None,
+) -> Any:
     """Load the model to fine-tune on the run's device (a new run: output bias set)."""
     if run.state is not None:  # resumed: the saved weights replace the start
         from xchm.runs.model import model_for_cube
 
-        return model_for_cube(run.cube, model, weights, seed=run.config.seed).to(run.device)
-    return initial_model(run.cube, model, weights, run.config).to(run.device)
+        return model_for_cube(
+            run.cube, model, weights, seed=run.config.seed, backbone_weights=backbone_weights
+        ).to(run.device)
+    net = initial_model(run.cube, model, weights, run.config, backbone_weights=backbone_weights)
+    return net.to(run.device)
 
 
 def initial_model(
-    cube: ChipCube, model: str | Path, weights: str | Path | None, cfg: TrainConfig
+    cube: ChipCube,
+    model: str | Path,
+    weights: str | Path | None,
+    cfg: TrainConfig,
+    *,
+    backbone_weights: str | Path | None = None,
 ) -> Any:
     """Return the model a new run starts from (on the CPU): for the cube, output bias set.
 
@@ -186,7 +212,7 @@ def initial_model(
     """
     from xchm.runs.model import model_for_cube
 
-    net = model_for_cube(cube, model, weights, seed=cfg.seed)
+    net = model_for_cube(cube, model, weights, seed=cfg.seed, backbone_weights=backbone_weights)
     p = cfg.output_bias_percentile
     if p is not None:
         net.decoder.reset_output(_label_percentile(cube, p, cfg.seed))
