@@ -199,6 +199,7 @@ def test_results__to_dict_is_strict_json():
         best_checkpoint=Path("runs/a/best"),
         history=[{"epoch": 0, "val_loss": math.nan, "steps": 3}],
         best_epoch=0,
+        best_val_mae=math.inf,
     )
     data = train_result.to_dict()
     assert json.loads(json.dumps(data, allow_nan=False)) == {
@@ -206,6 +207,10 @@ def test_results__to_dict_is_strict_json():
         "history": [{"epoch": 0, "val_loss": None, "steps": 3}],
         "best_epoch": 0,
         "stopped_early": False,
+        "best_val_mae": None,
+        "baseline_height": None,
+        "baseline_mae": None,
+        "beats_baseline": None,
     }
     ssl = PretrainResult(backbone=Path("ssl/backbone"), history=[{"loss": np.float32(2.5)}])
     assert ssl.to_dict() == {"backbone": "ssl/backbone", "history": [{"loss": 2.5}]}

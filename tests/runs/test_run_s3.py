@@ -88,6 +88,7 @@ def test_run_s3__a_cut_run_resumes_from_the_store_to_the_uninterrupted_weights(
     assert _keys(s3, prefix) == sorted(
         [".xchm-output.json", "config.json", "checkpoints/last.pt", "metrics.jsonl"]
         + ["metrics.csv", f"{MODEL[kind]}/card.json", f"{MODEL[kind]}/model.safetensors"]
+        + (["summary.json"] if kind == "training" else [])
     )
     saved = resumed.best_checkpoint if kind == "training" else resumed.backbone
     assert saved == f"{url}{MODEL[kind]}"  # the URL as typed, for load_model

@@ -160,7 +160,7 @@ class Run(Generic[C]):
         run = cls(kind, config, cube, out, place, job, source, state, mirror)
         if state is not None and run.main:  # the logs of a run killed before them
             run._write_metrics(list(state.get("history", [])))
-            run._send()
+            run.publish()
         return run
 
     # -- where the run is ----------------------------------------------------------------
@@ -249,7 +249,7 @@ class Run(Generic[C]):
             "job": self.job,
         }
         save_state(state, self.output / STATE)
-        self._send()
+        self.publish()
 
     def save_model(self, net: Any, name: str, provenance: dict[str, Any]) -> None:
         """Save ``net`` as the xchm checkpoint ``output/name`` (rank 0), replaced whole.
@@ -273,7 +273,7 @@ class Run(Generic[C]):
             save_model_dir(net, self.output / name)
         finally:
             net.card = card
-        self._send()
+        self.publish()
 
     # -- each step -----------------------------------------------------------------------
     def check_loss(self, value: float, epoch: int, step: int, hint: str) -> None:
@@ -353,9 +353,9 @@ class Run(Generic[C]):
                 for k, v in row.items():
                     if k != "epoch" and isinstance(v, int | float):
                         tb.add_scalar(k, v, row["epoch"])
-        self._send()
+        self.publish()
 
-    def _send(self) -> None:
+    def publish(self) -> None:
         """Send what changed in the staging folder to the run directory's URL (rank 0)."""
         if self.mirror is not None and self.main:
             self.mirror.send()

@@ -376,7 +376,7 @@ def _write_summary(run: Run[TrainConfig], result: TrainResult) -> None:
     summary = {k: v for k, v in result.to_dict().items() if k != "history"}
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
     write_atomic(run.output / SUMMARY, lambda tmp: tmp.write_text(text))
-    run._send()  # the run's own mirror (a run into a URL): as Run.log does after its files
+    run.publish()  # a run into a URL: send the file to the store, as Run.log does
 
 
 def _save_best(run: Run[TrainConfig], net: Any, row: dict[str, Any]) -> None:
