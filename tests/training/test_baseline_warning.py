@@ -54,6 +54,11 @@ def test_mean_baseline__is_the_train_mean_scored_on_val(cube):
     assert base["height"] == pytest.approx(mean)
     assert base["mae"] == pytest.approx(float(np.nanmean(np.abs(val_h - mean))))
     assert base["n_pixels"] == int(np.isfinite(val_h).sum())
+    # The very baseline xchm.evaluate reports on the val split (one reader of heights).
+    model = xchm.load_model("test-tiny", bands=cube.bands, statistics=cube.statistics)
+    scored = xchm.evaluate(model, cube, split="val", progress=False)
+    assert scored.baseline["height"] == base["height"]
+    assert scored.baseline["mae"] == pytest.approx(base["mae"], rel=1e-6)
 
 
 def test_train__a_run_that_cannot_learn_warns_and_records_it(cube, tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from xchm._compat import renamed_keywords
-from xchm.chips.cube import ChipCube, open_cube
+from xchm.chips.cube import BASELINE_MAX_CHIPS, ChipCube, open_cube
 from xchm.errors import BandError, InputError, XCHMWarning
 from xchm.evaluation.metrics import (
     DEFAULT_CLASSES,
@@ -46,9 +46,6 @@ __all__ = ["EvaluationResult", "evaluate", "evaluate_raster"]
 
 log = logging.getLogger(__name__)
 
-#: Train chips read at most for the baseline's mean height (evenly spread whole chunks;
-#: stored chips are uniformly shuffled, so any chunks are a random sample).
-BASELINE_MAX_CHIPS = 16384
 #: Example chips drawn in a report.
 N_EXAMPLES = 8
 
@@ -345,15 +342,8 @@ def _baseline_height(full: ChipCube, split: str | None) -> tuple[float, str]:
         source, chosen = "train", whole.sel(split="train")
     else:
         source, chosen = split or "all", full.sel(split=split) if split is not None else full
-    plan = _chunk_plan(chosen)
-    total = len(chosen)
-    if total > BASELINE_MAX_CHIPS:  # evenly spread whole chunks
-        per_chunk = max(1, total // len(plan))
-        keep = max(1, BASELINE_MAX_CHIPS // per_chunk)
-        plan = [plan[int(i)] for i in np.unique(np.linspace(0, len(plan) - 1, keep).round())]
     count, total_height = 0, 0.0
-    for _, _, height in _chunks(chosen, plan, images=False):
-        finite = height[np.isfinite(height)]
+    for finite in chosen.finite_heights(BASELINE_MAX_CHIPS):  # evenly spread whole chunks
         count += finite.size
         total_height += float(finite.sum(dtype=np.float64))
     return (total_height / count if count else math.nan), source

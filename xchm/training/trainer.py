@@ -110,7 +110,7 @@ def train(
     device
         Torch device (default: this process's CUDA device, else the CPU).
     progress
-        Show a progress bar per epoch (rank 0).
+        Show one progress bar for the whole run and a summary line per epoch (rank 0).
 
     Returns
     -------
