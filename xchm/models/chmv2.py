@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from xchm.errors import WeightsError
-from xchm.models.weights import read_weights
+from xchm.models.weights import compare_state, mismatch_details, read_weights
 
 __all__ = ["head_tensors", "split_snapshot", "load_head", "is_chmv2_snapshot"]
 
@@ -105,28 +105,15 @@ def load_head(head: nn.Module, tensors: Mapping[str, torch.Tensor], where: str) 
         first of each, with the file's and the model's shapes.
     """
     own = head.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = [
-        (k, tuple(tensors[k].shape), tuple(own[k].shape))
-        for k in sorted(set(own) & set(tensors))
-        if tensors[k].shape != own[k].shape
-    ]
+    missing, unexpected, wrong = compare_state(tensors, own)
     not_float = sorted(k for k in tensors if not tensors[k].is_floating_point())
     if missing or unexpected or wrong or not_float:
-        details = []
-        if wrong:
-            k, theirs, ours = wrong[0]
-            details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {theirs}, model {ours})")
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if not_float:
-            details.append(f"{len(not_float)} non-float tensors (e.g. {not_float[0]})")
+        odd = [f"{len(not_float)} non-float tensors (e.g. {not_float[0]})"] if not_float else []
         raise WeightsError(
             f"the CHMv2 head in {where!r} ({len(tensors)} tensors) does not fit this model's "
-            f"head ({len(own)} tensors): " + "; ".join(details) + f". Expected {_HEAD_FILE} "
+            f"head ({len(own)} tensors): "
+            + mismatch_details(missing, unexpected, wrong, odd)
+            + f". Expected {_HEAD_FILE} "
             "(68 tensors) or the head.* of a facebook/dinov3-vitl16-chmv2-dpt-head snapshot"
         )
     with torch.no_grad():

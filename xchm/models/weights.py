@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,13 +376,7 @@ def load_backbone_tensors(
     except WeightsError as err:
         raise WeightsError(f"weights in {str(path)!r}: {err}") from err
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [
-        (k, tuple(state[k].shape), tuple(own[k].shape))
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
-    ]
+    missing, unexpected, wrong = compare_state(state, own)
     if periods is not None and periods.shape != backbone.rope.periods.shape:
         wrong.append(
             ("rope_embed.periods", tuple(periods.shape), tuple(backbone.rope.periods.shape))
@@ -395,20 +389,52 @@ def load_backbone_tensors(
             f"{state[k].dtype}); expected the floating-point parameters of a DINOv3 backbone"
         )
     if missing or unexpected or wrong:
-        details = []
-        if wrong:
-            k, theirs, ours = wrong[0]
-            details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {theirs}, model {ours})")
-        if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
         raise WeightsError(
             f"weights in {str(path)!r} ({layout} layout, {_describe(state)}) do not fit this "
-            f"backbone ({_describe(own)}): " + "; ".join(details) + ". Check that the file "
+            f"backbone ({_describe(own)}): "
+            + mismatch_details(missing, unexpected, wrong)
+            + ". Check that the file "
             "matches the preset (ViT-L/16 SAT-493M for dinov3-vitl16-sat and chmv2)."
         )
     backbone.load_state_dict(state, strict=True)
     if periods is not None:
         set_rope_periods(backbone, periods.float())
     return layout
+
+
+def compare_state(
+    tensors: Mapping[str, Any], own: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Return the keys ``tensors`` lacks, the keys it has in excess, and shape mismatches.
+
+    Mismatches are ``(key, file shape, model shape)``; all three lists are sorted.
+    """
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [
+        (k, tuple(tensors[k].shape), tuple(own[k].shape))
+        for k in sorted(set(own) & set(tensors))
+        if tensors[k].shape != own[k].shape
+    ]
+    return missing, unexpected, wrong
+
+
+def mismatch_details(
+    missing: list[str],
+    unexpected: list[str],
+    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    extra: Sequence[str] = (),
+) -> str:
+    """Say in one line how a state dict differs from a model's (``compare_state``'s lists).
+
+    ``extra`` are further problems, in words, added at the end.
+    """
+    details = []
+    if wrong:
+        k, theirs, ours = wrong[0]
+        details.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {theirs}, model {ours})")
+    if missing:
+        details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    return "; ".join([*details, *extra])

@@ -10,7 +10,7 @@ from xchm.runs.distributed import all_reduce_sum, wrap
 from xchm.runs.precision import autocast
 from xchm.training.losses import height_loss
 
-__all__ = ["run_epoch", "validate"]
+__all__ = ["run_epoch", "train_step", "validate"]
 
 
 def _stream(run: Any, split: str, *, train: bool) -> Any:
@@ -29,6 +29,37 @@ def _stream(run: Any, split: str, *, train: bool) -> Any:
         world_size=run.world,
         drop_last=train,
     )
+
+
+def train_step(
+    model: Any,
+    opt: Any,
+    trainable: list[Any],
+    raw: Any,
+    heights: Any,
+    nodata: float | None,
+    stats: Any,
+    cfg: Any,
+) -> Any:
+    """One optimiser step on a batch of raw chips; return the loss (detached tensor).
+
+    The one training step: :func:`run_epoch` and :func:`xchm.training.find_lr` take it.
+    ``model`` may be the DDP wrapper; the device is that of its parameters.
+    """
+    import torch
+
+    device = trainable[0].device if trainable else next(model.parameters()).device
+    x = prepare_inputs(raw, nodata, stats, device)
+    y = heights.to(device, non_blocking=True)
+    with autocast(device, cfg.mixed_precision):
+        pred = model(x, validate=False)
+    loss = height_loss(pred[:, 0], y, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+    opt.step()
+    return loss.detach()
 
 
 def run_epoch(
@@ -71,17 +102,8 @@ def run_epoch(
     for i, (raw, heights) in enumerate(batches, start=start_batch):
         if i >= steps:
             break
-        x = prepare_inputs(raw, run.cube.nodata, stats, run.device)
-        y = heights.to(run.device, non_blocking=True)
-        with autocast(run.device, cfg.mixed_precision):
-            pred = model(x, validate=False)
-        loss = height_loss(pred[:, 0], y, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        opt.step()
-        value = loss.detach().item()  # the step's one sync with the device
+        loss = train_step(model, opt, trainable, raw, heights, run.cube.nodata, stats, cfg)
+        value = loss.item()  # the step's one sync with the device
         run.check_loss(value, epoch, i, "Lower lr, keep grad_clip on or use loss='huber'")
         loss_sum, done = loss_sum + value, done + 1
         bar.set_postfix(loss=f"{loss_sum / done:.3f}", refresh=False)  # shown by update()

@@ -258,10 +258,8 @@ def _sweep(
     import torch
     from tqdm.auto import tqdm
 
-    from xchm.models.normalize import prepare_inputs
     from xchm.runs.distributed import resolve_device
-    from xchm.runs.precision import autocast
-    from xchm.training.losses import height_loss
+    from xchm.training.epoch import train_step
     from xchm.training.policy import apply_policy, param_groups
     from xchm.training.trainer import initial_model
 
@@ -285,17 +283,8 @@ def _sweep(
             for lr, (images, heights) in zip(lrs, batches, strict=False):
                 for group, ratio in zip(opt.param_groups, ratios, strict=True):
                     group["lr"] = float(lr) * ratio
-                x = prepare_inputs(images, cube.nodata, stats, where)
-                y = heights.to(where)
-                with autocast(where, cfg.mixed_precision):
-                    pred = net(x, validate=False)
-                loss = height_loss(pred[:, 0], y, cfg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                value = float(loss.detach())
+                loss = train_step(net, opt, trainable, images, heights, cube.nodata, stats, cfg)
+                value = float(loss)
                 raw.append(value)
                 # Moving average with the bias correction of Adam's moments.
                 average = smoothing * average + (1 - smoothing) * value
