@@ -193,3 +193,17 @@ def test_predict_storage__runs_and_reports(tmp_path):
     }
     assert runs["S3 (moto) -> local"]["requests"] > 0
     assert runs["HTTP (nginx) -> local"]["bytes_read_over_file"] > 0
+
+
+def test_split_guarantee_bench__no_empty_split_once_ranked():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "split_guarantee.py"), "--seeds", "50"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
+    assert len(rows) == 6
+    for fractions, blocks, _, ranked in rows:
+        splits = len(fractions.split("/"))
+        assert (ranked.strip() == "0.0%") == (int(blocks) >= splits), (fractions, blocks)
