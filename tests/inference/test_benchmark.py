@@ -83,6 +83,18 @@ def test_xchm_bench__prints_tables_and_counts_border_windows(tmp_path, capsys):
     assert "| test-tiny | memory | 16 (48) | 192x192 | 25 (36) |" in printed
 
 
+def test_xchm_bench__measures_chmv2_at_the_bench_window(tmp_path):
+    """CHMv2 (RGB, 256 px windows by default) runs on the bench's scene at 64 px windows."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--presets", "test-tiny-chmv2", "--size", "128", "--chunk", "128"]
+    argv += ["--overlaps", "0", "--sources", "memory", "--repeats", "1", "--workers"]
+    assert bench_main([*argv, "-o", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["preset"] == "test-tiny-chmv2" and row["windows"] == 4
+    gflop = row["gflop_per_window"]
+    assert gflop["decoder"] > 0 and gflop["total"] == gflop["backbone"] + gflop["decoder"]
+
+
 def test_bench_config__bad_options_listed_at_once():
     with pytest.raises(InputError, match="unknown preset 'vit-x'.*overlap 64.*repeats must be"):
         BenchConfig(presets=("vit-x",), overlaps=(64,), repeats=0)

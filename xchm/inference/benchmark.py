@@ -155,21 +155,25 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def make_scene(size: int, pixel_size: float, seed: int = 0) -> Any:
-    """Build a (band, y, x) uint16 scene, bands nir/red/green (``long_name``), EPSG:32617."""
+    """Build a (band, y, x) uint16 scene, EPSG:32617, bands nir/red/green/blue (``long_name``).
+
+    Every preset finds its bands in it by name (nir/red/green, or red/green/blue for
+    ``chmv2``).
+    """
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     base = 2500 + 1500 * np.sin(yy / 9.0) * np.cos(xx / 13.0)
-    data = np.stack([base + rng.normal(0, 300, base.shape) * k for k in (1.0, 0.5, 0.4)])
-    coords = {"band": [1, 2, 3], "y": 7e6 - pixel_size * (np.arange(size) + 0.5)}
+    data = np.stack([base + rng.normal(0, 300, base.shape) * k for k in (1.0, 0.5, 0.4, 0.3)])
+    coords = {"band": [1, 2, 3, 4], "y": 7e6 - pixel_size * (np.arange(size) + 0.5)}
     coords["x"] = 4e5 + pixel_size * (np.arange(size) + 0.5)
     image = xr.DataArray(
         np.clip(data, 1, 9000).astype("uint16"),
         dims=("band", "y", "x"),
         coords=coords,
-        attrs={"long_name": ("nir", "red", "green")},  # written as band descriptions
+        attrs={"long_name": ("nir", "red", "green", "blue")},  # written as band descriptions
     )
     return image.rio.write_crs("EPSG:32617")
 
@@ -429,7 +433,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, An
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RandomWeightsWarning)  # speed only
-                model = load_model(preset, pixel_size=config.pixel_size).to(device).eval()
+                model = load_model(preset, pixel_size=config.pixel_size, window=WINDOW)
+                model = model.to(device).eval()  # every preset at the bench's window
             gflop = gflop_per_window(model, device)
             took = time.perf_counter() - start
             log(f"== {preset}: built in {took:.1f} s, {gflop['total']:.3f} GFLOP/window")
