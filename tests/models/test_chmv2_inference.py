@@ -220,3 +220,35 @@ def test_chmv2_windows_benchmark__runs_and_reports(tmp_path):
     ).stdout
     row = [line for line in out.splitlines() if line.startswith("| 64 |")]
     assert row and "17.3" in row[0]  # chmv2's GFLOP per 64 px window
+
+
+def test_cli_predict__chmv2_from_meta_files_with_backbone_weights(
+    checkpoint, image, tmp_path, caplog
+):
+    """``xchm predict --weights HEAD --backbone-weights BACKBONE`` equals the Python API."""
+    import rioxarray as rxr
+
+    from xchm.cli import main
+    from xchm.testing import export_meta_state_dict
+
+    model = xchm.load_model(checkpoint)
+    torch.save(model.decoder.state_dict(), tmp_path / "head.pth")
+    torch.save(export_meta_state_dict(model.backbone), tmp_path / "backbone.pth")
+    scene = tmp_path / "scene.tif"
+    image.rio.to_raster(scene)
+    files = ["--weights", str(tmp_path / "head.pth")]
+    files += ["--backbone-weights", str(tmp_path / "backbone.pth")]
+    out = tmp_path / "chm.tif"
+    argv = ["predict", str(scene), "-o", str(out), "--model", "test-tiny-chmv2", "-q"]
+    argv += ["--bands", "rgb"]  # a GeoTIFF without band descriptions
+    assert main([*argv, *files]) == 0
+    assert "untrained" not in caplog.text  # the head file is CHMv2's trained decoder
+    expected = xchm.predict(
+        rxr.open_rasterio(scene),
+        "test-tiny-chmv2",
+        weights=tmp_path / "head.pth",
+        backbone_weights=tmp_path / "backbone.pth",
+        bands="rgb",
+    )
+    written = rxr.open_rasterio(out).squeeze("band", drop=True)
+    np.testing.assert_allclose(written.values, expected.values, atol=1e-4)

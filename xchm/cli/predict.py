@@ -102,7 +102,8 @@ def _predict(args: argparse.Namespace) -> int:
         check_device(args.device)
     from xchm.models.presets import PRESETS
 
-    if args.model in PRESETS:
+    trained_head = args.model in PRESETS and PRESETS[args.model].dpt is not None and args.weights
+    if args.model in PRESETS and not trained_head:  # (CHMv2's --weights is its trained head)
         logging.getLogger("xchm").warning(
             "%s is a preset: its decoder is untrained, so heights are not meaningful; pass a "
             "trained checkpoint directory with --model",
@@ -127,6 +128,7 @@ def _predict(args: argparse.Namespace) -> int:
         image = open_image(args.input[0], chunks=args.chunks or DEFAULT_CHUNK)
     options = dict(
         weights=args.weights,
+        backbone_weights=args.backbone_weights,
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
@@ -206,6 +208,11 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
         help="trained checkpoint directory (or a preset name: untrained decoder, for testing)",
     )
     pred.add_argument("--weights", help="backbone weights for a preset (Meta .pth, HF or timm)")
+    pred.add_argument(
+        "--backbone-weights",
+        help="the backbone file beside --weights (e.g. CHMv2: --weights the head .pth, "
+        "--backbone-weights Meta's ViT-L/16 SAT .pth)",
+    )
     add_bands_argument(pred)
     pred.add_argument(
         "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"

@@ -90,7 +90,9 @@ def stac_image(args: argparse.Namespace) -> Any:
         raise InputError("--stac needs --collection ID (the collection to search, e.g. naip)")
     if args.bbox is None:
         raise InputError("--stac needs --bbox WEST SOUTH EAST NORTH (degrees)")
-    _, card = spec_for(args.model, weights=args.weights)
+    _, card = spec_for(
+        args.model, weights=args.weights, backbone_weights=getattr(args, "backbone_weights", None)
+    )
     items = search(
         args.bbox,
         collections=args.collection,

@@ -150,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
         args.cube,
         model=args.model,
         weights=args.weights,
+        backbone_weights=args.backbone_weights,
         config=config,
         output=args.output,
         resume=args.resume,
@@ -184,6 +185,7 @@ def _find_lr(args: argparse.Namespace, config: Any) -> int:
         args.cube,
         args.model,
         weights=args.weights,
+        backbone_weights=args.backbone_weights,
         config=config,
         steps=args.find_lr_steps,
         device=args.device,
@@ -259,6 +261,11 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         _TRAIN_OPTIONS,
         weights_help="pretrained backbone weights for a preset",
         output_required=False,  # checked in _train: --find-lr writes nothing
+    )
+    p.add_argument(
+        "--backbone-weights",
+        help="the backbone file beside --weights (e.g. CHMv2: --weights the head .pth, "
+        "--backbone-weights Meta's ViT-L/16 SAT .pth)",
     )
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
     from xchm.training.recipes import RECIPE_HELP

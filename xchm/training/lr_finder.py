@@ -139,6 +139,7 @@ def find_lr(
     model: str | Path = "dinov3-vitl16-sat",
     *,
     weights: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
     config: TrainConfig | None = None,
     start_lr: float = 1e-7,
     end_lr: float = 1.0,
@@ -161,8 +162,8 @@ def find_lr(
     ----------
     cube
         A chip cube (or its path) with ``train`` chips.
-    model, weights
-        As :func:`xchm.train`: a preset or checkpoint, and backbone weights.
+    model, weights, backbone_weights
+        As :func:`xchm.train`: a preset or checkpoint, and weights.
     config
         The training settings to test (default ``TrainConfig()``); its ``lr`` is
         ignored, its ``max_steps_per_epoch`` too (the sweep reads the train split
@@ -229,7 +230,7 @@ def find_lr(
         )
     lrs = np.geomspace(start_lr, end_lr, steps)
     raw, smooth, stopped = _sweep(
-        cube, model, weights, cfg, lrs, smoothing, diverge, device, progress
+        cube, model, weights, cfg, lrs, smoothing, diverge, device, progress, backbone_weights
     )
     done = lrs[: len(raw)].tolist()
     suggestion, used = suggest_lr(done, smooth, rule=rule)
@@ -253,6 +254,7 @@ def _sweep(
     diverge: float,
     device: str | None,
     progress: bool,
+    backbone_weights: str | Path | None = None,
 ) -> tuple[list[float], list[float], bool]:
     """Run the steps; return the raw and smoothed losses and whether it stopped early."""
     import torch
@@ -266,7 +268,8 @@ def _sweep(
     where = resolve_device(device, 0)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG streams stay as they were
         torch.manual_seed(cfg.seed)
-        net = initial_model(cube, model, weights, cfg).to(where)
+        net = initial_model(cube, model, weights, cfg, backbone_weights=backbone_weights)
+        net = net.to(where)
         apply_policy(net, cfg, 0)
         groups = param_groups(net, cfg)
         ratios = [g["lr"] / cfg.lr for g in groups]
