@@ -190,3 +190,11 @@ def test_save__files_get_normal_permissions(tmp_path):
     for name in ("model.safetensors", "card.json"):
         mode = stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode)
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+def test_predict__a_model_file_says_how_to_make_it_a_checkpoint_directory(saved):
+    from xchm.datasets import synthetic_landscape
+
+    image = synthetic_landscape(64, seed=0)["image"]
+    with pytest.raises(ModelNotFoundError, match="is a file, not a checkpoint directory.*import"):
+        xchm.predict(image, saved / "model.safetensors")

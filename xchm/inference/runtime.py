@@ -128,6 +128,12 @@ def spec_for(
         return ModelSpec("checkpoint", str(where), str(meta["weights"]["sha256"]), options), card
     if isinstance(model, str | os.PathLike):
         path = Path(model).expanduser().resolve()
+        if path.is_file():  # e.g. a reference project's .pth: workers load folders only
+            raise ModelNotFoundError(
+                f"model {str(model)!r} is a file, not a checkpoint directory: convert it once "
+                f"with `xchm models import {model} -o DIR` (or xchm.models.reference_io."
+                "import_reference) and pass DIR, or pass xchm.load_model(path) itself"
+            )
         if not path.is_dir():
             raise ModelNotFoundError(
                 f"model {str(model)!r} is neither a preset {sorted(PRESETS)} nor an existing "
