@@ -195,6 +195,6 @@ def test_save__files_get_normal_permissions(tmp_path):
 def test_predict__a_model_file_says_how_to_make_it_a_checkpoint_directory(saved):
     from xchm.datasets import synthetic_landscape
 
-    image = synthetic_landscape(64, seed=0)["image"]
+    image = synthetic_landscape(256, seed=0)["image"]
     with pytest.raises(ModelNotFoundError, match="is a file, not a checkpoint directory.*import"):
         xchm.predict(image, saved / "model.safetensors")
