@@ -59,3 +59,13 @@ def test_synthetic_landscape__missing_edge_is_nan_in_image_and_truth(scene):
 def test_synthetic_landscape__rejects_tiny_scenes():
     with pytest.raises(InputError, match="at least 64"):
         xchm.datasets.synthetic_landscape(32)
+
+
+@pytest.mark.parametrize("size", [64, 72, 96])
+def test_synthetic_landscape__the_smallest_sizes_are_finite_and_warn_nothing(size):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the 64 px scene divided by zero (a NaN field)
+        scene = xchm.datasets.synthetic_landscape(size, seed=0, nodata_edge=False)
+    assert np.isfinite(scene["chm"].values).all() and np.isfinite(scene["image"].values).all()

@@ -35,6 +35,8 @@ def _smooth_field(shape: tuple[int, int], scale: float, rng: np.random.Generator
     kernel = np.exp(-2 * (np.pi * scale) ** 2 * (fy**2 + fx**2))
     field = np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=shape)
     lo, hi = np.percentile(field, [1, 99])
+    if not hi - lo > 1e-9 * max(abs(lo), abs(hi), 1e-30):  # a scene narrower than the features
+        return np.full(shape, 0.5)
     return np.clip((field - lo) / (hi - lo), 0, 1)
 
 
