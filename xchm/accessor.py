@@ -34,7 +34,7 @@ class CHMAccessor:
         self,
         model: Any,
         *,
-        overlap: int = _DEFAULT["overlap"],
+        overlap: int | None = _DEFAULT["overlap"],
         batch_size: int | None = _DEFAULT["batch_size"],
         device: str | None = _DEFAULT["device"],
         bands: BandsArg = _DEFAULT["bands"],

@@ -252,3 +252,13 @@ def test_cli_predict__chmv2_from_meta_files_with_backbone_weights(
     )
     written = rxr.open_rasterio(out).squeeze("band", drop=True)
     np.testing.assert_allclose(written.values, expected.values, atol=1e-4)
+
+
+def test_predict__default_overlap_is_a_quarter_of_the_window(checkpoint, image):
+    """Seam-free by default: 64 px for CHMv2's 256 px windows, 16 px for 64 px windows."""
+    model = xchm.load_model(checkpoint)
+    assert xchm.predict(image, model.to("cpu")).attrs["xchm_overlap"] == model.card.window // 4
+    wide = xchm.load_model("test-tiny-chmv2", window=128)
+    assert xchm.predict(image, wide).attrs["xchm_overlap"] == 32
+    small = xchm.load_model("test-tiny-chmv2", window=64)
+    assert xchm.predict(image, small).attrs["xchm_overlap"] == 16  # as before for 64 px

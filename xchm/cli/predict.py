@@ -157,7 +157,8 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"wrote {output} ({ds['chm'].shape[0]}x{ds['chm'].shape[1]} px)")
             return 0
         chm = predict(image, args.model, **options)
-        window, stride = chm.attrs["xchm_window"], chm.attrs["xchm_window"] - args.overlap
+        window = chm.attrs["xchm_window"]
+        stride = window - chm.attrs["xchm_overlap"]
         height, width = chm.shape
         total = (
             window_span(0, height, window, stride).count
@@ -215,7 +216,10 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     )
     add_bands_argument(pred)
     pred.add_argument(
-        "--overlap", type=nonnegative_int, default=DEFAULT_OVERLAP, help="window overlap (px)"
+        "--overlap",
+        type=nonnegative_int,
+        help=f"window overlap (px; default a quarter of the model's window: {DEFAULT_OVERLAP} "
+        "for 64 px windows)",
     )
     pred.add_argument(
         "--chunks",

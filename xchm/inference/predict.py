@@ -32,7 +32,8 @@ from xchm.inference.runtime import spec_for
 
 __all__ = ["predict", "AUTO", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
 
-#: Pixels shared by neighbouring windows (stride = window - overlap); see benchmarks/RESULTS.md.
+#: Pixels shared by neighbouring 64 px windows (stride 48); predict's default overlap is a
+#: quarter of the model's window, this for the 64 px presets (see benchmarks/RESULTS.md).
 DEFAULT_OVERLAP = 16
 #: Spatial chunk side used for in-memory input and for rechunking pathological chunks.
 DEFAULT_CHUNK = 1024
@@ -98,7 +99,7 @@ def predict(
     obj: xr.DataArray | xr.Dataset,
     model: Any,
     *,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     batch_size: int | None = None,
     device: str | None = None,
     bands: BandsArg = None,
@@ -119,7 +120,9 @@ def predict(
     overlap
         Pixels shared by neighbouring windows; stride = window - overlap. More overlap
         blends more predictions per pixel (fewer seams) at more compute:
-        (window / stride) ** 2 model calls per window area.
+        (window / stride) ** 2 model calls per window area. Default: a quarter of the
+        model's window (16 px for the 64 px presets, 64 px for ``chmv2``'s 256), which
+        leaves no visible seam (benchmarks/RESULTS.md).
     batch_size
         Windows per model call (default 512 on CUDA, 16 on CPU).
     device
@@ -184,6 +187,7 @@ def predict(
     active_client()  # a distributed client's workers get xchm's plugin (GDAL's S3 endpoint)
     spec, card = spec_for(model, weights=weights, backbone_weights=backbone_weights)
     window = card.window
+    overlap = window // 4 if overlap is None else overlap
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < window:
         raise InputError(f"overlap must be an integer in [0, {window}), got {overlap!r}")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
