@@ -32,7 +32,11 @@ def scene(size_y, size_x, *, seed, left=400_000.0, hole=False):
     nir = 2500 + 1500 * np.sin(rows / 23.0) * np.cos(cols / 31.0) + rng.normal(0, 200, rows.shape)
     image = np.stack([nir, 0.5 * nir, 0.4 * nir]).clip(1, 9000).astype("uint16")
     if hole:
-        image[1, 10:18, 20:30] = 0  # a few nodata pixels (kept: min_valid below 1)
+        # Small nodata holes every 160 px (kept: min_valid below 1), so that both splits
+        # hold some whichever chips the random split gives each.
+        for r in range(10, size_y - 8, 160):
+            for c in range(20, size_x - 10, 160):
+                image[1, r : r + 8, c : c + 10] = 0
     heights = (nir / 200.0 - 5 + rng.uniform(0, 2, rows.shape)).clip(0.1).astype("float32")
     coords = {
         "y": 7e6 - 2.0 * (np.arange(size_y) + 0.5),
