@@ -193,3 +193,11 @@ def test_cli_train_pretrain_evaluate_s3__cube_run_and_report_in_the_store(s3, tm
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(s3.get("reports/ft/metrics.json"))["mae"] == printed["mae"]
     servers.close_s3_clients()
+
+
+def test_run__a_read_only_url_is_refused_before_any_request(cube, tmp_path):
+    from xchm.errors import OutputError
+
+    url = "http://127.0.0.1:9/runs/a"  # nothing listens there: a request would fail otherwise
+    with pytest.raises(OutputError, match=f"cannot write a run to {url}: xchm only reads http"):
+        _run("training", cube, url)

@@ -158,12 +158,17 @@ def open_run(
     OutputError
         ``output`` cannot be created or written.
     """
-    from xchm.errors import OutputExistsError, PathNotFoundError
+    from xchm.errors import OutputError, OutputExistsError, PathNotFoundError
     from xchm.outputs import MARKER, output_kind, prepare_output_dir, shown
 
     label = f"{kind} run"
     folder, state_at = location(output), location(state_path)
     name = shown(folder)
+    if folder.read_only:
+        raise OutputError(
+            f"cannot write a run to {name}: xchm only reads http(s) URLs; write it to a local "
+            "path or an object store (s3://, gs://, az://)"
+        )
 
     def legacy(found: Any) -> bool:  # runs before markers: on the local disk only
         return isinstance(found, Path) and _legacy_run(found, Path(state_at.path), config_type)
