@@ -50,9 +50,12 @@ def test_public_api__all_names_exist():
 
 
 def test_cli_default_overlap__is_predicts():
+    import inspect
+
     from xchm import cli
-    from xchm.inference import DEFAULT_OVERLAP
+    from xchm.inference import predict
 
     args = cli.build_parser().parse_args(["predict", "a.tif", "-o", "b.tif", "--model", "m"])
-    assert args.overlap == DEFAULT_OVERLAP
+    # None: predict's own default (a quarter of the model's window), decided by predict
+    assert args.overlap is inspect.signature(predict).parameters["overlap"].default is None
     assert args.chunks is None  # the library's: DEFAULT_CHUNK, or xchm.stac.load's
