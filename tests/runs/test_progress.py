@@ -8,11 +8,9 @@ import time
 
 import pytest
 
-from xchm.pretraining import pretrain
 from xchm.runs.run import Run, summary_line
-from xchm.training import train
 
-from .test_run import _config
+from .test_run import _run
 
 KINDS = ("training", "pretraining")
 #: tqdm's counter in a bar's text: "3/6 [".
@@ -20,18 +18,6 @@ COUNTER = re.compile(r"(\d+)/(\d+) \[")
 
 # Two epochs of two steps do not beat the train mean; that warning is not tested here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*no better than predicting:UserWarning")
-
-
-def _fit(kind, cube, output, *, progress=True, resume=False, **settings):
-    function = train if kind == "training" else pretrain
-    return function(
-        cube,
-        model="test-tiny",
-        config=_config(kind, **settings),
-        output=output,
-        resume=resume,
-        progress=progress,
-    )
 
 
 def _bars(err):
@@ -43,7 +29,7 @@ def _bars(err):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_progress__one_bar_for_the_run_and_one_line_per_epoch(kind, cube, tmp_path, capsys):
-    result = _fit(kind, cube, tmp_path / "run", epochs=2)
+    result = _run(kind, cube, tmp_path / "run", epochs=2, progress=True)
     printed = capsys.readouterr()
     steps = sum(row["steps"] for row in result.history)
     assert steps == 4  # two steps an epoch, two epochs
@@ -60,7 +46,7 @@ def test_progress__one_bar_for_the_run_and_one_line_per_epoch(kind, cube, tmp_pa
 @pytest.mark.parametrize("kind", KINDS)
 def test_progress__off_prints_nothing_and_logs_the_lines(kind, cube, tmp_path, capsys, caplog):
     with caplog.at_level(logging.INFO, logger="xchm.runs.run"):
-        result = _fit(kind, cube, tmp_path / "run", epochs=1, progress=False)
+        result = _run(kind, cube, tmp_path / "run", epochs=1, progress=False)
     printed = capsys.readouterr()
     assert printed.out == "" and _bars(printed.err) == []
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -79,9 +65,9 @@ def test_progress__a_resumed_run_goes_on_from_where_it_stopped(cube, tmp_path, c
 
     monkeypatch.setattr(Run, "log", log_then_stop)
     with pytest.raises(Stop):
-        _fit("training", cube, tmp_path / "run", epochs=2, progress=False)
+        _run("training", cube, tmp_path / "run", epochs=2, progress=False)
     monkeypatch.undo()
-    _fit("training", cube, tmp_path / "run", epochs=2, resume=True)
+    _run("training", cube, tmp_path / "run", epochs=2, resume=True, progress=True)
     (bar,) = _bars(capsys.readouterr().err)
     assert bar[0] == (2, 4) and bar[-1] == (4, 4)
 

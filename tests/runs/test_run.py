@@ -45,7 +45,7 @@ def _config(kind, **settings):
     return config_type(**{**SETTINGS[kind], "epochs": 1, **settings})
 
 
-def _run(kind, cube, output, *, resume=False, **settings):
+def _run(kind, cube, output, *, resume=False, progress=False, **settings):
     function = train if kind == "training" else pretrain
     return function(
         cube,
@@ -53,7 +53,7 @@ def _run(kind, cube, output, *, resume=False, **settings):
         config=_config(kind, **settings),
         output=output,
         resume=resume,
-        progress=False,
+        progress=progress,
     )
 
 

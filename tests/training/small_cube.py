@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rioxarray  # noqa: F401  (registers .rio)
+import torch
 import xarray as xr
 
 import xchm.chips
@@ -35,3 +37,18 @@ def learnable_cube(path: Path, size: int = 256) -> xchm.chips.ChipCube:
         fractions={"train": 0.75, "val": 0.25},
         progress=False,
     )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these tiny models run faster so on a shared CPU (~10x under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", name="cube")
+def learnable_cube_fixture(tmp_path_factory):
+    """The learnable cube, once per test module."""
+    return learnable_cube(tmp_path_factory.mktemp("cube") / "c.zarr")

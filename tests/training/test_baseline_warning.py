@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import xchm
 from xchm.cli import main
@@ -16,7 +15,7 @@ from xchm.training import TrainConfig, train
 from xchm.training.baseline import mean_baseline
 from xchm.training.trainer import SUMMARY
 
-from .small_cube import learnable_cube
+from .small_cube import learnable_cube, learnable_cube_fixture, one_thread  # noqa: F401
 
 #: A run that learns this cube: the from-scratch recipe, 3 short epochs.
 LEARNS = TrainConfig.recipe("from-scratch", epochs=3, batch_size=8, num_workers=0, augment=False)
@@ -24,20 +23,6 @@ LEARNS = TrainConfig.recipe("from-scratch", epochs=3, batch_size=8, num_workers=
 STUCK = TrainConfig.recipe(
     "reference", epochs=1, batch_size=8, num_workers=0, lr=1e-9, max_steps_per_epoch=1
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tiny models run faster so on a shared CPU (~10x under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cube(tmp_path_factory):
-    return learnable_cube(tmp_path_factory.mktemp("cube") / "c.zarr")
 
 
 def _no_skill_warnings(record):

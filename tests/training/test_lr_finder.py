@@ -16,24 +16,10 @@ from xchm.errors import InputError
 from xchm.training import TrainConfig, find_lr
 from xchm.training.lr_finder import suggest_lr
 
-from .small_cube import learnable_cube
+from .small_cube import learnable_cube, learnable_cube_fixture, one_thread  # noqa: F401
 
 #: The settings swept: lr 1e-2 learns this cube in a few epochs (test_baseline_warning).
 SCRATCH = TrainConfig.recipe("from-scratch", batch_size=8, num_workers=0, augment=False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tiny models run faster so on a shared CPU (~10x under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cube(tmp_path_factory):
-    return learnable_cube(tmp_path_factory.mktemp("cube") / "c.zarr")
 
 
 def _files(folder):
