@@ -42,6 +42,7 @@ class CHMAccessor:
         uncertainty: bool = _DEFAULT["uncertainty"],
         weights: str | os.PathLike[str] | None = _DEFAULT["weights"],
         backbone_weights: str | os.PathLike[str] | None = _DEFAULT["backbone_weights"],
+        precision: str = _DEFAULT["precision"],
     ) -> xr.DataArray | xr.Dataset:
         """Predict canopy height of this object; :func:`xchm.predict` with it as ``obj``.
 
@@ -49,7 +50,8 @@ class CHMAccessor:
         ----------
         model
             A loaded model (``xchm.load_model``), a checkpoint directory, or a preset name.
-        overlap, batch_size, device, bands, nodata, uncertainty, weights, backbone_weights
+        overlap, batch_size, device, bands, nodata, uncertainty, weights, backbone_weights,
+        precision
             As for :func:`xchm.predict` (same defaults).
 
         Returns
@@ -78,6 +80,7 @@ class CHMAccessor:
             uncertainty=uncertainty,
             weights=weights,
             backbone_weights=backbone_weights,
+            precision=precision,
         )
 
 

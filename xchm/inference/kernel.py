@@ -18,6 +18,7 @@ import numpy as np
 
 from xchm.inference.runtime import (
     ModelSpec,
+    autocast_dtype,
     choose_device,
     device_lock,
     evaluating,
@@ -42,6 +43,7 @@ class KernelConfig:
     batch_size: int | None = None
     device: str | None = None
     uncertainty: bool = False
+    precision: str = "auto"
 
     @property
     def outputs(self) -> int:
@@ -133,6 +135,7 @@ def _blend_windows(
     stats = card.require_statistics()
     win, stride = config.window, config.stride
     cuda = device.type == "cuda"
+    dtype = autocast_dtype(config.precision, device)
 
     with stage("h2d", device):
         raw = torch.from_numpy(np.where(region_valid, region, 0).astype(np.float32, copy=False))
@@ -158,7 +161,7 @@ def _blend_windows(
                 m = m_windows[idx].unsqueeze(1)
                 fill = (x * m).sum(dim=(2, 3), keepdim=True) / counts[idx].view(-1, 1, 1, 1)
                 x = torch.where(m, x, fill)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     preds[idx] = model(x, validate=False)[:, 0].float()
         count_windows(len(run))
 

@@ -7,6 +7,7 @@ and reuses it. The device is chosen here, on the worker, never on the client.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xchm.errors import DeviceError, InputTypeError, ModelNotFoundError, WeightsError
+from xchm.errors import (
+    DeviceError,
+    InputError,
+    InputTypeError,
+    ModelNotFoundError,
+    WeightsError,
+)
 from xchm.storage import Location, location
 
 if TYPE_CHECKING:
@@ -35,6 +42,10 @@ __all__ = [
     "device_lock",
     "use_cpu_threads",
     "tune_cpu_allocator",
+    "PRECISIONS",
+    "check_precision",
+    "native_bf16_cpu",
+    "autocast_dtype",
 ]
 
 # Loaded models, least recently used first; a few at most (each may be GBs).
@@ -176,6 +187,54 @@ def choose_device(device: str | None) -> Any:
             f"{torch.cuda.device_count()} GPU(s) (cuda:0 ...)"
         )
     return dev
+
+
+#: What ``precision=`` accepts: "auto" is bf16 where the hardware computes it natively.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(precision: Any) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise InputError."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise InputError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}"
+        )
+    return precision
+
+
+@functools.cache
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), read from /proc/cpuinfo.
+
+    torch has no public query for it (``torch.backends.cpu.get_cpu_capability()`` says
+    "AVX512" for CPUs with and without the bf16 instructions), and oneDNN *emulates* bf16
+    elsewhere: measured ~100x slower than fp32 on an AVX2 EPYC (docs/predict.md). Other
+    systems than Linux report False (fp32), the safe side.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(precision: str, device: Any) -> Any:
+    """The torch dtype the model runs in under autocast on ``device``, or None for fp32.
+
+    "auto": bf16 on CUDA and on CPUs with native bf16 (:func:`native_bf16_cpu`), fp32
+    elsewhere. "bf16"/"fp16" are honoured wherever asked (slow where emulated).
+    """
+    import torch
+
+    check_precision(precision)
+    if precision == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and native_bf16_cpu())
+        return torch.bfloat16 if native else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _wanted_cpu_threads() -> int | None:
