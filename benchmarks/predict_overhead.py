@@ -1,40 +1,52 @@
 """Cost of ``xchm.predict`` around the model, against a naive loop, and seams vs overlap.
 
-Two measurements in one run (``--parts``):
+Three measurements in one run (``--parts``):
 
 * **overhead**: for each preset (``--presets``; random weights, built with
   ``xchm.testing.responsive_model`` so that the output varies: same architecture
-  and cost as ``load_model``), on an in-memory synthetic scene of ``--size`` x
-  ``--size`` pixels (uint16 DN, bands nir/red/green, EPSG:32617, 2 m pixels), the
-  median wall-clock time (``--repeats`` timed repeats after ``--warmup`` untimed
-  ones, the variants interleaved repeat by repeat so that background load hits all
-  alike; fewer repeats, but at least 3, if they would exceed ``--max-seconds``) of
+  and cost as ``load_model``), each decoder (``--decoders``: reference and light;
+  light rows are skipped with a note where ``load_model`` has no ``decoder=``) and
+  each precision (``--precisions``; default ``auto``, plus ``fp32`` where auto is
+  not fp32; every row names the precision asked and the dtype the model ran in), on
+  an in-memory synthetic scene of ``--size`` x ``--size`` pixels (default 1024;
+  uint16 DN, bands nir/red/green, EPSG:32617, 2 m pixels), the median wall-clock
+  time (``--repeats`` timed repeats, default 3, after ``--warmup`` untimed runs on a
+  256 px corner of the scene; all variants interleaved repeat by repeat so that
+  background load hits all alike; fewer repeats, but at least 3, if the first
+  repeat says they would exceed ``--max-seconds``) of
 
-  (a) ``xchm.predict(scene, model, overlap=O).values``: the whole pipeline (getting
-      the model on the worker, dask graph, halo, normalisation, window gathering,
-      model, Hann blending with ``F.fold``, xarray wrapping), with predict's default
-      batch size;
-  (b) the bare batched model forward over exactly the windows predict runs (the
-      lattice windows touching the scene: ``window_span(0, size, 64, stride)`` per
-      axis), from normalised, contiguous batches prepared outside the timed region,
-      same batch size, ``torch.inference_mode`` (bf16 autocast on CUDA, as predict);
-  (c) a naive reference-style loop for each stride in ``--naive-strides`` (default:
-      the stride of (a), and 32, the reference's stride): whole scene in memory,
-      ``card.normalize``, ``np.pad`` reflect by ``64 - stride``, windows at that stride
-      (plus one flush with the far border), batches tiled in Python and converted to
-      torch, triangular (tent) weights accumulated with numpy slicing.
+  (a) ``xchm.predict(scene, model, overlap=O, precision=P).values``: the whole
+      pipeline (getting the model on the worker and its inference copy, dask graph,
+      halo, normalisation, window gathering, model, Hann blending with ``F.fold``,
+      xarray wrapping), with predict's default batch size (16 on CPU); the
+      telemetry tally (:func:`xchm.inference.telemetry.collect`) gives the windows
+      it ran and skipped;
+  (b) the bare batched forward over exactly the lattice windows touching the scene
+      (``window_span(0, size, 64, stride)`` per axis), from normalised, contiguous
+      batches prepared outside the timed region, same batch size, precision P
+      (autocast as predict's kernel), ``torch.inference_mode``, with the model
+      object predict's kernel runs (``xchm.inference.runtime.get_model``: BatchNorm
+      folded, channels-last decoder);
+  (c) a naive reference-style loop, always fp32 with the reference decoder and
+      batch ``--naive-batch-size`` (64), for each stride in ``--naive-strides``
+      (default: the stride of (a), and 32, the reference's): whole scene in memory,
+      ``card.normalize``, ``np.pad`` reflect by ``64 - stride``, windows at that
+      stride (plus one flush with the far border), batches tiled in Python and
+      converted to torch, triangular (tent) weights accumulated with numpy slicing.
 
   and (a0) ``xchm.predict`` with a "null model" (the model's card and parameters, but
   a forward that returns zeros at once): the pipeline without the model, a less
-  noisy measure of its own cost than (a) - (b). Only (a), (a0) and (b) are warmed up
-  (the naive loops use the same model).
+  noisy measure of its own cost than (a) - (b).
 
-  It prints the "pipeline overhead" (a)/(b) (ratio of the medians, and the median of
-  the per-repeat ratios), 1 + (a0)/(b), (a)/(c), windows/s of each, and km2/h (at
-  ``--pixel-size`` m pixels) of (a). For test-tiny the model is so small
-  that (a)/(b) shows the pipeline's own cost; for a real backbone (dinov3-vits16)
-  the goal is (a)/(b) <= 1.10 on CPU. As a check, the numpy loop run on predict's
-  lattice with its Hann weights must reproduce (a) to float rounding.
+  It prints, per row, the "pipeline overhead" (a)/(b) (ratio of the medians, and the
+  median of the per-repeat ratios), 1 + (a0)/(b), (a)/(c), windows/s and km2/h (at
+  ``--pixel-size`` m pixels), and a targets table with issue 20's CPU ratios (set
+  for dinov3-vits16 at 1024 px): windows/s of (a) over those of (c) at the same
+  stride, both counting the naive loop's windows (the same scene coverage, so that
+  predict's extra border windows count against it; this is (c) time / (a) time),
+  target >= 1.5; (c) at stride 32 / (a) in wall time, target >= 3; (a)/(b), target
+  <= 1.10. As a check (untimed, on the 256 px corner), the numpy loop run on
+  predict's lattice with its Hann weights must reproduce (a) to float rounding.
 
 * **seams**: with ``xchm.testing.fitted_model()`` (test-tiny fitted for a few
   seconds to a smooth target, so that window edges show when windows do not
@@ -55,20 +67,34 @@ Two measurements in one run (``--parts``):
     measured time of predict (median of ``--seam-repeats``), all relative to the
     first overlap (0).
 
+* **border**: per square scene size (``--border-sizes``, 256 to 8192 px) and stride
+  (``--border-strides``, 48 and 32), the windows predict's kernel runs with
+  ``--border-chunk`` px chunks (:func:`xchm.inference.benchmark.windows_run`: each
+  chunk runs every lattice window touching it), the lattice windows touching the
+  scene, the naive loop's windows and the ideal (size / stride)^2, and their ratios
+  (counting only: no model). For ``--border-timed-sizes`` (256, 512, 1024) it also
+  times predict with ``--border-preset`` (test-tiny; median of ``--border-repeats``)
+  and reads the windows the kernel ran (and skipped) from the telemetry tally.
+
 torch uses all cores available to the process (``torch.set_num_threads``). On a
-shared machine, compare only ratios measured in the same run. With the defaults the
-whole run takes about 3-4 minutes on a 2-core CPU.
+shared machine, compare only ratios measured in the same run. The default run costs
+about 3 x 2,600 reference-decoder ViT-S windows (a, b and the two naive loops at
+1024 px) plus the light rows: about 12-15 minutes where ViT-S runs at ~15 windows/s
+(an idle 2-core Zen 4), twice that on a loaded or AVX2-only 2-core CPU.
 
 Run it from the repository root::
 
     .venv/bin/python benchmarks/predict_overhead.py
-    .venv/bin/python benchmarks/predict_overhead.py --presets test-tiny --size 1024
+    .venv/bin/python benchmarks/predict_overhead.py --presets test-tiny --size 512
+    .venv/bin/python benchmarks/predict_overhead.py --parts border --border-timed-sizes
     .venv/bin/python benchmarks/predict_overhead.py --parts seams --json seams.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import statistics
@@ -91,6 +117,9 @@ from xchm.inference.windows import blend_weights, window_span
 
 WINDOW = 64
 DEFAULT_PRESETS = ("test-tiny", "dinov3-vits16")
+PARTS = ("overhead", "seams", "border")
+#: Side of the scene corner used for warm-ups and the numpy check (px).
+CHECK_SIZE = 256
 REFERENCE_STRIDE = 32
 
 
@@ -107,14 +136,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--parts",
         nargs="+",
-        choices=("overhead", "seams"),
-        default=["overhead", "seams"],
-        help="what to measure (default: both)",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (default: all)",
     )
     p.add_argument(
         "--presets", nargs="+", default=list(DEFAULT_PRESETS), help="model presets (overhead)"
     )
-    p.add_argument("--size", type=int, default=512, help="scene side in pixels (default 512)")
+    p.add_argument(
+        "--size", type=int, default=1024, help="overhead scene side in pixels (default 1024)"
+    )
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=None,
+        help="predict's precision= for (a), (b) and (a0) (default: auto, plus fp32 where auto "
+        "is not fp32); the naive loop (c) is always fp32",
+    )
+    p.add_argument(
+        "--decoders",
+        nargs="+",
+        choices=("reference", "light"),
+        default=["reference", "light"],
+        help="decoders for (a), (b) and (a0) (default: both; light rows are skipped with a "
+        "note where load_model has no decoder= option); (c) uses the reference decoder",
+    )
     p.add_argument(
         "--overlap",
         type=int,
@@ -132,16 +179,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size",
         type=int,
         default=None,
-        help="windows per model call for (a), (b), (c) (default: predict's, 64 on CPU)",
+        help="windows per model call for (a), (a0) and (b) (default: predict's, 16 on CPU, "
+        "512 on CUDA)",
     )
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    p.add_argument(
+        "--naive-batch-size",
+        type=int,
+        default=64,
+        help="windows per model call of the naive loop (c) (default 64, the reference's)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help=f"untimed warm-up runs, on a {CHECK_SIZE} px corner of the scene (default 1)",
+    )
     p.add_argument(
         "--max-seconds",
         type=float,
-        default=180.0,
+        default=600.0,
         help="budget for the timed repeats of one preset; fewer repeats (but at least 3) if "
-        "exceeded (default 180)",
+        "exceeded (default 600)",
     )
     p.add_argument(
         "--pixel-size", type=float, default=2.0, help="pixel size in metres for km2/h (default 2)"
@@ -171,6 +230,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--seam-repeats", type=int, default=5, help="timed predict repeats per overlap (default 5)"
+    )
+    p.add_argument(
+        "--border-sizes",
+        type=int,
+        nargs="+",
+        default=[256, 512, 1024, 2048, 4096, 8192],
+        help="square scene sides for the border-window counts (default 256 ... 8192)",
+    )
+    p.add_argument(
+        "--border-strides",
+        type=int,
+        nargs="+",
+        default=[WINDOW - DEFAULT_OVERLAP, REFERENCE_STRIDE],
+        help=f"strides of the border-window counts (default {WINDOW - DEFAULT_OVERLAP} "
+        f"{REFERENCE_STRIDE})",
+    )
+    p.add_argument(
+        "--border-chunk",
+        type=int,
+        default=DEFAULT_CHUNK,
+        help=f"Dask chunk side of the border part (default {DEFAULT_CHUNK}, predict's)",
+    )
+    p.add_argument(
+        "--border-timed-sizes",
+        type=int,
+        nargs="*",
+        default=[256, 512, 1024],
+        help="sizes at which predict is timed in the border part (default 256 512 1024)",
+    )
+    p.add_argument(
+        "--border-preset",
+        default="test-tiny",
+        help="preset timed in the border part (default test-tiny)",
+    )
+    p.add_argument(
+        "--border-repeats", type=int, default=3, help="timed predict repeats per size (default 3)"
     )
     p.add_argument(
         "--threads",
@@ -221,19 +316,69 @@ def make_scene(
     return image.rio.write_crs("EPSG:32617")
 
 
-def build_model(name: str) -> Any:
+def decoder_supported(decoder: str) -> str | None:
+    """None if ``load_model`` builds ``decoder``, else why not (a note for the report)."""
+    if decoder == "reference":
+        return None
+    from xchm.models.api import load_model
+
+    if "decoder" not in inspect.signature(load_model).parameters:
+        return f"xchm.load_model has no decoder= option yet: {decoder} decoder rows skipped"
+    return None
+
+
+def build_model(name: str, decoder: str = "reference") -> Any:
     """Build the preset with random weights, in eval mode on the CPU.
 
     ``xchm.testing.responsive_model`` (BatchNorm statistics calibrated on random
     chips): same architecture and cost as ``load_model``, but its output varies with
-    the input, so that comparing the heights of (a) and (c) means something.
+    the input, so that comparing the heights of (a) and (c) means something. The
+    reference decoder is built without ``decoder=`` (the default of ``load_model``).
     """
     from xchm.testing import responsive_model
 
+    options = {} if decoder == "reference" else {"decoder": decoder}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xchm.RandomWeightsWarning)
-        model = responsive_model(name)
+        model = responsive_model(name, **options)
     return model.eval()
+
+
+def kernel_model(model: Any, device: torch.device) -> Any:
+    """Return the model object predict's kernel runs for ``model`` on ``device`` (for (b)).
+
+    ``xchm.inference.runtime.get_model``, so that (b) runs whatever predict prepares
+    for inference (e.g. BatchNorm folded into convolutions), not the caller's object.
+    """
+    from xchm.inference.runtime import get_model, spec_for
+
+    spec, _ = spec_for(model)
+    return get_model(spec, device)
+
+
+def windows_skipped(tally: dict[str, float]) -> int | None:
+    """All-nodata windows the kernel skipped, from a telemetry tally; None if not reported.
+
+    The kernel reports ``windows_skipped`` only when some were skipped; an xchm whose
+    ``count_windows`` has no ``skipped`` option does not count them at all.
+    """
+    from xchm.inference.telemetry import count_windows
+
+    if "skipped" not in inspect.signature(count_windows).parameters:
+        return None
+    return int(tally.get("windows_skipped", 0))
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """Name the dtype the model runs in: ``float32`` (no autocast), ``bfloat16``..."""
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def default_precisions(device: torch.device) -> list[str]:
+    """``auto``, plus ``fp32`` where auto is not fp32 (bf16 on CUDA or native-bf16 CPUs)."""
+    from xchm.inference.runtime import autocast_dtype
+
+    return ["auto"] if autocast_dtype("auto", device) is None else ["auto", "fp32"]
 
 
 def lattice_windows(height: int, width: int, stride: int) -> tuple[list[int], list[int]]:
@@ -265,16 +410,18 @@ def forward_batches(
     ]
 
 
-def autocast_for(device: torch.device) -> Any:
-    """bf16 autocast on CUDA, as predict uses; nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def autocast_to(dtype: torch.dtype | None, device: torch.device) -> Any:
+    """Autocast to ``dtype`` on ``device`` as predict's kernel does (None: plain fp32)."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
-def bare_forward(model: Any, batches: list[torch.Tensor], device: torch.device) -> None:
-    """(b): the model alone over prepared batches."""
-    with torch.inference_mode(), autocast_for(device):
+def bare_forward(
+    model: Any, batches: list[torch.Tensor], device: torch.device, dtype: torch.dtype | None
+) -> None:
+    """(b): the model alone over prepared batches, at predict's precision."""
+    with torch.inference_mode(), autocast_to(dtype, device):
         for x in batches:
             model(x, validate=False)
 
@@ -282,15 +429,16 @@ def bare_forward(model: Any, batches: list[torch.Tensor], device: torch.device) 
 class NullForward(torch.nn.Module):
     """The model's card and parameters with a forward that returns zeros at once.
 
-    ``xchm.predict`` with it times everything but the model itself (the model object
-    is still copied, as predict copies the caller's model): the pipeline's own cost,
-    with far less noise than (a) - (b).
+    ``xchm.predict`` with it times everything but the model itself (predict still
+    prepares its inference copy: the decoder, shared here, is copied and folded): the
+    pipeline's own cost, with far less noise than (a) - (b).
     """
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.inner = model
         self.card = model.card
+        self.decoder = model.decoder  # what predict's inference copy folds
 
     def features(self, x: torch.Tensor, *, validate: bool | None = None) -> Any:
         """Not used by predict (its presence marks a model object)."""
@@ -332,10 +480,12 @@ def blend_numpy(
     mode: str,
     batch_size: int,
     device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Whole scene in memory, np.pad, Python tiling, weighted blending with numpy.
 
-    ``ys``/``xs`` are window origins in scene coordinates (>= -pad).
+    ``ys``/``xs`` are window origins in scene coordinates (>= -pad); ``dtype``: autocast
+    (None: fp32).
     """
     _, h, w = raw.shape
     z = model.card.normalize(raw, axis=0)
@@ -343,7 +493,7 @@ def blend_numpy(
     num = np.zeros(zp.shape[1:], dtype=np.float32)
     den = np.zeros(zp.shape[1:], dtype=np.float32)
     origins = [(y + pad, x + pad) for y in ys for x in xs]
-    with torch.inference_mode(), autocast_for(device):
+    with torch.inference_mode(), autocast_to(dtype, device):
         for start in range(0, len(origins), batch_size):
             part = origins[start : start + batch_size]
             tiles = np.stack([zp[:, y : y + WINDOW, x : x + WINDOW] for y, x in part])
@@ -359,7 +509,7 @@ def blend_numpy(
 def naive_predict(
     raw: np.ndarray, model: Any, stride: int, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """(c): the reference-style loop: reflect padding by 64 - stride, tent weights."""
+    """(c): the reference-style loop: reflect padding by 64 - stride, tent weights, fp32."""
     _, h, w = raw.shape
     return blend_numpy(
         raw,
@@ -375,7 +525,12 @@ def naive_predict(
 
 
 def lattice_predict(
-    raw: np.ndarray, model: Any, stride: int, batch_size: int, device: torch.device
+    raw: np.ndarray,
+    model: Any,
+    stride: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Check (untimed): run the numpy loop on predict's lattice with its Hann weights.
 
@@ -394,6 +549,7 @@ def lattice_predict(
         mode="symmetric",
         batch_size=batch_size,
         device=device,
+        dtype=dtype,
     )
 
 
@@ -416,130 +572,269 @@ def summary(ts: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ts), "min": min(ts), "max": max(ts)}
 
 
-def measure_overhead(name: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    """Time (a), (a0), (b) and (c) for one preset on one scene; prints a summary."""
+#: Issue 20's CPU targets: (key, definition, comparison, target).
+TARGETS = (
+    (
+        "windows_per_s_vs_naive",
+        "windows/s of predict / windows/s of the naive loop (c) at predict's stride; both "
+        "count the naive loop's windows (same scene coverage), i.e. (c) time / (a) time",
+        ">=",
+        1.5,
+    ),
+    (
+        "speedup_vs_reference",
+        f"(c) time at the reference's stride {REFERENCE_STRIDE} / (a) time (wall clock)",
+        ">=",
+        3.0,
+    ),
+    ("pipeline_overhead", "(a) time / (b) time (same precision, windows, batch)", "<=", 1.10),
+)
+
+
+def targets_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 20's ratios of one row, computed from its median times; None if not measured."""
+    t = {k: v["median"] for k, v in row["times_s"].items()}
+    a = t["a_predict"]
+    values = {
+        "windows_per_s_vs_naive": t.get(f"c_naive_s{row['stride']}", float("nan")) / a,
+        "speedup_vs_reference": t.get(f"c_naive_s{REFERENCE_STRIDE}", float("nan")) / a,
+        "pipeline_overhead": a / t["b_forward"],
+    }
+    out = []
+    for key, definition, op, target in TARGETS:
+        value = values[key]
+        met = None if np.isnan(value) else bool(value >= target if op == ">=" else value <= target)
+        out.append(
+            {
+                "key": key,
+                "definition": definition,
+                "value": None if np.isnan(value) else value,
+                "target": f"{op} {target:g}",
+                "met": met,
+            }
+        )
+    return out
+
+
+def measure_overhead(
+    name: str, device: torch.device, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Time (a), (a0), (b) per precision and decoder, and (c), for one preset on one scene.
+
+    Every variant runs once untimed (the naive loops excepted), then all are timed
+    interleaved repeat by repeat. Returns one row per precision and decoder (each
+    with the shared naive times) and notes on rows left out; prints a summary.
+    """
+    from xchm.inference.runtime import autocast_dtype
+    from xchm.inference.telemetry import collect
+
     load_start = load_average()
     print(f"\n== overhead: {name}, {args.size}x{args.size} px, overlap {args.overlap}", flush=True)
-    model = build_model(name).to(device)
-    batch = args.batch_size or (512 if device.type == "cuda" else 64)
+    notes: list[str] = []
+    decoders = []
+    for decoder in dict.fromkeys(args.decoders):
+        why = decoder_supported(decoder)
+        if why:
+            print(f"   note: {why}", flush=True)
+            notes.append(f"{name}: {why}")
+        else:
+            decoders.append(decoder)
+    precisions = list(dict.fromkeys(args.precisions or default_precisions(device)))
+    models = {d: build_model(name, d).to(device) for d in decoders}
+    # the naive loop is the reference's: fp32, reference decoder
+    reference = models["reference"] if "reference" in models else build_model(name).to(device)
+    batch = args.batch_size or (512 if device.type == "cuda" else 16)  # predict's default
+    naive_batch = args.naive_batch_size
     stride = WINDOW - args.overlap
     scene = make_scene(args.size, args.size, seed=1, res=args.pixel_size)
     raw = scene.values
     ys, xs = lattice_windows(args.size, args.size, stride)
     n_windows = len(ys) * len(xs)
-    batches = forward_batches(scene, model, stride, batch, device)
-    assert sum(len(b) for b in batches) == n_windows
     naive_strides = list(dict.fromkeys(args.naive_strides or [stride, REFERENCE_STRIDE]))
-    # windows per naive run
     naive_counts = {s: len(naive_origins(args.size, s)) ** 2 for s in naive_strides}
 
-    null = NullForward(model)
-    runs: dict[str, Callable[[], Any]] = {
-        "a_predict": lambda: (
-            xchm.predict(scene, model, overlap=args.overlap, batch_size=args.batch_size).values
-        ),
-        "b_forward": lambda: bare_forward(model, batches, device),
-        "a0_null_model": lambda: (
-            xchm.predict(scene, null, overlap=args.overlap, batch_size=args.batch_size).values
-        ),
-    }
-    for s in naive_strides:
-        runs[f"c_naive_s{s}"] = lambda s=s: naive_predict(raw, model, s, batch, device)
+    # warm-ups and the check run on a corner of the scene (cheap with a real backbone)
+    corner = scene[:, : min(args.size, CHECK_SIZE), : min(args.size, CHECK_SIZE)]
 
-    # Warm-up: predict (both models) and the forward; the naive loops use the same model.
-    warm = {k: 0.0 for k in runs if not k.startswith("c_")}
-    for _ in range(max(args.warmup, 1)):
-        for k in warm:
-            warm[k], _ = timed(runs[k], device)
-    naive_share = sum(naive_counts.values()) / n_windows
-    per_repeat = sum(warm.values()) + warm["b_forward"] * naive_share
-    budget = int(args.max_seconds // max(per_repeat, 1e-9))
-    repeats = max(1, min(args.repeats, max(budget, 3)))  # at least 3 (unless --repeats < 3)
+    def predicted(
+        image: xr.DataArray, model: Any, precision: str, log: list[dict[str, float]] | None
+    ) -> np.ndarray:
+        with collect() as tally:
+            chm = xchm.predict(
+                image, model, overlap=args.overlap, batch_size=args.batch_size, precision=precision
+            ).values
+        if log is not None:
+            log.append(dict(tally))
+        return chm
+
+    rows: list[dict[str, Any]] = []
+    runs: dict[str, Callable[[], Any]] = {}
+    warmups: dict[str, Callable[[], Any]] = {}
+    tallies: dict[str, list[dict[str, float]]] = {}
+    for decoder, model in models.items():
+        # (b) runs the object predict's kernel runs (prepared for inference like it)
+        ran = kernel_model(model, device)
+        batches = forward_batches(scene, model, stride, batch, device)
+        assert sum(len(b) for b in batches) == n_windows
+        null = NullForward(model)
+        for precision in precisions:
+            dtype = autocast_dtype(precision, device)
+            key = f"{decoder}/{precision}"
+            tallies[key] = []
+            p = functools.partial
+            runs[f"{key}:a_predict"] = p(predicted, scene, model, precision, tallies[key])
+            warmups[f"{key}:a_predict"] = p(predicted, corner, model, precision, None)
+            runs[f"{key}:b_forward"] = p(bare_forward, ran, batches, device, dtype)
+            warmups[f"{key}:b_forward"] = p(bare_forward, ran, batches[:2], device, dtype)
+            runs[f"{key}:a0_null_model"] = p(predicted, scene, null, precision, None)
+            warmups[f"{key}:a0_null_model"] = p(predicted, corner, null, precision, None)
+            rows.append(
+                {
+                    "key": key,
+                    "preset": name,
+                    "decoder": decoder,
+                    "precision": precision,
+                    "dtype": dtype_name(dtype),
+                    "model": model,
+                }
+            )
+    for s in naive_strides:
+        runs[f"c_naive_s{s}"] = functools.partial(
+            naive_predict, raw, reference, s, naive_batch, device
+        )
+
+    # Warm-up on the corner: predict (both models) and two batches of the forward; the
+    # naive loops use the same models. Then timed repeats, interleaved; the first
+    # repeat's duration sets how many fit in --max-seconds (at least 3).
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        for fn in warmups.values():
+            timed(fn, device)
+    print(f"   warm-up {time.perf_counter() - start:.1f} s", flush=True)
     times: dict[str, list[float]] = {k: [] for k in runs}
     outputs: dict[str, Any] = {}
-    for _ in range(repeats):
+    repeats = args.repeats
+    done = 0
+    while done < repeats:
         for k, fn in runs.items():
             t, outputs[k] = timed(fn, device)
             times[k].append(t)
+        done += 1
+        if done == 1:
+            per_repeat = sum(ts[0] for ts in times.values())
+            budget = int(args.max_seconds // max(per_repeat, 1e-9))
+            repeats = min(args.repeats, max(budget, 3))  # at least 3 (unless --repeats < 3)
+            print(f"   {repeats} repeats of {per_repeat:.0f} s", flush=True)
 
     stats = {k: summary(ts) for k, ts in times.items()}
-    a = stats["a_predict"]["median"]
-    b = stats["b_forward"]["median"]
     area_km2 = args.size * args.size * args.pixel_size**2 / 1e6
-    result: dict[str, Any] = {
-        "preset": name,
-        "size": args.size,
-        "overlap": args.overlap,
-        "stride": stride,
-        "batch_size": batch,
-        "repeats": repeats,
-        "windows": n_windows,
-        "windows_per_axis": [len(ys), len(xs)],
-        "windows_area_equivalent": (args.size / stride) ** 2,
-        "naive_windows": {str(s): c for s, c in naive_counts.items()},
-        "times_s": stats,
-        "ratio_a_over_b": a / b,
-        "ratio_a_over_b_paired": summary(
-            [ta / tb for ta, tb in zip(times["a_predict"], times["b_forward"], strict=True)]
-        ),
-        "pipeline_own_over_b": stats["a0_null_model"]["median"] / b,
-        "ratio_a_over_c": {str(s): a / stats[f"c_naive_s{s}"]["median"] for s in naive_strides},
-        "windows_per_s_a": n_windows / a,
-        "windows_per_s_b": n_windows / b,
-        "windows_per_s_c": {
-            str(s): naive_counts[s] / stats[f"c_naive_s{s}"]["median"] for s in naive_strides
-        },
-        "km2_per_h_a": area_km2 / a * 3600,
-        "loadavg": [load_start, load_average()],
-    }
-    # checks: predict = the numpy loop on its lattice; the naive loop differs (other windows)
-    chm = outputs["a_predict"]
-    check = lattice_predict(raw, model, stride, batch, device)
-    result["max_abs_diff_a_lattice_numpy_m"] = float(np.abs(chm - check).max())
-    result["std_height_a_m"] = float(chm.std())
-    same = f"c_naive_s{stride}"
-    if same in outputs:
-        result["mean_abs_diff_a_c_same_stride_m"] = float(np.abs(chm - outputs[same]).mean())
+    naive_stats = {k: v for k, v in stats.items() if k.startswith("c_")}
+    load_end = load_average()
+    for i, row in enumerate(rows):
+        key, model = row.pop("key"), row.pop("model")
+        own = {k.split(":", 1)[1]: times[k] for k in times if k.startswith(key + ":")}
+        row_stats = {**{k: summary(v) for k, v in own.items()}, **naive_stats}
+        a = row_stats["a_predict"]["median"]
+        b = row_stats["b_forward"]["median"]
+        last = tallies[key][-1]
+        row.update(
+            {
+                "size": args.size,
+                "overlap": args.overlap,
+                "stride": stride,
+                "batch_size": batch,
+                "naive_batch_size": naive_batch,
+                "naive_precision": "fp32",
+                "naive_decoder": "reference",
+                "repeats": repeats,
+                "windows": n_windows,
+                "windows_per_axis": [len(ys), len(xs)],
+                "windows_run": int(last.get("windows", 0)),
+                "windows_skipped": windows_skipped(last),
+                "windows_area_equivalent": (args.size / stride) ** 2,
+                "naive_windows": {str(s): c for s, c in naive_counts.items()},
+                "times_s": row_stats,
+                "ratio_a_over_b": a / b,
+                "ratio_a_over_b_paired": summary(
+                    [ta / tb for ta, tb in zip(own["a_predict"], own["b_forward"], strict=True)]
+                ),
+                "pipeline_own_over_b": row_stats["a0_null_model"]["median"] / b,
+                "ratio_a_over_c": {
+                    str(s): a / naive_stats[f"c_naive_s{s}"]["median"] for s in naive_strides
+                },
+                "windows_per_s_a": n_windows / a,
+                "windows_per_s_a_run": int(last.get("windows", 0)) / a,
+                "windows_per_s_a_naive_coverage": {
+                    str(s): naive_counts[s] / a for s in naive_strides
+                },
+                "windows_per_s_b": n_windows / b,
+                "windows_per_s_c": {
+                    str(s): naive_counts[s] / naive_stats[f"c_naive_s{s}"]["median"]
+                    for s in naive_strides
+                },
+                "km2_per_h_a": area_km2 / a * 3600,
+                "loadavg": [load_start, load_end],
+            }
+        )
+        row["targets"] = targets_of(row)
+        chm = outputs[f"{key}:a_predict"]
+        row["std_height_a_m"] = float(chm.std())
+        if i == 0:  # check (untimed, once per preset, on the corner): predict = numpy loop
+            dtype = autocast_dtype(row["precision"], device)
+            mine = predicted(corner, model, row["precision"], None)
+            check = lattice_predict(corner.values, model, stride, batch, device, dtype)
+            row["max_abs_diff_a_lattice_numpy_m"] = float(np.abs(mine - check).max())
+            row["check_size"] = corner.shape[1]
+        same = f"c_naive_s{stride}"
+        if same in outputs:
+            row["mean_abs_diff_a_c_same_stride_m"] = float(np.abs(chm - outputs[same]).mean())
+        print_row(row)
+    return rows, notes
 
+
+def print_row(row: dict[str, Any]) -> None:
+    """One row's summary (the tables come at the end of the run)."""
     print(
-        f"   windows: predict {n_windows} ({len(ys)}x{len(xs)}; area-equivalent "
-        f"{result['windows_area_equivalent']:.0f}), naive "
-        + ", ".join(f"stride {s}: {c}" for s, c in naive_counts.items())
-        + f"; batch {batch}; {repeats} repeats; load average {result['loadavg'][0]} at start, "
-        f"{result['loadavg'][1]} at end",
+        f"   -- {row['preset']}, decoder {row['decoder']}, precision {row['precision']} "
+        f"(ran in {row['dtype']}): windows: predict lattice {row['windows']} "
+        f"({row['windows_per_axis'][0]}x{row['windows_per_axis'][1]}; run "
+        f"{row['windows_run']}, skipped {row['windows_skipped']}; area-equivalent "
+        f"{row['windows_area_equivalent']:.0f}), naive "
+        + ", ".join(f"stride {s}: {c}" for s, c in row["naive_windows"].items())
+        + f"; batch {row['batch_size']} (naive {row['naive_batch_size']}); {row['repeats']} "
+        f"repeats; load average {row['loadavg'][0]} at start, {row['loadavg'][1]} at end",
         flush=True,
     )
-    for k, s in stats.items():
+    for k, s in row["times_s"].items():
         print(
             f"   {k:14s} median {s['median']:8.3f} s (min {s['min']:.3f}, max {s['max']:.3f})",
             flush=True,
         )
+    paired = row["ratio_a_over_b_paired"]
     print(
-        f"   (a)/(b) pipeline overhead {result['ratio_a_over_b']:.3f} (per repeat: median "
-        f"{result['ratio_a_over_b_paired']['median']:.3f}, "
-        f"{result['ratio_a_over_b_paired']['min']:.3f}-{result['ratio_a_over_b_paired']['max']:.3f})"
-        f"; pipeline without the model (null model) / (b): "
-        f"{result['pipeline_own_over_b']:.3f}; (a)/(c) "
-        + ", ".join(f"stride {s}: {r:.3f}" for s, r in result["ratio_a_over_c"].items())
-        + f"; windows/s (a) {result['windows_per_s_a']:.1f}, (b) {result['windows_per_s_b']:.1f}"
-        + "".join(f", (c) stride {s} {v:.1f}" for s, v in result["windows_per_s_c"].items())
-        + f"; (a) {result['km2_per_h_a']:.2f} km2/h",
+        f"   (a)/(b) pipeline overhead {row['ratio_a_over_b']:.3f} (per repeat: median "
+        f"{paired['median']:.3f}, {paired['min']:.3f}-{paired['max']:.3f}); pipeline without "
+        f"the model (null model) / (b): {row['pipeline_own_over_b']:.3f}; (a)/(c) "
+        + ", ".join(f"stride {s}: {r:.3f}" for s, r in row["ratio_a_over_c"].items())
+        + f"; windows/s (a) {row['windows_per_s_a']:.1f}, (b) {row['windows_per_s_b']:.1f}"
+        + "".join(f", (c) stride {s} {v:.1f}" for s, v in row["windows_per_s_c"].items())
+        + f"; (a) {row['km2_per_h_a']:.2f} km2/h",
         flush=True,
     )
-    print(
-        f"   check: max |(a) - numpy loop on predict's lattice and Hann weights| = "
-        f"{result['max_abs_diff_a_lattice_numpy_m']:.2e} m (heights of (a): sd "
-        f"{result['std_height_a_m']:.3f} m)",
-        flush=True,
-    )
-    if "mean_abs_diff_a_c_same_stride_m" in result:
+    if "max_abs_diff_a_lattice_numpy_m" in row:
         print(
-            f"   mean |(a) - (c) at stride {stride}| = "
-            f"{result['mean_abs_diff_a_c_same_stride_m']:.3f} m (other windows and weights: "
+            f"   check: max |(a) - numpy loop on predict's lattice and Hann weights| = "
+            f"{row['max_abs_diff_a_lattice_numpy_m']:.2e} m (heights of (a): sd "
+            f"{row['std_height_a_m']:.3f} m)",
+            flush=True,
+        )
+    if "mean_abs_diff_a_c_same_stride_m" in row:
+        print(
+            f"   mean |(a) - (c) at stride {row['stride']}| = "
+            f"{row['mean_abs_diff_a_c_same_stride_m']:.3f} m (other windows and weights: "
             "an untrained model's windows disagree)",
             flush=True,
         )
-    return result
 
 
 # -- seams ---------------------------------------------------------------------------------
@@ -683,7 +978,124 @@ def measure_seams(device: torch.device, args: argparse.Namespace) -> list[dict[s
     return rows
 
 
+# -- border windows ------------------------------------------------------------------------
+
+
+def border_counts(size: int, stride: int, chunk: int) -> dict[str, Any]:
+    """Windows of a ``size`` px square scene at ``stride``, against the ideal (size/stride)^2.
+
+    ``windows_run``: what predict's kernel runs with ``chunk`` px chunks (each chunk runs
+    every lattice window touching it: :func:`xchm.inference.benchmark.windows_run`);
+    ``lattice``: the lattice windows touching the scene (one chunk); ``naive``: the naive
+    loop's (padding by 64 - stride, one window flush with the far border).
+    """
+    from xchm.inference.benchmark import lattice_windows as lattice_count
+    from xchm.inference.benchmark import windows_run
+
+    ideal = (size / stride) ** 2
+    run = windows_run(size, size, chunk, stride)
+    lattice = lattice_count(size, size, stride)
+    naive = len(naive_origins(size, stride)) ** 2
+    return {
+        "size": size,
+        "stride": stride,
+        "overlap": WINDOW - stride,
+        "chunk": chunk,
+        "ideal": ideal,
+        "windows_run": run,
+        "lattice": lattice,
+        "naive": naive,
+        "run_over_ideal": run / ideal,
+        "lattice_over_ideal": lattice / ideal,
+        "naive_over_ideal": naive / ideal,
+        "run_over_lattice": run / lattice,
+        "run_over_naive": run / naive,
+    }
+
+
+def measure_border(device: torch.device, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Border-window counts per scene size and stride; predict timed for the smaller sizes.
+
+    Counting needs no model. For each size in ``--border-timed-sizes`` predict runs
+    with ``--border-preset`` on a scene in ``--border-chunk`` px Dask chunks (one
+    warm-up, then the median of ``--border-repeats``), with
+    :func:`xchm.inference.telemetry.collect` around it for the windows the kernel ran
+    (and skipped, where it reports them).
+    """
+    from xchm.inference.telemetry import collect
+
+    chunk = args.border_chunk
+    print(
+        f"\n== border windows: sizes {args.border_sizes} px, strides {args.border_strides}, "
+        f"chunk {chunk} px; predict timed with {args.border_preset} for "
+        f"{args.border_timed_sizes} px",
+        flush=True,
+    )
+    rows = [
+        border_counts(size, stride, chunk)
+        for size in args.border_sizes
+        for stride in args.border_strides
+    ]
+    timed_sizes = set(args.border_timed_sizes)
+    model = build_model(args.border_preset).to(device) if timed_sizes else None
+    for row in rows:
+        if row["size"] not in timed_sizes:
+            continue
+        size = row["size"]
+        scene = make_scene(size, size, seed=1, res=args.pixel_size)
+        image = scene.chunk({"band": -1, "y": chunk, "x": chunk})
+
+        def once(image: xr.DataArray = image, overlap: int = row["overlap"]) -> dict[str, float]:
+            with collect() as tally:
+                xchm.predict(image, model, overlap=overlap, batch_size=args.batch_size).compute()
+            return dict(tally)
+
+        timed(once, device)  # warm-up
+        ts, tallies = [], []
+        for _ in range(args.border_repeats):
+            t, tally = timed(once, device)
+            ts.append(t)
+            tallies.append(tally)
+        t_med = statistics.median(ts)
+        row.update(
+            {
+                "preset": args.border_preset,
+                "time_s": summary(ts),
+                "tally_windows": int(tallies[-1].get("windows", 0)),
+                "tally_windows_skipped": windows_skipped(tallies[-1]),
+                "ms_per_ideal_window": 1e3 * t_med / row["ideal"],
+                "ms_per_window_run": 1e3 * t_med / max(int(tallies[-1].get("windows", 0)), 1),
+            }
+        )
+    for row in rows:
+        line = (
+            f"   {row['size']:5d} px stride {row['stride']}: run {row['windows_run']} "
+            f"(x ideal {row['run_over_ideal']:.2f}), lattice {row['lattice']} "
+            f"({row['lattice_over_ideal']:.2f}), naive {row['naive']} "
+            f"({row['naive_over_ideal']:.2f}), ideal {row['ideal']:.0f}"
+        )
+        if "time_s" in row:
+            line += (
+                f"; predict {row['time_s']['median']:.3f} s, tally windows "
+                f"{row['tally_windows']}, skipped {row['tally_windows_skipped']}"
+            )
+        print(line, flush=True)
+    return rows
+
+
 # -- tables --------------------------------------------------------------------------------
+
+
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _head(cells: list[str]) -> list[str]:
+    return [_line(cells), "|" + "---|" * len(cells)]
+
+
+def _row_name(r: dict[str, Any]) -> list[str]:
+    return [r["preset"], f"{r['precision']} ({r['dtype']})", r["decoder"]]
 
 
 def overhead_table(results: list[dict[str, Any]]) -> tuple[str, str]:
@@ -692,36 +1104,77 @@ def overhead_table(results: list[dict[str, Any]]) -> tuple[str, str]:
     def mm(t: dict[str, float]) -> str:
         return f"{t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f})"
 
-    def row_line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |"
-
     strides = list(results[0]["ratio_a_over_c"])
-    head = ["preset", "scene px", "overlap (stride)", "windows (a), (b)"]
+    head = ["preset", "precision (ran in)", "decoder", "scene px", "overlap (stride)"]
+    head += ["windows (a) lattice / run / skipped"]
     head += [f"windows (c) s{s}" for s in strides]
     head += ["(a) predict s", "(b) forward s", "(a0) null model s"]
     head += [f"(c) naive s{s} s" for s in strides]
     head += ["(a)/(b) (per-repeat min-max)", "1 + (a0)/(b)"] + [f"(a)/(c) s{s}" for s in strides]
-    times = [row_line(head), "|" + "---|" * len(head)]
-    head2 = ["preset", "repeats", "(a) windows/s", "(b) windows/s"]
-    head2 += [f"(c) s{s} windows/s" for s in strides] + ["(a) km2/h"]
-    rates = [row_line(head2), "|" + "---|" * len(head2)]
+    times = _head(head)
+    head2 = ["preset", "precision (ran in)", "decoder", "repeats", "batch (naive)"]
+    head2 += ["(a) lattice windows/s", "(a) windows run/s"]
+    head2 += [f"(a) s{s}-coverage windows/s" for s in strides]
+    head2 += ["(b) windows/s"] + [f"(c) s{s} windows/s" for s in strides] + ["(a) km2/h"]
+    rates = _head(head2)
     for r in results:
         t = r["times_s"]
-        cells = [r["preset"], f"{r['size']}x{r['size']}", f"{r['overlap']} ({r['stride']})"]
-        cells += [str(r["windows"])] + [str(r["naive_windows"].get(s, "")) for s in strides]
+        skipped = "-" if r["windows_skipped"] is None else str(r["windows_skipped"])
+        cells = _row_name(r) + [f"{r['size']}x{r['size']}", f"{r['overlap']} ({r['stride']})"]
+        cells += [f"{r['windows']} / {r['windows_run']} / {skipped}"]
+        cells += [str(r["naive_windows"].get(s, "")) for s in strides]
         cells += [mm(t["a_predict"]), mm(t["b_forward"]), mm(t["a0_null_model"])]
         cells += [mm(t[f"c_naive_s{s}"]) for s in strides]
         paired = r["ratio_a_over_b_paired"]
         cells += [f"{r['ratio_a_over_b']:.3f} ({paired['min']:.3f}-{paired['max']:.3f})"]
         cells += [f"{1 + r['pipeline_own_over_b']:.3f}"]
         cells += [f"{r['ratio_a_over_c'][s]:.2f}" for s in strides]
-        times.append(row_line(cells))
-        cells = [r["preset"], str(r["repeats"])]
-        cells += [f"{r['windows_per_s_a']:.1f}", f"{r['windows_per_s_b']:.1f}"]
+        times.append(_line(cells))
+        cells = _row_name(r) + [str(r["repeats"]), f"{r['batch_size']} ({r['naive_batch_size']})"]
+        cells += [f"{r['windows_per_s_a']:.1f}", f"{r['windows_per_s_a_run']:.1f}"]
+        cells += [f"{r['windows_per_s_a_naive_coverage'][s]:.1f}" for s in strides]
+        cells += [f"{r['windows_per_s_b']:.1f}"]
         cells += [f"{r['windows_per_s_c'][s]:.1f}" for s in strides]
         cells += [f"{r['km2_per_h_a']:.1f}"]
-        rates.append(row_line(cells))
+        rates.append(_line(cells))
     return "\n".join(times), "\n".join(rates)
+
+
+def targets_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of issue 20's CPU ratios per row: value, target, met."""
+    head = ["preset", "precision (ran in)", "decoder", "scene px", "ratio", "value", "target"]
+    lines = _head([*head, "met"])
+    for r in results:
+        for t in r["targets"]:
+            value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            met = {None: "n/a", True: "yes", False: "no"}[t["met"]]
+            cells = _row_name(r) + [str(r["size"]), t["key"], value, t["target"], met]
+            lines.append(_line(cells))
+    definitions = [f"- {key}: {definition}" for key, definition, _, _ in TARGETS]
+    return "\n".join(lines + ["", *definitions])
+
+
+def border_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of the border-window counts (and times where measured)."""
+    head = ["scene px", "stride", "ideal (size/stride)^2", "windows run (x ideal)"]
+    head += ["lattice (x ideal)", "naive (x ideal)", "run / lattice", "run / naive"]
+    head += ["predict s (min-max)", "tally windows / skipped", "ms per ideal window"]
+    lines = _head(head)
+    for r in rows:
+        cells = [str(r["size"]), str(r["stride"]), f"{r['ideal']:.0f}"]
+        cells += [f"{r['windows_run']} ({r['run_over_ideal']:.2f})"]
+        cells += [f"{r['lattice']} ({r['lattice_over_ideal']:.2f})"]
+        cells += [f"{r['naive']} ({r['naive_over_ideal']:.2f})"]
+        cells += [f"{r['run_over_lattice']:.2f}", f"{r['run_over_naive']:.2f}"]
+        if "time_s" in r:
+            t = r["time_s"]
+            skipped = "-" if r["tally_windows_skipped"] is None else r["tally_windows_skipped"]
+            cells += [f"{t['median']:.3f} ({t['min']:.3f}-{t['max']:.3f})"]
+            cells += [f"{r['tally_windows']} / {skipped}", f"{r['ms_per_ideal_window']:.2f}"]
+        else:
+            cells += ["", "", ""]
+        lines.append(_line(cells))
+    return "\n".join(lines)
 
 
 def seams_table(rows: list[dict[str, Any]]) -> tuple[str, str]:
@@ -781,27 +1234,38 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     start = time.perf_counter()
-    overhead = (
-        [measure_overhead(name, device, args) for name in args.presets]
-        if "overhead" in args.parts
-        else []
-    )
+    overhead: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if "overhead" in args.parts:
+        for name in args.presets:
+            rows, why = measure_overhead(name, device, args)
+            overhead += rows
+            notes += why
     seams = measure_seams(device, args) if "seams" in args.parts else []
+    border = measure_border(device, args) if "border" in args.parts else []
     env["loadavg_end"] = load_average()
     env["seconds"] = round(time.perf_counter() - start, 1)
     print(
         f"\nload average (1, 5, 15 min): {env['loadavg_start']} at start, "
-        f"{env['loadavg_end']} at end; {env['seconds']} s"
+        f"{env['loadavg_end']} at end; {env['seconds']} s\ncommand: {env['command']}"
     )
+    for note in notes:
+        print(f"note: {note}")
     if overhead:
         times, rates = overhead_table(overhead)
         print("\n" + times + "\n\n" + rates)
+        print(
+            "\nTargets (issue 20, CPU; for dinov3-vits16 at 1024 px):\n\n" + targets_table(overhead)
+        )
     if seams:
         quality, cost = seams_table(seams)
         print("\n" + quality + "\n\n" + cost)
+    if border:
+        print("\nBorder windows:\n\n" + border_table(border))
     if args.json:
+        report = {"environment": env, "notes": notes, "overhead": overhead, "seams": seams}
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "overhead": overhead, "seams": seams}, f, indent=2)
+            json.dump({**report, "border": border}, f, indent=2)
         print(f"\nwrote {args.json}")
     return 0
 
