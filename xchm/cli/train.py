@@ -56,6 +56,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         output=args.output,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        precision=args.precision,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
@@ -119,6 +120,15 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
         help="chips per model call",
     )
     ev.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
+    from xchm.inference.runtime import PRECISIONS
+
+    ev.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default_of(evaluate, "precision"),
+        help="model arithmetic, as for xchm predict: auto (default: bf16 on CUDA and on CPUs "
+        "with native bf16, fp32 elsewhere), fp32, bf16 or fp16",
+    )
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)
@@ -156,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         progress=not args.quiet,
+        decoder=args.decoder,
     )
     if result.history and os.environ.get("RANK", "0") == "0":  # once under torchrun
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}
@@ -190,6 +201,7 @@ def _find_lr(args: argparse.Namespace, config: Any) -> int:
         steps=args.find_lr_steps,
         device=args.device,
         progress=not args.quiet,
+        decoder=args.decoder,
     )
     if args.json:
         print(json.dumps(found.to_dict(), indent=2, allow_nan=False))
@@ -266,6 +278,15 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         "--backbone-weights",
         help="the backbone file beside --weights (e.g. CHMv2: --weights the head .pth, "
         "--backbone-weights Meta's ViT-L/16 SAT .pth)",
+    )
+    from xchm.models.presets import DECODER_KINDS
+
+    p.add_argument(
+        "--decoder",
+        choices=list(DECODER_KINDS),
+        help="the new decoder of a preset: reference (default; the reference project's, "
+        "about 7.2 GFLOP per 64x64 window) or light (under 1 GFLOP per window); a checkpoint "
+        "MODEL keeps its own",
     )
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
     from xchm.training.recipes import RECIPE_HELP

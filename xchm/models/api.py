@@ -21,7 +21,7 @@ from xchm.errors import (
 )
 from xchm.models.bands import normalize_bands, resolve_band_map
 from xchm.models.card import BandStats, ModelCard
-from xchm.models.presets import PRESETS, get_preset
+from xchm.models.presets import DECODER_KINDS, PRESETS, DecoderSpec, Preset, get_preset
 from xchm.storage import Location, PathOrURL, location
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ DEFAULT_OUTPUT_BIAS = 8.42
 StatisticsLike = (
     Mapping[str, BandStats | Mapping[str, float] | Sequence[float]] | Sequence[BandStats]
 )
+#: What ``decoder=`` takes: a kind of :data:`~xchm.models.presets.DECODER_KINDS` or a spec.
+DecoderLike = str | DecoderSpec
 
 
 def list_models() -> list[str]:
@@ -139,6 +141,29 @@ def _local_source(source: PathOrURL, role: str) -> tuple[Path, dict[str, Any]]:
     return path, {f"{role}{k[len('weights') :]}": v for k, v in _file_identity(path).items()}
 
 
+def decoder_spec(spec: Preset, decoder: DecoderLike | None) -> DecoderSpec | None:
+    """Return the decoder of ``decoder=`` for the preset ``spec`` (None: the preset's default).
+
+    Raises
+    ------
+    InputError
+        Neither a kind of ``DECODER_KINDS`` nor a :class:`DecoderSpec` (the message lists
+        the choices), or a decoder choice for a preset with a DPT head (CHMv2).
+    """
+    if decoder is None:
+        return None
+    if isinstance(decoder, DecoderSpec):
+        if spec.dpt is not None:
+            spec.decoder_spec(decoder.kind)  # raises: a DPT head is fixed
+        return decoder
+    if not isinstance(decoder, str):
+        raise InputError(
+            f"decoder must be one of {list(DECODER_KINDS)} or a DecoderSpec, got "
+            f"{type(decoder).__name__} {decoder!r}"
+        )
+    return spec.decoder_spec(decoder)  # raises for an unknown kind or a DPT preset
+
+
 def create_model(
     preset: str,
     *,
@@ -152,6 +177,7 @@ def create_model(
     pixel_size: float | None = None,
     output_bias: float = DEFAULT_OUTPUT_BIAS,
     seed: int | None = None,
+    decoder: DecoderLike | None = None,
 ) -> CanopyHeightModel:
     """Build a new (untrained decoder) model from a preset; see :func:`load_model`."""
     from xchm.models.backbone import adapt_patch_embed, build_backbone
@@ -161,8 +187,9 @@ def create_model(
     spec = get_preset(preset)
     window = spec.window if window is None else window
     pixel_size = spec.pixel_size if pixel_size is None else pixel_size
+    new_decoder = decoder_spec(spec, decoder)
     if backbone_weights is not None and weights is not None and is_checkpoint(weights):
-        return _checkpoint_on_backbone(preset, weights, backbone_weights)
+        return _checkpoint_on_backbone(preset, weights, backbone_weights, decoder)
     if backbone_weights is not None and (spec.dpt is None or is_checkpoint(backbone_weights)):
         if weights is not None:
             raise InputError(
@@ -198,6 +225,7 @@ def create_model(
             pixel_size=pixel_size,
             output_bias=output_bias,
             seed=seed,
+            decoder_spec=new_decoder,
         )
     provenance: dict[str, Any] = {}
     if weights is not None:
@@ -217,7 +245,7 @@ def create_model(
                 stacklevel=3,
             )
         adapt_patch_embed(backbone, card.band_map)
-        return assemble(backbone, card, output_bias=output_bias)
+        return assemble(backbone, card, decoder_spec=new_decoder, output_bias=output_bias)
 
 
 def _preset_card(
@@ -248,7 +276,10 @@ def _preset_card(
 
 
 def _checkpoint_on_backbone(
-    preset: str, checkpoint: PathOrURL, backbone_weights: PathOrURL
+    preset: str,
+    checkpoint: PathOrURL,
+    backbone_weights: PathOrURL,
+    decoder: DecoderLike | None = None,
 ) -> CanopyHeightModel:
     """Put the decoder (and card) of an xchm checkpoint on a backbone from a weights file."""
     from xchm.models.backbone import adapt_patch_embed, build_backbone
@@ -262,6 +293,7 @@ def _checkpoint_on_backbone(
             f"checkpoint {str(checkpoint)!r} holds a {card.preset!r} model, not {preset!r}; "
             f"use model={card.preset!r}"
         )
+    _refuse_changes(source, {"decoder": decoder})
     path, provenance = _local_source(backbone_weights, "backbone_weights")
     backbone = build_backbone(get_preset(preset), card.window, empty=True)
     load_backbone_weights(backbone, path)
@@ -284,6 +316,7 @@ def _from_checkpoint_backbone(
     pixel_size: float,
     output_bias: float,
     seed: int | None,
+    decoder_spec: DecoderSpec | None = None,
 ) -> CanopyHeightModel:
     """Put a new decoder on the backbone of an xchm checkpoint (e.g. ``xchm.pretrain``'s).
 
@@ -330,7 +363,7 @@ def _from_checkpoint_backbone(
         backbone.patch_embed.proj = source.backbone.patch_embed.proj
         backbone.load_state_dict(source.backbone.state_dict(), strict=True)
         set_rope_periods(backbone, get_rope_periods(source.backbone))
-        return assemble(backbone, new_card, output_bias=output_bias)
+        return assemble(backbone, new_card, decoder_spec=decoder_spec, output_bias=output_bias)
 
 
 def is_checkpoint(path: PathOrURL) -> bool:
@@ -360,6 +393,7 @@ def load_model(
     output_bias: float = DEFAULT_OUTPUT_BIAS,
     seed: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    decoder: DecoderLike | None = None,
 ) -> CanopyHeightModel:
     """Create a model from a preset, or load a saved xchm checkpoint.
 
@@ -413,6 +447,12 @@ def load_model(
     storage_options
         Options of the URL's storage backend (fsspec's: ``key``, ``secret``,
         ``endpoint_url``, ``anon``...), when the environment does not provide them.
+    decoder
+        The new decoder of a preset: ``"reference"`` (default: the reference project's
+        design, about 7.2 GFLOP per 64x64 window), ``"light"`` (a plain upsampling
+        decoder of under 1 GFLOP per window, :mod:`xchm.models.light_decoder`) or a
+        :class:`~xchm.models.DecoderSpec`. Not for ``chmv2`` (its DPT head is fixed)
+        nor for a checkpoint, whose decoder is saved with it (restating it is allowed).
 
     Returns
     -------
@@ -435,9 +475,17 @@ def load_model(
     >>> model = xchm.load_model("test-tiny")
     >>> model(torch.zeros(2, 3, 64, 64)).shape
     torch.Size([2, 1, 64, 64])
+    >>> type(xchm.load_model("test-tiny", decoder="light").decoder).__name__
+    'LightDecoder'
     """
-    options = {"weights": weights, "bands": bands, "band_map": band_map, "statistics": statistics}
-    options["backbone_weights"] = backbone_weights
+    options: dict[str, Any] = {
+        "weights": weights,
+        "bands": bands,
+        "band_map": band_map,
+        "statistics": statistics,
+        "backbone_weights": backbone_weights,
+        "decoder": decoder,
+    }
     if isinstance(name_or_path, str) and name_or_path in PRESETS:
         return create_model(
             name_or_path,
@@ -451,9 +499,16 @@ def load_model(
             pixel_size=pixel_size,
             output_bias=output_bias,
             seed=seed,
+            decoder=decoder,
         )
     if _is_reference_file(name_or_path):  # a reference project's .pth (xchm.models.reference)
         from xchm.models.reference import load_model_file
+
+        if decoder is not None and _decoder_kind(decoder) != "reference":
+            raise InputError(
+                f"{str(name_or_path)!r} is a reference project's file: its decoder is the "
+                f"reference's, so decoder={decoder!r} cannot apply; start from a preset instead"
+            )
 
         return load_model_file(
             name_or_path,
@@ -499,13 +554,24 @@ def _is_reference_file(source: PathOrURL) -> bool:
     return Path(where.text).expanduser().is_file()
 
 
+def _decoder_kind(decoder: DecoderLike) -> str:
+    return decoder.kind if isinstance(decoder, DecoderSpec) else str(decoder)
+
+
 def _refuse_changes(model: CanopyHeightModel, options: Mapping[str, Any]) -> None:
-    """Refuse options that would change a trained checkpoint (its bands may be restated)."""
+    """Refuse options that would change a trained checkpoint (bands and decoder may be restated)."""
     given = [k for k, v in options.items() if v is not None]
     if options.get("bands") is not None and normalize_bands(options["bands"]) == model.card.bands:
         given.remove("bands")
+    decoder = options.get("decoder")
+    if decoder is not None and (
+        decoder == model.decoder_spec
+        or (isinstance(decoder, str) and decoder == model.decoder_spec.kind)
+    ):
+        given.remove("decoder")
     if given:
         raise InputError(
-            f"{given} cannot change a trained checkpoint (bands {model.card.bands}); "
-            "reorder or rename your input bands instead, or start from a preset"
+            f"{given} cannot change a trained checkpoint (bands {model.card.bands}, "
+            f"decoder {model.decoder_spec.kind!r}); reorder or rename your input bands "
+            "instead, or start from a preset"
         )

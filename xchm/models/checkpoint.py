@@ -1,6 +1,6 @@
 """xchm checkpoints: a directory with ``model.safetensors`` and ``card.json``.
 
-``card.json`` holds the model card, the decoder's widths and the SHA-256 of the
+``card.json`` holds the model card, the decoder's kind and widths and the SHA-256 of the
 weights file, so a card and weights from different runs are never mixed silently.
 Files are written to a temporary name and renamed, so an interrupted save leaves
 the previous checkpoint intact.
@@ -200,7 +200,7 @@ def read_card(directory: PathOrURL) -> tuple[ModelCard, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """What a checkpoint directory holds, verified: the card, the decoder widths, tensors."""
+    """What a checkpoint directory holds, verified: the card, the decoder spec, tensors."""
 
     directory: Location
     card: ModelCard

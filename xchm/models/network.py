@@ -23,6 +23,7 @@ from xchm.models.card import ModelCard
 from xchm.models.checkpoint import CARD_FILE, WEIGHTS_FILE, read_checkpoint, save_checkpoint
 from xchm.models.decoder import CHMDecoder
 from xchm.models.dpt import DPTHead
+from xchm.models.light_decoder import LightDecoder
 from xchm.models.presets import DecoderSpec, get_preset
 from xchm.storage import Location, PathOrURL
 
@@ -41,17 +42,17 @@ class CanopyHeightModel(nn.Module):
     backbone
         A timm DINOv3 ViT whose patch embedding takes ``card.num_bands`` channels.
     decoder
-        The CHM decoder, or CHMv2's DPT head (presets with ``dpt``).
+        The CHM decoder (reference or light), or CHMv2's DPT head (presets with ``dpt``).
     card
         The model card (bands, statistics, window...).
     decoder_spec
-        The decoder's widths (saved with checkpoints).
+        The decoder's kind and widths (saved with checkpoints).
     """
 
     def __init__(
         self,
         backbone: Any,
-        decoder: CHMDecoder | DPTHead,
+        decoder: CHMDecoder | LightDecoder | DPTHead,
         card: ModelCard,
         decoder_spec: DecoderSpec,
     ) -> None:
@@ -175,20 +176,25 @@ def assemble(
 ) -> CanopyHeightModel:
     """Put a new decoder for ``card`` (its preset, feature levels) on ``backbone``.
 
-    ``decoder_spec`` defaults to the preset's; the model is returned in eval mode.
+    ``decoder_spec`` defaults to the preset's reference decoder; its ``kind`` picks the
+    network (``"reference"``: :class:`CHMDecoder`, ``"light"``: :class:`LightDecoder`).
+    The model is returned in eval mode.
     """
     spec = get_preset(card.preset)
     decoder_spec = spec.decoder if decoder_spec is None else decoder_spec
     if spec.dpt is not None:  # CHMv2: the head reads four fixed depths; no output bias
+        if decoder_spec.kind != "reference":
+            spec.decoder_spec(decoder_spec.kind)  # raises: the DPT head is fixed
         if card.feature_indices != spec.multilevel_indices:
             raise InputError(
                 f"the {card.preset!r} head reads backbone blocks {spec.multilevel_indices}; the "
                 f"card names {card.feature_indices}"
             )
-        head: CHMDecoder | DPTHead = DPTHead(spec.embed_dim, spec.dpt)
+        head: CHMDecoder | LightDecoder | DPTHead = DPTHead(spec.embed_dim, spec.dpt)
         return CanopyHeightModel(backbone, head, card, decoder_spec).eval()
     levels = max(len(card.feature_indices), 1)
-    decoder = CHMDecoder(spec.embed_dim, levels, decoder_spec, output_bias=output_bias)
+    kind = LightDecoder if decoder_spec.kind == "light" else CHMDecoder
+    decoder = kind(spec.embed_dim, levels, decoder_spec, output_bias=output_bias)
     return CanopyHeightModel(backbone, decoder, card, decoder_spec).eval()
 
 

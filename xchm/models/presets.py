@@ -11,27 +11,56 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Preset", "DecoderSpec", "DPTSpec", "PRESETS", "get_preset"]
+__all__ = [
+    "Preset",
+    "DecoderSpec",
+    "DPTSpec",
+    "DECODER_KINDS",
+    "LIGHT_DECODER",
+    "PRESETS",
+    "get_preset",
+]
+
+#: The CHM decoder designs: ``reference`` (``xchm.models.decoder``, the default) and
+#: ``light`` (``xchm.models.light_decoder``, under 1 GFLOP per 64x64 window).
+DECODER_KINDS = ("reference", "light")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DecoderSpec:
-    """Widths and regularisation of the CHM decoder (see ``xchm.models.decoder``)."""
+    """Design, widths and regularisation of the CHM decoder.
 
+    ``kind`` picks the network: ``"reference"`` (``xchm.models.decoder``) or
+    ``"light"`` (``xchm.models.light_decoder``); the other fields are its widths.
+    """
+
+    kind: str = "reference"
+    """One of ``DECODER_KINDS``; a card without it (xchm before the light decoder)
+    means ``"reference"``."""
     widths: tuple[int, ...] = (512, 256, 128, 64)
     """Channels of the upsampling stages; each stage doubles the resolution."""
-    head_widths: tuple[int, int, int] = (128, 64, 32)
-    """Channels of the three convolutions of the head before the 1x1 output conv."""
+    head_widths: tuple[int, ...] = (128, 64, 32)
+    """Channels of the head's 3x3 convolutions before the 1x1 output conv (three for
+    the reference decoder)."""
     attention_stages: tuple[int, ...] = (2, 3)
-    """Stages (0-based) whose residual blocks end with channel attention."""
+    """Stages (0-based) whose residual blocks end with channel attention (reference only)."""
     dropout: float = 0.1
     """Dropout2d probability (0.1 is what the reference actually trained with)."""
     se_reduction: int = 16
-    """Channel reduction of the squeeze-and-excitation attention."""
+    """Channel reduction of the squeeze-and-excitation attention (reference only)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in DECODER_KINDS:
+            from xchm.errors import InputError
+
+            raise InputError(
+                f"DecoderSpec kind must be one of {list(DECODER_KINDS)}, got {self.kind!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return {
+            "kind": self.kind,
             "widths": list(self.widths),
             "head_widths": list(self.head_widths),
             "attention_stages": list(self.attention_stages),
@@ -41,14 +70,23 @@ class DecoderSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecoderSpec:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (no ``kind``: the reference decoder, as saved before)."""
         return cls(
+            kind=str(data.get("kind", "reference")),
             widths=tuple(data["widths"]),
             head_widths=tuple(data["head_widths"]),
             attention_stages=tuple(data["attention_stages"]),
             dropout=float(data["dropout"]),
             se_reduction=int(data["se_reduction"]),
         )
+
+
+#: The light decoder of the ViT presets: 1x1 projection to 256 channels, four
+#: (bilinear x2, conv3x3) stages of 256, 128, 64, 32 channels, one 3x3 conv of 16 in the
+#: head; about 0.6 GFLOP per 64x64 window (the reference: about 7.2).
+LIGHT_DECODER = DecoderSpec(
+    kind="light", widths=(256, 128, 64, 32), head_widths=(16,), attention_stages=()
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +120,9 @@ class Preset:
     pretrained_tag: str | None = None
     """timm tag of the matching Meta weights (``sat493m`` or ``lvd1689m``)."""
     decoder: DecoderSpec = DecoderSpec()
-    """The CHM decoder."""
+    """The CHM decoder (the reference design; the default of new models)."""
+    light_decoder: DecoderSpec = LIGHT_DECODER
+    """The light decoder of this preset (``decoder="light"``)."""
     dpt: DPTSpec | None = None
     """If set, the model has a CHMv2 DPT head with height bins instead of the CHM decoder;
     it reads four backbone depths (:attr:`multilevel_indices`) with their class tokens."""
@@ -112,6 +152,35 @@ class Preset:
         """Four evenly spaced blocks, e.g. (5, 11, 17, 23) for a 24-block ViT."""
         step = self.depth // 4
         return tuple(step * (i + 1) - 1 for i in range(4))
+
+    def decoder_spec(self, kind: str = "reference") -> DecoderSpec:
+        """Return this preset's decoder of ``kind`` (``"reference"`` or ``"light"``).
+
+        Raises
+        ------
+        InputError
+            An unknown kind (the message lists them), or a preset with a DPT head
+            (CHMv2), whose head is fixed: it has no CHM decoder of any kind.
+
+        Examples
+        --------
+        >>> get_preset("dinov3-vits16").decoder_spec("light").widths
+        (256, 128, 64, 32)
+        """
+        from xchm.errors import InputError
+
+        if kind not in DECODER_KINDS:
+            raise InputError(
+                f"unknown decoder {kind!r}; choose one of {list(DECODER_KINDS)} or pass a "
+                "DecoderSpec"
+            )
+        if self.dpt is not None:
+            raise InputError(
+                f"{self.name!r} has CHMv2's DPT head (height bins), not a CHM decoder: "
+                f"decoder={kind!r} applies to the CHM-decoder presets only "
+                f"({[n for n, p in PRESETS.items() if p.dpt is None]})"
+            )
+        return self.light_decoder if kind == "light" else self.decoder
 
     def feature_indices(self, multilevel: bool) -> tuple[int, ...]:
         """Blocks feeding the head: four with ``multilevel`` or a DPT head, else the last."""
@@ -220,6 +289,9 @@ PRESETS: dict[str, Preset] = {
             embed_dim=64,
             depth=4,
             decoder=DecoderSpec(widths=(32, 16, 8, 8), head_widths=(16, 8, 8), se_reduction=4),
+            light_decoder=DecoderSpec(
+                kind="light", widths=(16, 8, 8, 8), head_widths=(8,), attention_stages=()
+            ),
             seed=0,
             summary="Same DINOv3 architecture, 64-d, 4 blocks, random weights (tests, CPU demos)",
             notes="Random weights from a fixed seed; never pretrained.",

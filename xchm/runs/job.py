@@ -14,6 +14,9 @@ of everything else that decides its result:
   file by its size and a SHA-256 of its first and last MiB (a weights file of
   gigabytes is not read whole); a folder (a Hugging Face snapshot) by the same for
   each of its files;
+* ``decoder``: the new decoder of a preset (``"light"`` or a ``DecoderSpec``'s
+  fields), when it is not the reference decoder (so runs without one keep their
+  fingerprint);
 * ``world_size``: the number of DDP processes (it decides which chips each batch
   holds).
 
@@ -34,14 +37,26 @@ import numpy as np
 from xchm.errors import InputError
 from xchm.storage import Location, location
 
-__all__ = ["fingerprint", "cube_identity", "source_identity", "differences"]
+__all__ = [
+    "fingerprint",
+    "cube_identity",
+    "source_identity",
+    "decoder_identity",
+    "differences",
+]
 
 #: Bytes read from each end of a weights file for its digest.
 _EDGE = 1 << 20
 
 
 def fingerprint(
-    cube: Any, model: Any, weights: Any, world_size: int, *, backbone_weights: Any = None
+    cube: Any,
+    model: Any,
+    weights: Any,
+    world_size: int,
+    *,
+    backbone_weights: Any = None,
+    decoder: Any = None,
 ) -> dict[str, Any]:
     """Return the identity of a run's inputs (plain JSON-able containers).
 
@@ -58,6 +73,9 @@ def fingerprint(
     backbone_weights
         The backbone file beside ``weights`` (CHMv2's), or None; only a given one is
         recorded, so runs without it keep their fingerprint.
+    decoder
+        ``decoder=`` of the run (None, ``"reference"``, ``"light"`` or a
+        :class:`~xchm.models.DecoderSpec`); recorded unless it means the reference decoder.
     """
     job = {
         "cube": cube_identity(cube),
@@ -67,7 +85,26 @@ def fingerprint(
     }
     if backbone_weights is not None:
         job["backbone_weights"] = source_identity(backbone_weights)
+    chosen = decoder_identity(decoder)
+    if chosen is not None:
+        job["decoder"] = chosen
     return job
+
+
+def decoder_identity(decoder: Any) -> dict[str, Any] | None:
+    """Return the identity of ``decoder=`` (None for the reference decoder, the default).
+
+    Examples
+    --------
+    >>> decoder_identity("light"), decoder_identity("reference")
+    ({'name': 'light'}, None)
+    """
+    if decoder is None or decoder == "reference":
+        return None
+    to_dict = getattr(decoder, "to_dict", None)
+    if callable(to_dict):  # a DecoderSpec
+        return {"spec": to_dict()}
+    return {"name": str(decoder)}
 
 
 def cube_identity(cube: Any) -> dict[str, Any]:
@@ -168,6 +205,11 @@ def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             found.append(f"{part}: {given['path']} changed since the run started")
         else:
             found.append(f"{part}: the run used {_show(was)}, this call gives {_show(given)}")
+    was, given = saved.get("decoder"), now.get("decoder")
+    if _key(was) != _key(given):
+        found.append(
+            f"decoder: the run used {_show_decoder(was)}, this call gives {_show_decoder(given)}"
+        )
     if saved.get("world_size") != now["world_size"]:
         found.append(
             f"world_size: the run used {saved.get('world_size')} processes, this call "
@@ -182,6 +224,14 @@ def _key(identity: dict[str, Any] | None) -> Any:
     if identity is None:
         return None
     return json.dumps({k: v for k, v in identity.items() if k != "path"}, sort_keys=True)
+
+
+def _show_decoder(identity: dict[str, Any] | None) -> str:
+    if identity is None:
+        return "'reference' (the default)"
+    if "spec" in identity:
+        return f"DecoderSpec {identity['spec']}"
+    return repr(identity["name"])
 
 
 def _show(identity: dict[str, Any] | None) -> str:

@@ -18,6 +18,7 @@ def model_for_cube(
     *,
     seed: int,
     backbone_weights: str | Path | None = None,
+    decoder: Any = None,
 ) -> Any:
     """Load ``model`` for the bands, window, pixel size and statistics of ``cube``.
 
@@ -37,6 +38,9 @@ def model_for_cube(
         Seed of the new (untrained) parts of a preset.
     backbone_weights
         The backbone file beside ``weights`` (e.g. CHMv2's; see ``xchm.load_model``).
+    decoder
+        The new decoder of a preset (``"reference"``, ``"light"`` or a ``DecoderSpec``;
+        see ``xchm.load_model``); a checkpoint keeps its own (restating it is allowed).
 
     Returns
     -------
@@ -57,7 +61,7 @@ def model_for_cube(
     from xchm.models import api
 
     if _is_checkpoint_place(model):
-        net = api.load_model(model)
+        net = api.load_model(model, decoder=decoder)
         if net.card.bands != cube.bands:
             raise InputError(
                 f"checkpoint {model} expects bands {net.card.bands}; the cube has {cube.bands}"
@@ -70,6 +74,8 @@ def model_for_cube(
         options["pixel_size"] = cube.pixel_size
     if backbone_weights is not None:
         options["backbone_weights"] = backbone_weights
+    if decoder is not None:
+        options["decoder"] = decoder
     return api.load_model(str(model), weights=weights, **options)
 
 

@@ -124,6 +124,7 @@ class Run(Generic[C]):
         weights: str | Path | None,
         resume: bool,
         backbone_weights: str | Path | None = None,
+        decoder: Any = None,
     ) -> Run[C]:
         """Check and prepare the run directory, read the state to resume, seed the RNGs.
 
@@ -138,7 +139,9 @@ class Run(Generic[C]):
         from xchm.storage import location
 
         target = location(output)
-        job = fingerprint(cube, model, weights, place.world, backbone_weights=backbone_weights)
+        job = fingerprint(
+            cube, model, weights, place.world, backbone_weights=backbone_weights, decoder=decoder
+        )
         state = open_run(
             target,
             target.join(*STATE.parts),
@@ -155,6 +158,8 @@ class Run(Generic[C]):
         source = {"model": str(model), "weights": None if weights is None else str(weights)}
         if backbone_weights is not None:
             source["backbone_weights"] = str(backbone_weights)
+        if decoder is not None:
+            source["decoder"] = getattr(decoder, "kind", None) or str(decoder)
         mirror = None if target.is_local else Mirror(target)
         out = mirror.staging if mirror is not None else target.path
         run = cls(kind, config, cube, out, place, job, source, state, mirror)

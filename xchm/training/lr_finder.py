@@ -34,6 +34,7 @@ import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError
+from xchm.models.presets import DecoderSpec
 from xchm.training.config import TrainConfig
 
 __all__ = ["LRFinderResult", "find_lr", "suggest_lr", "RULES"]
@@ -149,6 +150,7 @@ def find_lr(
     rule: str = "min/10",
     device: str | None = None,
     progress: bool = False,
+    decoder: str | DecoderSpec | None = None,
 ) -> LRFinderResult:
     """Sweep the learning rate over a few training steps and suggest ``TrainConfig.lr``.
 
@@ -183,6 +185,8 @@ def find_lr(
         Torch device (default: CUDA if present, else the CPU).
     progress
         Show a progress bar over the steps.
+    decoder
+        As :func:`xchm.train`: the new decoder of a preset (``"reference"``, ``"light"``).
 
     Returns
     -------
@@ -230,7 +234,17 @@ def find_lr(
         )
     lrs = np.geomspace(start_lr, end_lr, steps)
     raw, smooth, stopped = _sweep(
-        cube, model, weights, cfg, lrs, smoothing, diverge, device, progress, backbone_weights
+        cube,
+        model,
+        weights,
+        cfg,
+        lrs,
+        smoothing,
+        diverge,
+        device,
+        progress,
+        backbone_weights,
+        decoder,
     )
     done = lrs[: len(raw)].tolist()
     suggestion, used = suggest_lr(done, smooth, rule=rule)
@@ -255,6 +269,7 @@ def _sweep(
     device: str | None,
     progress: bool,
     backbone_weights: str | Path | None = None,
+    decoder: str | DecoderSpec | None = None,
 ) -> tuple[list[float], list[float], bool]:
     """Run the steps; return the raw and smoothed losses and whether it stopped early."""
     import torch
@@ -268,7 +283,9 @@ def _sweep(
     where = resolve_device(device, 0)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG streams stay as they were
         torch.manual_seed(cfg.seed)
-        net = initial_model(cube, model, weights, cfg, backbone_weights=backbone_weights)
+        net = initial_model(
+            cube, model, weights, cfg, backbone_weights=backbone_weights, decoder=decoder
+        )
         net = net.to(where)
         apply_policy(net, cfg, 0)
         groups = param_groups(net, cfg)

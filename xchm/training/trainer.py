@@ -33,6 +33,7 @@ import numpy as np
 
 from xchm.chips.cube import ChipCube, open_cube
 from xchm.errors import InputError, XCHMWarning
+from xchm.models.presets import DecoderSpec
 from xchm.runs.result import RunResult
 from xchm.runs.run import Run
 from xchm.training.config import TrainConfig
@@ -79,6 +80,7 @@ def train(
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
+    decoder: str | DecoderSpec | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on the train split of ``cube``, validating on its val split.
 
@@ -111,6 +113,11 @@ def train(
         Torch device (default: this process's CUDA device, else the CPU).
     progress
         Show one progress bar for the whole run and a summary line per epoch (rank 0).
+    decoder
+        The new decoder of a preset: ``"reference"`` (default), ``"light"`` (under
+        1 GFLOP per 64x64 window instead of about 7.2; :mod:`xchm.models.light_decoder`)
+        or a :class:`~xchm.models.DecoderSpec`. Part of the run's identity, as
+        ``model``; a checkpoint ``model`` keeps its own decoder.
 
     Returns
     -------
@@ -133,8 +140,8 @@ def train(
     PathNotFoundError
         ``resume=True`` but ``output`` holds no state to continue.
     ResumeError
-        ``resume=True`` with another cube, model, weights, number of processes or
-        config than the run's (the message names what changed); checked before any work.
+        ``resume=True`` with another cube, model, weights, decoder, number of processes
+        or config than the run's (the message names what changed); checked before any work.
     DeviceError
         ``device`` is not a torch device or is unavailable here.
     NonFiniteLossError
@@ -170,8 +177,9 @@ def train(
         weights=weights,
         backbone_weights=backbone_weights,
         resume=resume,
+        decoder=decoder,
     )
-    net = _model(run, model, weights, backbone_weights)
+    net = _model(run, model, weights, backbone_weights, decoder)
     opt = torch.optim.AdamW(_groups(net, cfg), weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
     run.restore(partial(_load, net, opt, sched))
@@ -186,15 +194,23 @@ def _model(
     model: str | Path,
     weights: str | Path | None,
     backbone_weights: str | Path | None = None,
+    decoder: str | DecoderSpec | None = None,
 ) -> Any:
     """Load the model to fine-tune on the run's device (a new run: output bias set)."""
     if run.state is not None:  # resumed: the saved weights replace the start
         from xchm.runs.model import model_for_cube
 
         return model_for_cube(
-            run.cube, model, weights, seed=run.config.seed, backbone_weights=backbone_weights
+            run.cube,
+            model,
+            weights,
+            seed=run.config.seed,
+            backbone_weights=backbone_weights,
+            decoder=decoder,
         ).to(run.device)
-    net = initial_model(run.cube, model, weights, run.config, backbone_weights=backbone_weights)
+    net = initial_model(
+        run.cube, model, weights, run.config, backbone_weights=backbone_weights, decoder=decoder
+    )
     return net.to(run.device)
 
 
@@ -205,6 +221,7 @@ def initial_model(
     cfg: TrainConfig,
     *,
     backbone_weights: str | Path | None = None,
+    decoder: str | DecoderSpec | None = None,
 ) -> Any:
     """Return the model a new run starts from (on the CPU): for the cube, output bias set.
 
@@ -212,7 +229,9 @@ def initial_model(
     """
     from xchm.runs.model import model_for_cube
 
-    net = model_for_cube(cube, model, weights, seed=cfg.seed, backbone_weights=backbone_weights)
+    net = model_for_cube(
+        cube, model, weights, seed=cfg.seed, backbone_weights=backbone_weights, decoder=decoder
+    )
     p = cfg.output_bias_percentile
     if p is not None:
         net.decoder.reset_output(_label_percentile(cube, p, cfg.seed))
