@@ -380,3 +380,20 @@ def test_cli_evaluate__bad_path_exits_1(tmp_path, capsys):
     assert main(["evaluate", "test-tiny", str(tmp_path / "missing.zarr"), "-q"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("xchm: error:") and err.count("\n") == 1
+
+
+def test_evaluate__precision_runs_the_model_in_that_dtype(small, model, checkpoint, capsys):
+    fp32 = evaluate(model, small, progress=False, precision="fp32")
+    bf16 = evaluate(model, small, progress=False, precision="bf16")
+    assert (fp32["precision"], fp32["dtype"]) == ("fp32", "float32")
+    assert (bf16["precision"], bf16["dtype"]) == ("bf16", "bfloat16")
+    assert bf16["mae"] != fp32["mae"]  # bf16 rounding reaches the scores...
+    assert bf16["mae"] == pytest.approx(fp32["mae"], rel=0.02)  # ...by little
+    auto = evaluate(model, small, progress=False)
+    assert auto["precision"] == "auto" and auto["dtype"] in ("float32", "bfloat16")
+    with pytest.raises(InputError, match="precision must be one of"):
+        evaluate(model, small, progress=False, precision="half")
+    args = ["evaluate", str(checkpoint), str(small.path), "--json", "-q", "--precision", "bf16"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dtype"] == "bfloat16" and printed["mae"] == pytest.approx(bf16["mae"])

@@ -108,6 +108,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--peak-tflops", type=positive_float, help="device peak for MFU (default: from a table)"
     )
+    from xchm.inference.runtime import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=BenchConfig.precision,
+        help="model arithmetic, as for xchm predict (default auto: bf16 on CUDA and on CPUs "
+        "with native bf16, fp32 elsewhere; bf16/fp16 on other CPUs are emulated: slow)",
+    )
     p.add_argument(
         "-o", "--output", metavar="PATH", help="also write the results to this JSON file"
     )
@@ -139,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         threads_per_worker=args.threads_per_worker,
         pixel_size=args.pixel_size,
         peak_tflops=args.peak_tflops,
+        precision=args.precision,
     )
 
 
@@ -184,7 +194,12 @@ def format_tables(result: dict[str, Any]) -> str:
             + [f"{r['km2_per_h']['median']:.1f}", f"{r['windows_per_s_with_write']:.1f}"]
             + [f"{gflop['total']:.2f} ({gflop['backbone']:.2f})", f"{r['tflops']:.3g}", mfu]
         )
-    parts = [f"Device: {device['name']}, torch threads {device['torch_threads']}."]
+    precision = ""
+    if result["results"]:  # one precision per run; older results have none
+        first = result["results"][0]
+        if "precision" in first:
+            precision = f", precision {first['precision']} (ran in {first['dtype']})"
+    parts = [f"Device: {device['name']}, torch threads {device['torch_threads']}{precision}."]
     parts.append(_table(head, rows))
     stages = ["read", "h2d", "normalise", "model", "blend", "write", "other"]
     rows = [

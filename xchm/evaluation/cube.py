@@ -63,6 +63,7 @@ def evaluate(
     overwrite: bool = False,
     classes: Classes = DEFAULT_CLASSES,
     progress: bool = True,
+    precision: str = "auto",
 ) -> EvaluationResult:
     """Accuracy of a canopy height model on a split of a chip cube.
 
@@ -95,6 +96,11 @@ def evaluate(
     progress
         Show a progress bar (tqdm); on by default, as in every long-running xchm
         function.
+    precision
+        Arithmetic of the model, as for :func:`xchm.predict`: ``"auto"`` (default:
+        bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere),
+        ``"fp32"``, ``"bf16"`` or ``"fp16"``. Scores at bf16 differ from fp32 by the
+        bf16 rounding of the heights (docs/predict.md, "Precision").
 
     Returns
     -------
@@ -106,15 +112,17 @@ def evaluate(
         or checkpoint path), ``cube`` (path), ``split``, ``n_chips``, ``baseline`` (the
         same metrics for predicting the constant ``height``, the mean reference height
         of ``baseline_source``'s chips: the train split if the cube has one, else the
-        evaluated split), ``baseline_source``, ``scenes`` with ``per_scene``, and
-        ``report`` (the folder) with ``output``.
+        evaluated split), ``baseline_source``, ``precision`` (as asked) and ``dtype``
+        (what the model ran in: ``"float32"``, ``"bfloat16"`` or ``"float16"``),
+        ``scenes`` with ``per_scene``, and ``report`` (the folder) with ``output``.
 
     Raises
     ------
     BandError
         If the cube's bands are not the model card's bands (in order).
     InputError
-        If the split is not in the cube, windows differ, or the card has no statistics.
+        If the split is not in the cube, windows differ, the card has no statistics,
+        or ``precision`` is not one of ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``.
     OutputExistsError
         If ``output`` holds an earlier report and ``overwrite`` is False, or holds
         anything that is not a report.
@@ -129,8 +137,9 @@ def evaluate(
     Reads every selected chip once (whole 256-chip chunks, the next read ahead in
     a thread), plus up to :data:`BASELINE_MAX_CHIPS` train height chips; memory is
     about two chunks and one batch. Runs the model under ``torch.inference_mode``,
-    in bf16 autocast on CUDA (so CUDA predictions carry bf16 rounding, e.g. 1/8 m
-    steps between 16 and 32 m), and restores the model's train/eval mode afterwards.
+    in the autocast dtype ``precision`` picks on the device (bf16 predictions carry
+    bf16 rounding, e.g. 1/8 m steps between 16 and 32 m), and restores the model's
+    train/eval mode afterwards.
 
     Examples
     --------
@@ -140,9 +149,10 @@ def evaluate(
     """
     import torch
 
-    from xchm.inference.runtime import evaluating
+    from xchm.inference.runtime import autocast_dtype, check_precision, evaluating
     from xchm.models.normalize import normalize_batch
 
+    check_precision(precision)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     report_dir = None if output is None else prepare_report_dir(output, overwrite=overwrite)
@@ -161,7 +171,8 @@ def evaluate(
     n = len(chosen)
     wanted = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).round().astype(int).tolist())
     examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    dtype = autocast_dtype(precision, dev)
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else nullcontext()
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, unit="chip", desc=f"evaluate {split or 'all'}", disable=not progress)
@@ -199,6 +210,8 @@ def evaluate(
             **overall.result(),
             "baseline_source": base_source,
             "baseline": {"height": base_height, **baseline.result()},
+            "precision": precision,
+            "dtype": str(dtype or torch.float32).removeprefix("torch."),
         }
     )
     if per_scene:

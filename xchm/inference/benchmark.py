@@ -74,9 +74,13 @@ class BenchConfig:
     """Pixel size in metres for km2/h (0.5: the reference's WorldView imagery)."""
     peak_tflops: float | None = None
     """Device peak for MFU (default: :data:`PEAK_TFLOPS` on CUDA, none on the CPU)."""
+    precision: str = "auto"
+    """Model arithmetic, as ``xchm.predict``'s ``precision=`` (emulated bf16/fp16 on
+    CPUs without the instructions are far slower: measure them on a small ``size``)."""
 
     def __post_init__(self) -> None:
         """Check every option; raise one InputError listing all problems."""
+        from xchm.inference.runtime import PRECISIONS
         from xchm.models.presets import PRESETS
 
         names = [*self.presets, *([self.scaling_preset] if self.scaling_preset else [])]
@@ -84,6 +88,12 @@ class BenchConfig:
         checks += [(s in SOURCES, f"unknown source {s!r} (known: {SOURCES})") for s in self.sources]
         checks += [(0 <= o < WINDOW, f"overlap {o} is not in [0, {WINDOW})") for o in self.overlaps]
         checks += [(n >= 1, f"workers must be >= 1, got {n}") for n in self.workers or ()]
+        checks.append(
+            (
+                self.precision in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            )
+        )
         counts = {
             "repeats": self.repeats,
             "batch_size": self.batch_size,
@@ -230,7 +240,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def _predict(image: Any, model: Any, overlap: int, cfg: BenchConfig) -> Any:
     from xchm.inference.predict import predict
 
-    chm = predict(image, model, overlap=overlap, batch_size=cfg.batch_size, device=cfg.device)
+    chm = predict(
+        image,
+        model,
+        overlap=overlap,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
     return chm.compute()
 
 
@@ -242,6 +259,18 @@ def _once(image: Any, model: Any, overlap: int, cfg: BenchConfig, store: Path) -
     t_write, _ = _timed(lambda: chm.to_dataset().to_zarr(store, mode="w", consolidated=False))
     times = {"read": t_read, "predict": t_predict, "write": t_write}
     return {**times, **{s: tally[s] for s in STAGES}, "windows_run": tally["windows"]}
+
+
+def _precision(cfg: BenchConfig, model: Any) -> dict[str, str]:
+    """Return the precision asked and the dtype the model ran in (``"float32"``...)."""
+    import torch
+
+    from xchm.inference.runtime import autocast_dtype
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = autocast_dtype(cfg.precision, device) or torch.float32
+    return {"precision": cfg.precision, "dtype": str(dtype).removeprefix("torch.")}
 
 
 def _row(
@@ -367,7 +396,15 @@ def _measure(
                 )
     for (source, overlap), rs in runs.items():
         row = _row(rs, size, overlap, gflop, cfg, peak)
-        results.append({"preset": preset, "source": source, **row, "gflop_per_window": gflop})
+        results.append(
+            {
+                "preset": preset,
+                "source": source,
+                **_precision(cfg, model),
+                **row,
+                "gflop_per_window": gflop,
+            }
+        )
         rate = row["windows_per_s"]["median"]
         log(f"   {source}, overlap {overlap}: {rate:.1f} windows/s")
     return results
@@ -387,7 +424,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, An
     -------
     dict
         ``device``, ``config`` (defaults resolved), ``results`` (one row per preset,
-        source and overlap) and ``scaling`` (one row per preset and worker count).
+        source and overlap) and ``scaling`` (one row per preset and worker count); each
+        row names ``precision`` (as asked) and ``dtype`` (what the model ran in).
 
     Raises
     ------
@@ -442,7 +480,7 @@ def run(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, An
                 results += _measure(model, scene, cog, config, gflop, peak, folder, log)
             if config.workers and preset == scaling_preset:
                 rows = _scaling(model, scene, config, config.overlaps[0], folder, log)
-                scaling += [{"preset": preset, **r} for r in rows]
+                scaling += [{"preset": preset, **_precision(config, model), **r} for r in rows]
             del model
             if cuda:
                 torch.cuda.empty_cache()

@@ -237,7 +237,7 @@ def fingerprint(
         np.ascontiguousarray(ds[ydim].values).tobytes()
         + np.ascontiguousarray(ds[xdim].values).tobytes()
     ).hexdigest()
-    keys = ("xchm_card_digest", "xchm_window", "xchm_overlap", "xchm_model")
+    keys = ("xchm_card_digest", "xchm_window", "xchm_overlap", "xchm_model", "xchm_precision")
     fingerprint = {
         **source,
         "model_digest": model_digest,
@@ -298,7 +298,14 @@ _NAMES = {
     "shape": "grid size",
     "chunks": "chunks",
     "region": "region size",
+    "precision": "precision",
 }
+
+#: Entries a store laid out by an older xchm lacks, and the value its chunks were made with.
+#: ``precision``: before ``precision=`` existed predict ran what "auto" runs now (bf16
+#: on CUDA, fp32 on the CPU; the one exception is a CPU with native bf16, fp32 then,
+#: bf16 under "auto" now), so such a store resumes with the default and only then.
+_BEFORE = {"precision": "auto"}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -308,6 +315,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             "the store was started by an older xchm that did not record its input, so a "
             "resume cannot be checked"
         ]
+    old = {**_BEFORE, **old}
     found: list[str] = []
     if old["input"] != new["input"]:
         found.append(_input_change(old["input"], new["input"]))

@@ -6,8 +6,8 @@ is marked done in the store's ``xchm_progress`` sub-group only after all its
 chunks are written, and Zarr writes each chunk file atomically, so a run killed at
 any moment leaves only whole chunks and an exact record of finished regions. A
 restart checks that it is the same job (the *fingerprint*: the input's identity,
-band selection, nodata, model, overlap, grid and layout) and computes only the
-regions not marked done; since every region is a pure function of the input, the
+band selection, nodata, model, overlap, precision, grid and layout) and computes
+only the regions not marked done; since every region is a pure function of the input, the
 store ends identical to an uninterrupted run. A restart with anything different is
 refused before any work (:class:`~xchm.errors.ResumeError`, naming what changed).
 
@@ -393,8 +393,10 @@ def predict_to_zarr(
     resume
         Continue an existing store of the same job, skipping finished regions. Same
         job: the same input (same files, unchanged, opened the same way; or the same
-        in-memory data), bands, nodata, model and weights, overlap, grid, chunks and
-        region size. Anything else is refused (``ResumeError``).
+        in-memory data), bands, nodata, model and weights, overlap, precision, grid,
+        chunks and region size. Anything else is refused (``ResumeError``): a store never
+        mixes chunks computed at two precisions. A store laid out before ``precision=``
+        existed resumes with the default, ``"auto"``.
     overwrite
         Replace an existing store (``resume`` is then moot). Only an xchm prediction
         store is ever replaced; any other folder is refused, with or without it.
@@ -410,7 +412,8 @@ def predict_to_zarr(
         (pickled into the graph): on a cluster prefer the workers' environment.
     **predict_kwargs
         ``overlap``, ``batch_size``, ``device``, ``bands``, ``nodata``,
-        ``uncertainty``, ``weights``: as for :func:`xchm.predict`.
+        ``uncertainty``, ``weights``, ``backbone_weights``, ``precision``: as for
+        :func:`xchm.predict`.
 
     Returns
     -------
@@ -423,7 +426,7 @@ def predict_to_zarr(
     ------
     ResumeError
         The store is another job's: its input (file, array, or how it was read or
-        computed), bands, nodata, model, overlap, grid or layout differ. The message
+        computed), bands, nodata, model, overlap, precision, grid or layout differ. The message
         names each difference.
     OutputExistsError
         ``output`` exists and is a file, a folder xchm did not write, another kind of

@@ -111,7 +111,8 @@ def item_for(
         Geometry and bbox in degrees; ``start_datetime``/``end_datetime`` of the
         sources; ``proj:code``, ``proj:shape``, ``proj:transform``, ``proj:bbox``; the
         ``chm`` asset with ``raster:bands`` (unit ``m``); ``derived_from`` links;
-        ``processing:software`` and the model (``xchm:model``, ``xchm:card_digest``).
+        ``processing:software`` and the model (``xchm:model``, ``xchm:card_digest``,
+        ``xchm:window``, ``xchm:overlap``, ``xchm:precision``).
 
     Raises
     ------
@@ -165,7 +166,8 @@ def item_for(
             + (f" with model {chm.attrs['xchm_model']}" if "xchm_model" in chm.attrs else "")
         ),
     }
-    for key in ("xchm_model", "xchm_card_digest", "xchm_window", "xchm_overlap"):
+    keys = ("xchm_model", "xchm_card_digest", "xchm_window", "xchm_overlap", "xchm_precision")
+    for key in keys:
         if key in chm.attrs:
             props[key.replace("xchm_", "xchm:")] = chm.attrs[key]
     props.update(properties or {})
