@@ -40,6 +40,7 @@ def test_model_forward__runs_and_reports(tmp_path):
 def test_predict_overhead__runs_and_predict_matches_its_numpy_check(tmp_path):
     out = tmp_path / "overhead.json"
     args = ["--presets", "test-tiny", "--size", "128", "--repeats", "1", "--warmup", "0"]
+    args += ["--decoders", "reference", "--parts", "overhead", "seams"]
     args += ["--seam-shape", "128", "192", "--seam-overlaps", "0", "16", "--seam-seeds", "5"]
     args += ["--seam-repeats", "1", "--json", str(out)]
     subprocess.run(
@@ -57,6 +58,79 @@ def test_predict_overhead__runs_and_predict_matches_its_numpy_check(tmp_path):
     # the fitted model shows seams without overlap, fewer with the default (the strict
     # thresholds live in tests/inference/test_predict.py)
     assert by_overlap[0]["seam_x"]["median"] > by_overlap[16]["seam_x"]["median"]
+
+
+def test_predict_overhead__targets_are_ratios_of_the_measured_times(tmp_path):
+    """Issue 20's ratios per precision and decoder row, from that run's medians."""
+    import torch
+
+    from xchm.inference.runtime import autocast_dtype
+
+    out = tmp_path / "overhead.json"
+    args = ["--presets", "test-tiny", "--size", "128", "--repeats", "1", "--warmup", "0"]
+    args += ["--parts", "overhead", "--precisions", "auto", "fp32"]
+    args += ["--decoders", "reference", "light", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "predict_overhead.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    results = json.loads(out.read_text())
+    rows = results["overhead"]
+    light = not results["notes"]  # the note says load_model has no decoder= yet
+    assert {(r["decoder"], r["precision"]) for r in rows} == {
+        (d, p) for d in ("reference", "light")[: 1 + light] for p in ("auto", "fp32")
+    }
+    naive = {s: rows[0]["times_s"][f"c_naive_s{s}"]["median"] for s in (48, 32)}
+    for row in rows:
+        ran = autocast_dtype(row["precision"], torch.device("cpu")) or torch.float32
+        assert row["dtype"] == str(ran).removeprefix("torch.")  # what the model ran in
+        assert row["naive_precision"] == "fp32" and row["naive_decoder"] == "reference"
+        # the naive loop is measured once and shared by every row
+        assert {s: row["times_s"][f"c_naive_s{s}"]["median"] for s in (48, 32)} == naive
+        assert row["windows"] == 16 and row["naive_windows"] == {"48": 9, "32": 25}
+        assert 0 < row["windows_run"] <= row["windows"]
+        t = {k: v["median"] for k, v in row["times_s"].items()}
+        targets = {x["key"]: x for x in row["targets"]}
+        assert targets["windows_per_s_vs_naive"]["value"] == t["c_naive_s48"] / t["a_predict"]
+        assert targets["speedup_vs_reference"]["value"] == t["c_naive_s32"] / t["a_predict"]
+        assert targets["pipeline_overhead"]["value"] == t["a_predict"] / t["b_forward"]
+        assert targets["pipeline_overhead"]["met"] == (t["a_predict"] / t["b_forward"] <= 1.1)
+        # predict's windows/s counted over the naive loop's windows: the same ratio
+        rate = row["windows_per_s_a_naive_coverage"]["48"] / row["windows_per_s_c"]["48"]
+        assert abs(rate - targets["windows_per_s_vs_naive"]["value"]) < 1e-9
+    assert "| test-tiny | fp32 (float32) | reference | 128 | pipeline_overhead |" in proc.stdout
+
+
+def test_predict_overhead__border_counts_and_tally(tmp_path):
+    from xchm.inference.benchmark import lattice_windows, windows_run
+
+    out = tmp_path / "border.json"
+    args = ["--parts", "border", "--border-sizes", "128", "256", "8192", "--border-chunk"]
+    args += ["128", "--border-timed-sizes", "128", "--border-repeats", "1"]
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "predict_overhead.py"), *args, "--json", out],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rows = {(r["size"], r["stride"]): r for r in json.loads(out.read_text())["border"]}
+    assert set(rows) == {(n, s) for n in (128, 256, 8192) for s in (48, 32)}
+    for (size, stride), row in rows.items():
+        assert row["windows_run"] == windows_run(size, size, 128, stride)
+        assert row["lattice"] == lattice_windows(size, size, stride)
+        assert row["ideal"] == (size / stride) ** 2
+        assert row["run_over_ideal"] == row["windows_run"] / row["ideal"]
+        assert ("time_s" in row) == (size == 128)  # timed only where asked
+    # 256 px in 128 px chunks: windows near the chunk border run twice
+    assert rows[(256, 48)]["windows_run"] > rows[(256, 48)]["lattice"] == 49
+    assert rows[(128, 32)]["naive"] == 25  # padding 32: origins -32, 0, 32, 64, 96
+    for stride in (48, 32):
+        row = rows[(128, stride)]
+        assert 0 < row["tally_windows"] <= row["windows_run"]  # what the kernel reported
+        assert row["time_s"]["median"] > 0
+        assert row["ms_per_ideal_window"] == 1e3 * row["time_s"]["median"] / row["ideal"]
 
 
 def test_chip_cube__runs_and_reports(tmp_path):
