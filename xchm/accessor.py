@@ -43,6 +43,7 @@ class CHMAccessor:
         weights: str | os.PathLike[str] | None = _DEFAULT["weights"],
         backbone_weights: str | os.PathLike[str] | None = _DEFAULT["backbone_weights"],
         precision: str = _DEFAULT["precision"],
+        compile: bool | str = _DEFAULT["compile"],
     ) -> xr.DataArray | xr.Dataset:
         """Predict canopy height of this object; :func:`xchm.predict` with it as ``obj``.
 
@@ -51,7 +52,7 @@ class CHMAccessor:
         model
             A loaded model (``xchm.load_model``), a checkpoint directory, or a preset name.
         overlap, batch_size, device, bands, nodata, uncertainty, weights, backbone_weights,
-        precision
+        precision, compile
             As for :func:`xchm.predict` (same defaults).
 
         Returns
@@ -81,6 +82,7 @@ class CHMAccessor:
             weights=weights,
             backbone_weights=backbone_weights,
             precision=precision,
+            compile=compile,
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,8 @@ class KernelConfig:
     device: str | None = None
     uncertainty: bool = False
     precision: str = "auto"
+    compile: str | None = None
+    """``torch.compile`` mode, or None for eager (see ``runtime.compile_mode``)."""
 
     @property
     def outputs(self) -> int:
@@ -73,12 +76,14 @@ def predict_block(
     depth: int,
     y_starts: Sequence[int],
     x_starts: Sequence[int],
+    size: tuple[int, int],
     block_id: tuple[int, int, int] | None = None,
 ) -> np.ndarray:
     """Predict one chunk from its haloed block; see the module docstring.
 
     ``block`` is (bands, h + 2 * depth, w + 2 * depth); ``y_starts``/``x_starts``
-    are the global first rows/columns of every chunk, indexed by ``block_id``.
+    are the global first rows/columns of every chunk, indexed by ``block_id``;
+    ``size`` is the scene's (height, width), which decides the border windows run.
     Returns (outputs, h, w) float32: height in metres [, spread].
     """
     h, w = block.shape[1] - 2 * depth, block.shape[2] - 2 * depth
@@ -86,13 +91,15 @@ def predict_block(
     if block_id is None or h <= 0 or w <= 0:  # dask's metadata probe
         return out
     y0, x0 = y_starts[block_id[1]], x_starts[block_id[2]]
+    win, stride = config.window, config.stride
+    span_y = window_span(y0, y0 + h, win, stride, size=size[0])
+    span_x = window_span(x0, x0 + w, win, stride, size=size[1])
     valid = valid_mask(block, config.nodata)
     core = valid[depth : depth + h, depth : depth + w]
     if not core.any():
+        count_windows(0, skipped=span_y.count * span_x.count)
         return out  # all nodata: the model is not even loaded
 
-    win, stride = config.window, config.stride
-    span_y, span_x = window_span(y0, y0 + h, win, stride), window_span(x0, x0 + w, win, stride)
     oy, ox = span_y.first - (y0 - depth), span_x.first - (x0 - depth)
     ry, rx = span_y.extent(win, stride), span_x.extent(win, stride)
     region = block[:, oy : oy + ry, ox : ox + rx]
@@ -108,6 +115,24 @@ def predict_block(
             var = np.maximum(sums[2][y_crop, x_crop] / weight - mean**2, 0.0)
             out[1] = np.where(core, np.sqrt(var), np.nan)
     return out
+
+
+#: A compiled model sees batches padded to a multiple of this: a few shapes, few recompiles.
+_SHAPE_STEP = 32
+
+
+def _static_batch(x: Any, batch: int) -> Any:
+    """Pad ``x`` with copies of its first window to a multiple of :data:`_SHAPE_STEP`.
+
+    A compiled model (``torch.compile``, CUDA graphs) specialises on the batch size;
+    the last batch of every block has another one. The padded rows are discarded.
+    """
+    import torch
+
+    target = min(batch, -(-len(x) // _SHAPE_STEP) * _SHAPE_STEP)
+    if len(x) >= target:
+        return x
+    return torch.cat([x, x[:1].expand(target - len(x), *x.shape[1:])])
 
 
 def _blend_windows(
@@ -127,7 +152,7 @@ def _blend_windows(
     import torch.nn.functional as F
 
     device = choose_device(config.device)
-    model = get_model(spec, device)
+    model = get_model(spec, device, config.compile)
     if device.type == "cpu":
         use_cpu_threads()
         tune_cpu_allocator()
@@ -140,8 +165,9 @@ def _blend_windows(
     with stage("h2d", device):
         raw = torch.from_numpy(np.where(region_valid, region, 0).astype(np.float32, copy=False))
         mask = torch.from_numpy(region_valid)
-        if cuda:
-            raw, mask = raw.pin_memory().to(device, non_blocking=True), mask.to(device)
+        if cuda:  # page-locked copies (torch reuses them) let the copy overlap other work
+            raw = raw.pin_memory().to(device, non_blocking=True)
+            mask = mask.pin_memory().to(device, non_blocking=True)
     with stage("normalise", device):
         z = normalize_batch(raw[None], stats)[0]
 
@@ -161,9 +187,11 @@ def _blend_windows(
                 m = m_windows[idx].unsqueeze(1)
                 fill = (x * m).sum(dim=(2, 3), keepdim=True) / counts[idx].view(-1, 1, 1, 1)
                 x = torch.where(m, x, fill)
+                if config.compile is not None:
+                    x = _static_batch(x, batch)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    preds[idx] = model(x, validate=False)[:, 0].float()
-        count_windows(len(run))
+                    preds[idx] = model(x, validate=False)[: len(idx), 0].float()
+        count_windows(len(run), skipped=ny * nx - len(run))
 
         with stage("blend", device):
             # Sums in float64: E[p^2] - E[p]^2 (the spread) cancels badly in float32.

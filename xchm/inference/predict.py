@@ -28,7 +28,7 @@ from xchm.inference.inputs import (
 )
 from xchm.inference.kernel import KernelConfig, predict_block
 from xchm.inference.progress import PREDICT_PREFIX
-from xchm.inference.runtime import check_precision, spec_for
+from xchm.inference.runtime import check_precision, compile_mode, spec_for
 
 __all__ = ["predict", "AUTO", "DEFAULT_OVERLAP", "DEFAULT_CHUNK"]
 
@@ -108,6 +108,7 @@ def predict(
     weights: str | os.PathLike[str] | None = None,
     backbone_weights: str | os.PathLike[str] | None = None,
     precision: str = "auto",
+    compile: bool | str = False,
 ) -> xr.DataArray | xr.Dataset:
     """Predict a canopy height map (metres) from imagery, lazily for dask-backed input.
 
@@ -155,6 +156,12 @@ def predict(
         or ``"fp16"`` (autocast; honoured anywhere, but emulated bf16 on other CPUs is
         ~100x slower than fp32). Heights differ from fp32 by a few cm at bf16
         (docs/predict.md); at one precision the map is the same whatever the chunking.
+    compile
+        Run the model through ``torch.compile`` on each worker: False (default), True
+        (mode "default") or a mode such as ``"reduce-overhead"`` (CUDA graphs). The first
+        block pays the compilation (seconds to minutes); batches are padded to a
+        multiple of 32 windows so that few shapes are compiled. Worth it on GPUs for
+        large mosaics (benchmarks/RESULTS.md); heights match eager to float rounding.
 
     Returns
     -------
@@ -230,6 +237,7 @@ def predict(
         device=device,
         uncertainty=uncertainty,
         precision=precision,
+        compile=compile_mode(compile),
     )
 
     data = image.data
@@ -258,7 +266,13 @@ def predict(
     )
     starts = [tuple(int(s) for s in np.cumsum((0,) + c[:-1])) for c in chunks[1:]]
     kernel = functools.partial(
-        predict_block, spec=spec, config=config, depth=depth, y_starts=starts[0], x_starts=starts[1]
+        predict_block,
+        spec=spec,
+        config=config,
+        depth=depth,
+        y_starts=starts[0],
+        x_starts=starts[1],
+        size=(int(data.shape[1]), int(data.shape[2])),
     )
     from distributed import span
 

@@ -35,7 +35,10 @@ _TALLIES: list[Tally] = []
 
 
 class Tally(dict[str, float]):
-    """Seconds per stage (``"model"``, ...) and ``"windows"`` run, summed over blocks."""
+    """Seconds per stage, windows run and all-nodata windows skipped, summed over blocks.
+
+    Keys: the :data:`STAGES` (``"model"``...), ``"windows"`` and ``"windows_skipped"``.
+    """
 
     def __missing__(self, key: str) -> float:
         return 0.0
@@ -71,9 +74,11 @@ def stage(name: str, device: Any) -> Iterator[None]:
         _report(name, time.perf_counter() - start, "seconds")
 
 
-def count_windows(n: int) -> None:
-    """Report ``n`` windows run by the model."""
+def count_windows(n: int, *, skipped: int = 0) -> None:
+    """Report ``n`` windows run by the model and ``skipped`` all-nodata ones not run."""
     _report("windows", float(n), "windows")
+    if skipped:
+        _report("windows_skipped", float(skipped), "windows")
 
 
 @contextmanager

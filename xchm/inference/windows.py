@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WindowSpan", "window_span", "blend_weights"]
+__all__ = ["WindowSpan", "window_span", "blend_weights", "BORDER_WEIGHT"]
+
+#: A window at the scene's border is not run when its blend weight over every scene pixel
+#: it covers stays below this (the largest weight is 1) and other windows cover those
+#: pixels: it would move them by ~1 % of a weight at most (64 px windows: overlaps of 1-2 px).
+BORDER_WEIGHT = 0.01
 
 
 @dataclass(frozen=True)
@@ -32,17 +37,52 @@ class WindowSpan:
         return (self.count - 1) * stride + window
 
 
-def window_span(start: int, stop: int, window: int, stride: int) -> WindowSpan:
+def window_span(
+    start: int, stop: int, window: int, stride: int, *, size: int | None = None
+) -> WindowSpan:
     """Return the lattice windows (origins ``k * stride``) overlapping ``[start, stop)``.
+
+    With ``size`` (the scene's pixels along this axis), the windows that predict runs:
+    border windows that :func:`scene_origins` leaves out are left out here too.
 
     Examples
     --------
     >>> window_span(0, 100, 64, 32)  # origins -32, 0, 32, 64, 96 (edges read mirrored pixels)
     WindowSpan(first=-32, count=5)
+    >>> window_span(0, 98, 64, 32, size=98)  # the window at 96 covers 2 px at weight < 0.01
+    WindowSpan(first=-32, count=4)
     """
     k_first = math.floor((start - window) / stride) + 1  # first origin > start - window
     k_last = math.ceil(stop / stride) - 1  # last origin < stop
-    return WindowSpan(first=k_first * stride, count=k_last - k_first + 1)
+    if size is not None:
+        first, last = scene_origins(size, window, stride)
+        k_first, k_last = max(k_first, first // stride), min(k_last, last // stride)
+    return WindowSpan(first=k_first * stride, count=max(k_last - k_first + 1, 0))
+
+
+def scene_origins(size: int, window: int, stride: int) -> tuple[int, int]:
+    """First and last origin of the windows predict runs over a scene of ``size`` pixels.
+
+    Every lattice window touching the scene, but for a border window whose 1-D blend
+    weight stays below :data:`BORDER_WEIGHT` over the scene pixels it covers while its
+    neighbour covers them too (it could only move them by that fraction of a weight).
+    A rule of the scene's size alone, so every chunking runs the same windows.
+
+    Examples
+    --------
+    >>> scene_origins(1024, 64, 48), scene_origins(1010, 64, 48)  # 1010: 1008 covers 2 px
+    ((-48, 1008), (-48, 960))
+    """
+    profile = np.sin(np.pi * (np.arange(window) + 0.5) / window) ** 2  # blend_weights' 1-D
+    first = (math.floor(-window / stride) + 1) * stride
+    last = (math.ceil(size / stride) - 1) * stride
+    # Leading window: covers scene pixels [0, first + window) at positions [-first, window).
+    while first + stride <= 0 and profile[-first:].max() < BORDER_WEIGHT:
+        first += stride
+    # Trailing window: covers [last, size) at positions [0, size - last).
+    while last - stride + window >= size and profile[: size - last].max() < BORDER_WEIGHT:
+        last -= stride
+    return first, last
 
 
 def blend_weights(window: int) -> np.ndarray:
