@@ -6,6 +6,7 @@ so scenes here are small.
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -154,10 +155,11 @@ def _caller(precision, device):
 def test_emulation_warning__bf16_and_fp16_on_a_plain_cpu(plain_cpu):
     for precision in ("bf16", "fp16"):
         with pytest.warns(XCHMWarning, match=f"precision='{precision}' runs emulated") as seen:
+            line = inspect.currentframe().f_lineno + 1
             assert _caller(precision, "cpu") is True
         (warning,) = seen
         assert "'auto' (fp32 on this CPU) or 'fp32' is faster" in str(warning.message)
-        assert warning.filename == __file__  # the user's line, not xchm's
+        assert (warning.filename, warning.lineno) == (__file__, line)  # the user's line
 
 
 def test_emulation_warning__silent_where_native_or_not_asked(plain_cpu, monkeypatch):
@@ -255,7 +257,19 @@ def test_cli_predict__precision_reaches_the_store(tmp_path, checkpoint):
     assert main([*args, "-q"]) == 1  # resumed at the default, auto: refused
 
 
-def test_bench__rows_name_the_precision_and_the_dtype_it_ran_in(capsys):
+def test_bench__rows_name_the_precision_and_the_dtype_it_ran_in(monkeypatch):
+    import importlib
+
+    # The module (xchm.inference.predict, the attribute, is the function).
+    module = importlib.import_module("xchm.inference.predict")
+    asked = []
+    predict = module.predict
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("precision"))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(module, "predict", spy)
     config = BenchConfig(
         presets=("test-tiny",),
         size=64,
@@ -269,6 +283,7 @@ def test_bench__rows_name_the_precision_and_the_dtype_it_ran_in(capsys):
     result = bench_run(config, log=lambda line: None)
     (row,) = result["results"]
     assert (row["precision"], row["dtype"]) == ("bf16", "bfloat16")
+    assert asked and set(asked) == {"bf16"}  # every timed predict ran at it
     assert result["config"]["precision"] == "bf16"
     json.dumps(result)  # JSON-able as written by -o
 
