@@ -18,7 +18,7 @@ from xchm.models.decoder import CHMDecoder
 from xchm.models.light_decoder import LightDecoder
 from xchm.models.presets import get_preset
 from xchm.runs.job import differences, fingerprint
-from xchm.training import TrainConfig, train
+from xchm.training import TrainConfig, find_lr, train
 
 from ..training.small_cube import learnable_cube, learnable_cube_fixture, one_thread  # noqa: F401
 
@@ -208,6 +208,17 @@ def test_train__a_reference_run_refuses_to_resume_with_the_light_decoder(cube, t
     train(cube, model="test-tiny", config=ONE_STEP, output=out, progress=False)
     with pytest.raises(ResumeError, match="decoder: the run used 'reference' .*'light'"):
         train(cube, model="test-tiny", decoder="light", config=ONE_STEP, output=out, resume=True)
+
+
+def test_find_lr__sweeps_the_light_decoder(cube, monkeypatch):
+    calls = []
+    forward = LightDecoder.forward
+    monkeypatch.setattr(
+        LightDecoder, "forward", lambda self, f: calls.append(1) or forward(self, f)
+    )
+    cfg = TrainConfig(**{**ONE_STEP.to_dict(), "max_steps_per_epoch": None})
+    found = find_lr(cube, "test-tiny", decoder="light", config=cfg, steps=5, end_lr=1e-3)
+    assert len(found.lrs) == 5 and len(calls) == 5
 
 
 def test_fingerprint__reference_is_the_default_and_keeps_old_fingerprints(cube):
