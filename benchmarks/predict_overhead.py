@@ -337,7 +337,7 @@ def build_model(name: str, decoder: str = "reference") -> Any:
     """
     from xchm.testing import responsive_model
 
-    options = {} if decoder == "reference" else {"decoder": decoder}
+    options: dict[str, Any] = {} if decoder == "reference" else {"decoder": decoder}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xchm.RandomWeightsWarning)
         model = responsive_model(name, **options)
@@ -662,10 +662,10 @@ def measure_overhead(
         with collect() as tally:
             chm = xchm.predict(
                 image, model, overlap=args.overlap, batch_size=args.batch_size, precision=precision
-            ).values
+            )
         if log is not None:
             log.append(dict(tally))
-        return chm
+        return np.asarray(chm)
 
     rows: list[dict[str, Any]] = []
     runs: dict[str, Callable[[], Any]] = {}
