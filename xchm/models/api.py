@@ -141,7 +141,7 @@ def _local_source(source: PathOrURL, role: str) -> tuple[Path, dict[str, Any]]:
     return path, {f"{role}{k[len('weights') :]}": v for k, v in _file_identity(path).items()}
 
 
-def decoder_spec(spec: Preset, decoder: DecoderLike | None) -> DecoderSpec | None:
+def _resolve_decoder(spec: Preset, decoder: DecoderLike | None) -> DecoderSpec | None:
     """Return the decoder of ``decoder=`` for the preset ``spec`` (None: the preset's default).
 
     Raises
@@ -187,7 +187,7 @@ def create_model(
     spec = get_preset(preset)
     window = spec.window if window is None else window
     pixel_size = spec.pixel_size if pixel_size is None else pixel_size
-    new_decoder = decoder_spec(spec, decoder)
+    new_decoder = _resolve_decoder(spec, decoder)
     if backbone_weights is not None and weights is not None and is_checkpoint(weights):
         return _checkpoint_on_backbone(preset, weights, backbone_weights, decoder)
     if backbone_weights is not None and (spec.dpt is None or is_checkpoint(backbone_weights)):
