@@ -45,8 +45,11 @@ alone; inside predict it overlaps other work), the kernel stages, write, and
 "other" (the rest: graph construction, scheduling, halo assembly, the kernel's
 masking and cropping; negative if stages overlapped in threads).
 
-Predict uses bf16 autocast on CUDA and fp32 on the CPU by itself, so there is no
-precision flag. On CUDA the stages end with a device synchronisation.
+``--precision`` is predict's ``precision=`` (default ``auto``: bf16 autocast on CUDA
+and on CPUs with native bf16, fp32 elsewhere); every row names the precision asked
+and the dtype the model ran in. Other predict options (decoder, ``torch.compile``)
+are timed one configuration per run by ``benchmarks/gpu_predict_options.py``. On
+CUDA the stages end with a device synchronisation.
 
 CPU scaling ("1 vs 2 workers", ``--workers``, default 1 2 on the CPU, none on
 CUDA), for ``--scaling-preset`` (default: the last of ``--presets``, so

@@ -133,6 +133,28 @@ def test_predict_overhead__border_counts_and_tally(tmp_path):
         assert row["ms_per_ideal_window"] == 1e3 * row["time_s"]["median"] / row["ideal"]
 
 
+def test_gpu_predict_options__runs_one_configuration_on_cpu(tmp_path):
+    out = tmp_path / "row.json"
+    args = ["--preset", "test-tiny", "--size", "128", "--repeats", "3", "--decoder", "light"]
+    args += ["--precision", "fp32", "--compare-eager", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_predict_options.py"), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    row = json.loads(out.read_text())["row"]
+    if "skipped" in row:  # an xchm without decoder=
+        assert "decoder" in row["skipped"]
+        return
+    assert (row["precision"], row["dtype"], row["decoder"]) == ("fp32", "float32", "light")
+    assert row["windows"] == 16 and row["windows_run"] == 16  # one chunk: the lattice
+    assert row["repeats"] == 3 and row["seconds"]["min"] <= row["seconds"]["median"]
+    assert row["windows_per_s"]["median"] == 16 / row["seconds"]["median"]  # odd count
+    assert row["max_abs_diff_vs_eager_m"] == 0.0  # eager against itself
+    assert row["mfu"] is None  # no peak on the CPU
+
+
 def test_chip_cube__runs_and_reports(tmp_path):
     out = tmp_path / "chip_cube.json"
     args = ["--chips", "64", "--repeats", "1", "--random-reads", "20"]
