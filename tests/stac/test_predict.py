@@ -77,6 +77,7 @@ def test_item_for__describes_the_map_and_links_its_sources(stac, chm, items, tmp
     assert item.properties["proj:shape"] == [data.SIZE, 2 * data.SIZE]
     assert item.properties["proj:transform"][:3] == [data.PIXEL, 0.0, chm.x.values[0] - 1.0]
     assert item.properties["xchm:model"] == "test-tiny"
+    assert item.properties["xchm:precision"] == chm.attrs["xchm_precision"] == "auto"
     band = item.assets["chm"].extra_fields["raster:bands"][0]
     assert band == {
         "data_type": "float32",
