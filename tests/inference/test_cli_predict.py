@@ -201,3 +201,15 @@ def test_predict_cli__nodata_auto_none_and_a_value(model, tmp_path):
     assert np.isnan(auto[:10]).all() and np.isfinite(auto[10:]).all()
     np.testing.assert_array_equal(heights("--nodata", "0"), auto)
     assert np.isfinite(heights("--nodata", "none")).all()  # no nodata value: no warning
+
+
+def test_predict_cli__says_how_many_all_nodata_windows_were_skipped(scene, tmp_path, capsys):
+    image = rioxarray.open_rasterio(scene / "scene.tif")
+    holed = image.copy(data=np.where(np.arange(200)[None, :, None] < 120, 0, image.values))
+    holed.rio.write_nodata(0, inplace=True)
+    holed.rio.to_raster(tmp_path / "holed.tif")
+    for source, expect in ((scene / "scene.tif", False), (tmp_path / "holed.tif", True)):
+        code = main(["predict", str(source), "-o", str(tmp_path / f"{expect}.tif"), "-q",
+                     "--model", str(scene / "model")])  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == 0 and ("all-nodata windows skipped" in out) is expect, out

@@ -27,6 +27,9 @@ from xchm.inference.benchmark import run as bench_run
 from xchm.inference.job import differences
 from xchm.inference.precision import emulation_warning
 from xchm.inference.runtime import PRECISIONS, autocast_dtype, native_bf16_cpu
+
+# predict warns that bf16/fp16 are emulated on this kind of CPU (tested below on its own).
+pytestmark = pytest.mark.filterwarnings("ignore:precision=.* runs emulated:xchm.errors.XCHMWarning")
 from xchm.inference.to_zarr import PROGRESS_GROUP
 
 from .conftest import make_image
@@ -145,7 +148,7 @@ def test_predict_bf16_and_fp16__differ_from_fp32_but_by_cm(fitted):
 def plain_cpu(monkeypatch):
     """A CPU without native bf16 or fp16, whatever this one is."""
     monkeypatch.setattr(precision_module, "native_bf16_cpu", lambda: False)
-    monkeypatch.setattr(precision_module, "_cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"avx2"}))
 
 
 def _caller(precision, device):
@@ -171,7 +174,7 @@ def test_emulation_warning__silent_where_native_or_not_asked(plain_cpu, monkeypa
             assert emulation_warning("bf16", device) is False
         monkeypatch.setattr(precision_module, "native_bf16_cpu", lambda: True)
         assert emulation_warning("bf16", "cpu") is False
-        monkeypatch.setattr(precision_module, "_cpu_flags", lambda: frozenset({"amx_fp16"}))
+        monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset({"amx_fp16"}))
         assert emulation_warning("fp16", torch.device("cpu")) is False
 
 
@@ -297,3 +300,12 @@ def test_cli_bench__precision_option_reaches_the_config():
     default = build_parser().parse_args(["bench", "--presets", "test-tiny"])
     assert config_from_args(default).precision == "auto"
     assert set(PRECISIONS) == {"auto", "fp32", "bf16", "fp16"}
+
+
+def test_predict__warns_once_before_work_where_bf16_is_emulated(plain_cpu):
+    image = make_image(64, 64)
+    with pytest.warns(XCHMWarning, match="precision='bf16' runs emulated") as seen:
+        line = inspect.currentframe().f_lineno + 1
+        xchm.predict(image, "test-tiny", precision="bf16", device="cpu")
+    emulated = [w for w in seen if "emulated" in str(w.message)]
+    assert len(emulated) == 1 and (emulated[0].filename, emulated[0].lineno) == (__file__, line)

@@ -88,7 +88,8 @@ def _predict(args: argparse.Namespace) -> int:
     from xchm.errors import InputError
     from xchm.inference import merge_scenes, predict, predict_to_zarr, write_cog
     from xchm.inference.progress import WindowProgress
-    from xchm.inference.windows import window_span
+    from xchm.inference.telemetry import collect
+    from xchm.inference.windows import scene_windows
 
     target = location(args.output)
     output = target.text if target.is_url else target.path
@@ -162,21 +163,21 @@ def _predict(args: argparse.Namespace) -> int:
         window = chm.attrs["xchm_window"]
         stride = window - chm.attrs["xchm_overlap"]
         height, width = chm.shape
-        total = (
-            window_span(0, height, window, stride).count
-            * window_span(0, width, window, stride).count
-        )
+        total = scene_windows(height, width, window, stride)
         area = _area_km2(chm)
         devices = len(client.scheduler_info()["workers"]) if client is not None else 1
         start = time.perf_counter()
-        with WindowProgress(total, area_km2=area, disable=args.quiet or client is not None):
+        progress = WindowProgress(total, area_km2=area, disable=args.quiet or client is not None)
+        with progress, collect() as tally:  # the tally sees local schedulers' kernels only
             write_cog(chm, output, int16_dm=args.int16_dm, overwrite=args.overwrite)
         elapsed = time.perf_counter() - start
     rate = total / elapsed
     where = f"{area:.3f} km2, " if area is not None else ""
+    skipped = int(tally["windows_skipped"])
+    nodata = f", {skipped} all-nodata windows skipped" if skipped else ""
     print(
         f"wrote {output} ({where}{height}x{width} px, {total} windows in {elapsed:.1f} s, "
-        f"{rate:.1f} windows/s, {rate / devices:.1f} per device ({devices} device(s)))"
+        f"{rate:.1f} windows/s, {rate / devices:.1f} per device ({devices} device(s)){nodata})"
     )
     return 0
 

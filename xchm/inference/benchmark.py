@@ -119,7 +119,7 @@ class BenchConfig:
 
 
 def lattice_windows(height: int, width: int, stride: int) -> int:
-    """Lattice windows of a scene (what a prediction needs): ``window_span`` per axis.
+    """Lattice windows touching a scene, ``window_span`` per axis (border cut not applied).
 
     Examples
     --------
@@ -132,7 +132,7 @@ def lattice_windows(height: int, width: int, stride: int) -> int:
 
 
 def windows_run(height: int, width: int, chunk: int, stride: int) -> int:
-    """Windows the kernel runs: each chunk runs every window touching it (no nodata).
+    """Windows the kernel runs: each chunk runs the scene's windows touching it (no nodata).
 
     Mirrors predict's chunking: a last chunk thinner than a window joins its neighbour.
 
@@ -147,7 +147,7 @@ def windows_run(height: int, width: int, chunk: int, stride: int) -> int:
         if len(edges) > 2 and edges[-1] - edges[-2] < WINDOW:
             del edges[-2]
         return sum(
-            window_span(a, b, WINDOW, stride).count
+            window_span(a, b, WINDOW, stride, size=total).count
             for a, b in zip(edges[:-1], edges[1:], strict=True)
         )
 

@@ -10,12 +10,11 @@ client, before any work: never per chunk on the workers.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any
 
 from xchm.errors import XCHMWarning
-from xchm.inference.runtime import check_precision, native_bf16_cpu
+from xchm.inference.runtime import check_precision, cpu_flags, native_bf16_cpu
 
 __all__ = ["emulation_warning", "native_fp16_cpu", "native_cpu"]
 
@@ -23,22 +22,9 @@ __all__ = ["emulation_warning", "native_fp16_cpu", "native_cpu"]
 FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """Return the CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def native_fp16_cpu() -> bool:
     """Whether this CPU computes fp16 natively (AVX512_FP16 or AMX-FP16, /proc/cpuinfo)."""
-    return bool(_cpu_flags() & FP16_FLAGS)
+    return bool(cpu_flags() & FP16_FLAGS)
 
 
 def native_cpu(precision: str) -> bool:

@@ -27,6 +27,7 @@ from xchm.inference.inputs import (
     check_grid,
 )
 from xchm.inference.kernel import KernelConfig, predict_block
+from xchm.inference.precision import emulation_warning
 from xchm.inference.progress import PREDICT_PREFIX
 from xchm.inference.runtime import check_precision, compile_mode, spec_for
 
@@ -208,6 +209,7 @@ def predict(
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     _check_nodata(nodata)
     check_precision(precision)
+    emulation_warning(precision, device)  # before any work: bf16 emulated on a CPU is slow
     card.require_statistics()
     image = as_band_array(obj, card, bands)
     check_dtype(image)

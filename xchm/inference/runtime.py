@@ -205,23 +205,27 @@ def check_precision(precision: Any) -> str:
 
 
 @functools.cache
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), read from /proc/cpuinfo.
+def cpu_flags() -> frozenset[str]:
+    """Return the CPU's feature flags from /proc/cpuinfo (empty where it cannot be read).
 
-    torch has no public query for it (``torch.backends.cpu.get_cpu_capability()`` says
-    "AVX512" for CPUs with and without the bf16 instructions), and oneDNN *emulates* bf16
-    elsewhere: measured ~100x slower than fp32 on an AVX2 EPYC (docs/predict.md). Other
-    systems than Linux report False (fp32), the safe side.
+    torch has no public query for bf16/fp16 support (``torch.backends.cpu.
+    get_cpu_capability()`` says "AVX512" for CPUs with and without those instructions),
+    and oneDNN *emulates* them elsewhere: measured ~100x slower than fp32 on an AVX2
+    EPYC (docs/predict.md). Other systems than Linux report nothing (fp32), the safe side.
     """
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX-BF16; :func:`cpu_flags`)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def autocast_dtype(precision: str, device: Any) -> Any:

@@ -51,7 +51,7 @@ from xchm._compat import renamed_keywords
 from xchm.errors import InputError, ResumeError
 from xchm.inference.job import differences, job_fingerprint
 from xchm.inference.predict import DEFAULT_CHUNK, predict
-from xchm.inference.windows import window_span
+from xchm.inference.windows import scene_windows
 from xchm.outputs import MARKER, output_kind, prepare_output_dir, shown
 from xchm.storage import Location, PathOrURL, location
 
@@ -498,10 +498,7 @@ def predict_to_zarr(
 
     window = int(chm.attrs["xchm_window"])
     stride = window - int(chm.attrs["xchm_overlap"])
-    total_windows = (
-        window_span(0, chm.shape[0], window, stride).count
-        * window_span(0, chm.shape[1], window, stride).count
-    )
+    total_windows = scene_windows(chm.shape[0], chm.shape[1], window, stride)
     client = active_client()
     devices = len(client.scheduler_info().get("workers", {})) if client is not None else 1
     from tqdm.auto import tqdm

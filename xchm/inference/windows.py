@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WindowSpan", "window_span", "blend_weights", "BORDER_WEIGHT"]
+__all__ = [
+    "WindowSpan",
+    "window_span",
+    "scene_origins",
+    "scene_windows",
+    "blend_weights",
+    "BORDER_WEIGHT",
+]
 
 #: A window at the scene's border is not run when its blend weight over every scene pixel
 #: it covers stays below this (the largest weight is 1) and other windows cover those
@@ -83,6 +90,18 @@ def scene_origins(size: int, window: int, stride: int) -> tuple[int, int]:
     while last - stride + window >= size and profile[: size - last].max() < BORDER_WEIGHT:
         last -= stride
     return first, last
+
+
+def scene_windows(height: int, width: int, window: int, stride: int) -> int:
+    """Windows predict runs over a ``height`` x ``width`` scene in one chunk (progress totals).
+
+    Examples
+    --------
+    >>> scene_windows(1024, 1024, 64, 48), scene_windows(1010, 1010, 64, 48)
+    (529, 484)
+    """
+    spans = (window_span(0, n, window, stride, size=n) for n in (height, width))
+    return int(np.prod([s.count for s in spans]))
 
 
 def blend_weights(window: int) -> np.ndarray:
