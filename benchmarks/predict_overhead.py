@@ -78,9 +78,10 @@ Three measurements in one run (``--parts``):
 
 torch uses all cores available to the process (``torch.set_num_threads``). On a
 shared machine, compare only ratios measured in the same run. The default run costs
-about 3 x 2,600 reference-decoder ViT-S windows (a, b and the two naive loops at
-1024 px) plus the light rows: about 12-15 minutes where ViT-S runs at ~15 windows/s
-(an idle 2-core Zen 4), twice that on a loaded or AVX2-only 2-core CPU.
+3 repeats of about 2,600 reference-decoder ViT-S windows (a, b and the two naive
+loops at 1024 px) plus the light rows: on a 2-core AVX2 CPU at load average ~3.7 one
+repeat took 117 s at 512 px, i.e. ~7.5 min per repeat at 1024 px and ~25 min in all;
+``--naive-repeats 1`` (the naive loops, 60 % of a repeat, timed once) makes it ~16 min.
 
 Run it from the repository root::
 
@@ -189,6 +190,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="windows per model call of the naive loop (c) (default 64, the reference's)",
     )
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
+    p.add_argument(
+        "--naive-repeats",
+        type=int,
+        default=None,
+        help="time the naive loops (c) in the first N repeats only (default: all); 1 cuts "
+        "a default ViT-S run by about 40 %%",
+    )
     p.add_argument(
         "--warmup",
         type=int,
@@ -717,6 +725,8 @@ def measure_overhead(
     done = 0
     while done < repeats:
         for k, fn in runs.items():
+            if k.startswith("c_") and args.naive_repeats and done >= args.naive_repeats:
+                continue  # the naive loops are timed in the first --naive-repeats only
             t, outputs[k] = timed(fn, device)
             times[k].append(t)
         done += 1
@@ -747,6 +757,7 @@ def measure_overhead(
                 "naive_precision": "fp32",
                 "naive_decoder": "reference",
                 "repeats": repeats,
+                "naive_repeats": len(times[f"c_naive_s{naive_strides[0]}"]),
                 "windows": n_windows,
                 "windows_per_axis": [len(ys), len(xs)],
                 "windows_run": int(last.get("windows", 0)),
@@ -1112,7 +1123,7 @@ def overhead_table(results: list[dict[str, Any]]) -> tuple[str, str]:
     head += [f"(c) naive s{s} s" for s in strides]
     head += ["(a)/(b) (per-repeat min-max)", "1 + (a0)/(b)"] + [f"(a)/(c) s{s}" for s in strides]
     times = _head(head)
-    head2 = ["preset", "precision (ran in)", "decoder", "repeats", "batch (naive)"]
+    head2 = ["preset", "precision (ran in)", "decoder", "repeats (naive)", "batch (naive)"]
     head2 += ["(a) lattice windows/s", "(a) windows run/s"]
     head2 += [f"(a) s{s}-coverage windows/s" for s in strides]
     head2 += ["(b) windows/s"] + [f"(c) s{s} windows/s" for s in strides] + ["(a) km2/h"]
@@ -1130,7 +1141,8 @@ def overhead_table(results: list[dict[str, Any]]) -> tuple[str, str]:
         cells += [f"{1 + r['pipeline_own_over_b']:.3f}"]
         cells += [f"{r['ratio_a_over_c'][s]:.2f}" for s in strides]
         times.append(_line(cells))
-        cells = _row_name(r) + [str(r["repeats"]), f"{r['batch_size']} ({r['naive_batch_size']})"]
+        cells = _row_name(r) + [f"{r['repeats']} ({r['naive_repeats']})"]
+        cells += [f"{r['batch_size']} ({r['naive_batch_size']})"]
         cells += [f"{r['windows_per_s_a']:.1f}", f"{r['windows_per_s_a_run']:.1f}"]
         cells += [f"{r['windows_per_s_a_naive_coverage'][s]:.1f}" for s in strides]
         cells += [f"{r['windows_per_s_b']:.1f}"]
