@@ -82,10 +82,11 @@ class DecoderSpec:
 
 
 #: The light decoder of the ViT presets: 1x1 projection to 256 channels, four
-#: (bilinear x2, conv3x3) stages of 256, 128, 64, 32 channels, one 3x3 conv of 16 in the
-#: head; about 0.6 GFLOP per 64x64 window (the reference: about 7.2).
+#: (bilinear x2, conv3x3) stages of 256, 128, 64, 32 channels, one 3x3 conv of 32 in the
+#: head; about 0.62 GFLOP per 64x64 window (the reference: about 7.2). Thinner ends at
+#: full resolution (8 channels, in benchmarks/light_decoder.py) learned much worse.
 LIGHT_DECODER = DecoderSpec(
-    kind="light", widths=(256, 128, 64, 32), head_widths=(16,), attention_stages=()
+    kind="light", widths=(256, 128, 64, 32), head_widths=(32,), attention_stages=()
 )
 
 
