@@ -21,6 +21,7 @@ from typing import Any
 
 from xchm.cli.common import (
     add_deprecated_alias,
+    add_precision_argument,
     check_device,
     check_writable,
     device,
@@ -108,15 +109,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument(
         "--peak-tflops", type=positive_float, help="device peak for MFU (default: from a table)"
     )
-    from xchm.inference.runtime import PRECISIONS
-
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=BenchConfig.precision,
-        help="model arithmetic, as for xchm predict (default auto: bf16 on CUDA and on CPUs "
-        "with native bf16, fp32 elsewhere; bf16/fp16 on other CPUs are emulated: slow)",
-    )
+    add_precision_argument(p, BenchConfig.precision)
     p.add_argument(
         "-o", "--output", metavar="PATH", help="also write the results to this JSON file"
     )

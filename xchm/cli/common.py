@@ -204,6 +204,20 @@ def add_bands_argument(
         )
 
 
+def add_precision_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--precision`` (predict, evaluate, bench: one wording, argparse choices)."""
+    from xchm.inference.runtime import PRECISIONS
+
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default,
+        help=f"model arithmetic (default {default}): auto = bf16 on CUDA and on CPUs with "
+        "native bf16, fp32 elsewhere; fp32, bf16 or fp16 (bf16/fp16 on other CPUs are "
+        "emulated: slow)",
+    )
+
+
 def nodata(text: str) -> float | str | None:
     """Parse ``--nodata`` (an argparse type): a number, ``auto`` or ``none``.
 

@@ -19,6 +19,7 @@ from xchm.cli.common import (
     HOST_HELP,
     SCHEDULER_TIMEOUT_S,
     add_bands_argument,
+    add_precision_argument,
     check_device,
     check_writable,
     connect,
@@ -33,7 +34,6 @@ from xchm.cli.common import (
 from xchm.cluster import LOOPBACK
 from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP, predict
 from xchm.inference.rasters import open_image
-from xchm.inference.runtime import PRECISIONS
 from xchm.inference.scenes import merge_scenes
 from xchm.inference.to_zarr import DEFAULT_REGION_SIZE
 from xchm.stac.dates import DEFAULT_MONTHS
@@ -231,13 +231,7 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     )
     pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
     pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
-    pred.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=default_of(predict, "precision"),
-        help="model arithmetic: auto (default: bf16 on CUDA and on CPUs with native bf16, "
-        "fp32 elsewhere), fp32, bf16 or fp16 (bf16/fp16 on other CPUs are emulated: slow)",
-    )
+    add_precision_argument(pred, default_of(predict, "precision"))
     pred.add_argument(
         "--nodata",
         type=nodata,

@@ -20,6 +20,7 @@ from typing import Any
 from xchm.cli.common import (
     EXIT_USAGE,
     add_deprecated_alias,
+    add_precision_argument,
     add_run_arguments,
     check_device,
     default_of,
@@ -120,15 +121,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
         help="chips per model call",
     )
     ev.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
-    from xchm.inference.runtime import PRECISIONS
-
-    ev.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=default_of(evaluate, "precision"),
-        help="model arithmetic, as for xchm predict: auto (default: bf16 on CUDA and on CPUs "
-        "with native bf16, fp32 elsewhere), fp32, bf16 or fp16",
-    )
+    add_precision_argument(ev, default_of(evaluate, "precision"))
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_evaluate)

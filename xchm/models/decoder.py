@@ -24,6 +24,14 @@ __all__ = ["CHMDecoder"]
 _SLOPE = 0.1
 
 
+def reset_output_conv(conv: nn.Conv2d, bias: float) -> None:
+    """Re-initialise a decoder's output conv: weights ~ N(0, 0.02), bias = ``bias`` metres."""
+    with torch.no_grad():
+        nn.init.normal_(conv.weight, mean=0.0, std=0.02)
+        assert conv.bias is not None  # built with bias=True
+        nn.init.constant_(conv.bias, float(bias))
+
+
 def _act() -> nn.Module:
     return nn.LeakyReLU(_SLOPE, inplace=True)
 
@@ -145,10 +153,7 @@ class CHMDecoder(nn.Module):
 
     def reset_output(self, bias: float) -> None:
         """Re-initialise the output conv: weights ~ N(0, 0.02), bias = ``bias`` metres."""
-        with torch.no_grad():
-            nn.init.normal_(self.output.weight, mean=0.0, std=0.02)
-            assert self.output.bias is not None  # built with bias=True
-            nn.init.constant_(self.output.bias, float(bias))
+        reset_output_conv(self.output, bias)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Fuse the feature maps and decode them to heights (metres, >= 0)."""

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from xchm.errors import InputError
+from xchm.models.decoder import reset_output_conv
 from xchm.models.presets import DecoderSpec
 
 __all__ = ["LightDecoder"]
@@ -93,10 +94,7 @@ class LightDecoder(nn.Module):
 
     def reset_output(self, bias: float) -> None:
         """Re-initialise the output conv: weights ~ N(0, 0.02), bias = ``bias`` metres."""
-        with torch.no_grad():
-            nn.init.normal_(self.output.weight, mean=0.0, std=0.02)
-            assert self.output.bias is not None  # built with bias=True
-            nn.init.constant_(self.output.bias, float(bias))
+        reset_output_conv(self.output, bias)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate the feature maps and decode them to heights (metres, >= 0)."""
