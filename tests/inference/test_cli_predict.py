@@ -213,3 +213,16 @@ def test_predict_cli__says_how_many_all_nodata_windows_were_skipped(scene, tmp_p
                      "--model", str(scene / "model")])  # fmt: skip
         out = capsys.readouterr().out
         assert code == 0 and ("all-nodata windows skipped" in out) is expect, out
+
+
+def test_predict_cli__compile_option_parses_modes_and_refuses_others(capsys):
+    from xchm.cli import build_parser
+
+    parse = build_parser().parse_args
+    base = ["predict", "in.tif", "-o", "out.tif", "--model", "test-tiny"]
+    assert parse(base).compile is False
+    assert parse([*base, "--compile"]).compile is True
+    assert parse([*base, "--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    with pytest.raises(SystemExit) as exit_info:
+        parse([*base, "--compile", "turbo"])
+    assert exit_info.value.code == 2 and "reduce-overhead" in capsys.readouterr().err

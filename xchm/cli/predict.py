@@ -34,6 +34,7 @@ from xchm.cli.common import (
 from xchm.cluster import LOOPBACK
 from xchm.inference.predict import DEFAULT_CHUNK, DEFAULT_OVERLAP, predict
 from xchm.inference.rasters import open_image
+from xchm.inference.runtime import COMPILE_MODES
 from xchm.inference.scenes import merge_scenes
 from xchm.inference.to_zarr import DEFAULT_REGION_SIZE
 from xchm.stac.dates import DEFAULT_MONTHS
@@ -140,6 +141,7 @@ def _predict(args: argparse.Namespace) -> int:
         # With --stac the items' bands were chosen when loading (xchm.cli.stac).
         bands=None if args.stac else args.bands,
         precision=args.precision,
+        compile=args.compile,
     )
     with _scheduler(args.scheduler, args.host) as client:
         if client is not None:
@@ -232,6 +234,16 @@ def add_predict_parser(sub: Any) -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=positive_int, help="windows per model call")
     pred.add_argument("--device", type=device, help="torch device (default: CUDA if available)")
     add_precision_argument(pred, default_of(predict, "precision"))
+    pred.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        choices=[True, *COMPILE_MODES],
+        metavar="MODE",
+        help="torch.compile the model on each worker (GPUs, large mosaics; the first block "
+        "pays minutes of compilation); MODE: " + ", ".join(COMPILE_MODES),
+    )
     pred.add_argument(
         "--nodata",
         type=nodata,
