@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The device checks, as one script for a lent GPU machine (see the device tool's README):
-# GPU tests, the throughput benchmark (ViT-L), then one predict configuration per step
+# the throughput benchmark (ViT-L), the GPU tests, then one predict configuration per step
 # (benchmarks/gpu_predict_options.py: precision auto/fp32/fp16, the light decoder,
 # torch.compile True and "reduce-overhead", for ViT-L and ViT-S). Results go to $OUT (or
 # ./gpu_out): one log and one JSON per step, and summary.txt (each step's exit status).
-# Usage on the device: bash benchmarks/gpu_check.sh   (needs .venv: make setup first).
+# Usage on the device: bash benchmarks/gpu_check.sh. With a .venv (make setup) it uses it;
+# a lent device machine has none (and no network): run scripts/device_wheels.sh here
+# first and carry .whl; the script then installs those wheels into /tmp/site and runs
+# the image's python3 (which has torch) with them and this checkout on PYTHONPATH.
 # Time: the whole script stays within XCHM_GPU_CHECK_SECONDS (default 540, for a 10 min
 # command limit): each step runs under `timeout` (its own cap, or the time left), the
 # steps in order of importance; a step that fails or hangs does not stop the others,
@@ -20,6 +23,19 @@ mkdir -p "$out"
 budget="${XCHM_GPU_CHECK_SECONDS:-540}"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 py=.venv/bin/python
+if [ ! -x "$py" ]; then  # a device machine: its python3 holds torch; our wheels on top
+    py=python3
+    if [ -d .whl ]; then
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl > "$out/install-wheels.txt" 2>&1
+        echo "wheels from .whl into /tmp/site: exit $?" | tee -a "$out/summary.txt"
+        export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    else
+        export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    "$py" -c "import xchm, torch; print('xchm', xchm.__version__, 'torch', torch.__version__)" \
+        2>&1 | tee -a "$out/summary.txt"
+fi
 
 # step NAME CAP COMMAND...: run COMMAND (output to $out/NAME.txt) under `timeout`, at most
 # CAP seconds and never past the budget; record its exit status (124: timed out).
@@ -52,8 +68,6 @@ else
     echo "no CUDA device visible to torch: the gpu tests will skip" | tee -a "$out/summary.txt"
 fi
 
-XCHM_GPU_CHECK=1 step gpu-tests 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider \
-    --junitxml="$out/gpu-tests.xml"
 # First measurement, the most important: ViT-L at precision auto (bf16 on CUDA), 8192 px,
 # stride 64 and the default overlap, in memory and from a local COG, windows/s and MFU.
 # XCHM_GPU_CHECK_LARGE/_SMALL replace ViT-L/ViT-S (test-tiny: a smoke run of this script).
@@ -61,6 +75,11 @@ large="${XCHM_GPU_CHECK_LARGE:-dinov3-vitl16-sat}"
 small="${XCHM_GPU_CHECK_SMALL:-dinov3-vits16}"
 step throughput 200 "$py" benchmarks/throughput.py --presets "$large" \
     -o "$out/throughput.json"
+# The GPU tests, by file: collecting the whole suite would import the S3/STAC test
+# dependencies, which a device machine lacks. Without dask-cuda the cluster test fails.
+XCHM_GPU_CHECK=1 step gpu-tests 150 "$py" -m pytest -q -rs -m gpu -p no:cacheprovider \
+    --junitxml="$out/gpu-tests.xml" tests/models/test_gpu.py tests/pretraining/test_gpu.py \
+    tests/inference/test_gpu_predict.py tests/test_cluster_gpu.py
 # Then one predict configuration per step (4096 px in memory, default overlap), most
 # important first: precisions, the light decoder, ViT-S, then torch.compile.
 options() { # options NAME CAP ARGS...
