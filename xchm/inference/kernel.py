@@ -2,11 +2,13 @@
 
 ``predict_block`` receives one chunk plus a halo of one window on each side
 (reflected at the image border), evaluates every lattice window touching the
-chunk, blends the window predictions with the global weights, and returns the
-chunk's heights. Invalid pixels never reach the model: they are replaced by the
-mean of the window's valid pixels (a window-local rule, so the result does not
-depend on the chunking) and come out as NaN; windows without any valid pixel are
-not run at all.
+chunk (but for the scene's negligible border windows, ``windows.scene_origins``),
+blends the window predictions with the global weights, and returns the chunk's
+heights. Invalid pixels never reach the model: they are replaced by the mean of the
+window's valid pixels (a window-local rule, so the result does not depend on the
+chunking) and come out as NaN; windows without any valid pixel are not run at all
+(and are counted as skipped). The model is the worker's inference copy
+(``runtime.get_model``), run under autocast at the precision asked.
 """
 
 from __future__ import annotations
