@@ -27,12 +27,12 @@ from xchm.inference.benchmark import run as bench_run
 from xchm.inference.job import differences
 from xchm.inference.precision import emulation_warning
 from xchm.inference.runtime import PRECISIONS, autocast_dtype, native_bf16_cpu
-
-# predict warns that bf16/fp16 are emulated on this kind of CPU (tested below on its own).
-pytestmark = pytest.mark.filterwarnings("ignore:precision=.* runs emulated:xchm.errors.XCHMWarning")
 from xchm.inference.to_zarr import PROGRESS_GROUP
 
 from .conftest import make_image
+
+# predict warns that bf16/fp16 are emulated on this kind of CPU (tested below on its own).
+pytestmark = pytest.mark.filterwarnings("ignore:precision=.* runs emulated:xchm.errors.XCHMWarning")
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
