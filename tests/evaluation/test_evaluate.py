@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -382,9 +383,16 @@ def test_cli_evaluate__bad_path_exits_1(tmp_path, capsys):
     assert err.startswith("xchm: error:") and err.count("\n") == 1
 
 
+@pytest.mark.filterwarnings("ignore:precision=.* runs emulated")
 def test_evaluate__precision_runs_the_model_in_that_dtype(small, model, checkpoint, capsys):
+    from xchm.inference.precision import native_cpu
+
     fp32 = evaluate(model, small, progress=False, precision="fp32")
-    bf16 = evaluate(model, small, progress=False, precision="bf16")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        bf16 = evaluate(model, small, progress=False, precision="bf16")
+    emulated = [w for w in seen if "runs emulated" in str(w.message)]
+    assert len(emulated) == (0 if native_cpu("bf16") else 1)  # said once, not per batch
     assert (fp32["precision"], fp32["dtype"]) == ("fp32", "float32")
     assert (bf16["precision"], bf16["dtype"]) == ("bf16", "bfloat16")
     assert bf16["mae"] != fp32["mae"]  # bf16 rounding reaches the scores...

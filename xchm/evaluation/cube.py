@@ -149,6 +149,7 @@ def evaluate(
     """
     import torch
 
+    from xchm.inference.precision import emulation_warning
     from xchm.inference.runtime import autocast_dtype, check_precision, evaluating
     from xchm.models.normalize import normalize_batch
 
@@ -161,6 +162,7 @@ def evaluate(
     overall = MetricAccumulator(classes=classes)  # checks classes before any work
     baseline = MetricAccumulator(classes=classes)
     net, model_name, dev = _resolve_model(model, device)
+    emulation_warning(precision, dev)  # bf16/fp16 asked on a CPU that emulates them
     card = net.card
     _check_compatible(card, chosen)
     base_height, base_source = _baseline_height(full, split)
