@@ -105,11 +105,10 @@ def neon_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
     import rioxarray
     from rasterio.enums import Resampling
-    from train_neon import config, neon_pairs
+    from train_neon import build_cube, config
     from train_neon import parse_args as neon_args
 
     import xchm
-    import xchm.chips
 
     work = args.out / "neon"
     if work.exists():
@@ -117,18 +116,7 @@ def neon_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     work.mkdir(parents=True)
     opts = neon_args(["--out", str(work), "--epochs", str(args.epochs), "--data", str(args.data)])
     start = time.perf_counter()
-    cube = xchm.chips.build(
-        neon_pairs(args.data, opts.chm),
-        work / "neon.zarr",
-        bands=("red", "green", "blue"),
-        resolution=opts.resolution,
-        stride=opts.stride,
-        nodata=None,  # 255 is declared nodata in these files but is real saturated white
-        split_by="scene",
-        fractions={"train": 1 - opts.val_fraction, "val": opts.val_fraction},
-        seed=opts.split_seed,
-        progress=False,
-    )
+    cube = build_cube(opts, work / "neon.zarr")
     result = xchm.train(
         cube, model="test-tiny", config=config(opts), output=work / "run", progress=False
     )

@@ -111,6 +111,24 @@ def neon_pairs(data: Path, chm: str) -> list[Any]:
     return pairs
 
 
+def build_cube(args: argparse.Namespace, path: Path) -> Any:
+    """Build the NEON chip cube of ``args`` (this script's options) at ``path``, split by plot."""
+    import xchm.chips
+
+    return xchm.chips.build(
+        neon_pairs(args.data, args.chm),
+        path,
+        bands=("red", "green", "blue"),
+        resolution=args.resolution,
+        stride=args.stride,
+        nodata=None,  # 255 is declared nodata in these files but is real saturated white
+        split_by="scene",
+        fractions={"train": 1 - args.val_fraction, "val": args.val_fraction},
+        seed=args.split_seed,
+        progress=False,
+    )
+
+
 def prepare(out: Path, overwrite: bool) -> tuple[Path, Path]:
     """Paths of the cube and the run in ``out``; remove only those with ``overwrite``."""
     cube, run = out / "neon.zarr", out / "run"
@@ -195,25 +213,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import xchm
-    import xchm.chips
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cube_path, run_path = prepare(args.out, args.overwrite)
     cfg = config(args)  # fail on a bad option before any work
     t0 = time.perf_counter()
-    cube = xchm.chips.build(
-        neon_pairs(args.data, args.chm),
-        cube_path,
-        bands=("red", "green", "blue"),
-        resolution=args.resolution,
-        stride=args.stride,
-        nodata=None,  # 255 is declared nodata in these files but is real saturated white
-        split_by="scene",
-        fractions={"train": 1 - args.val_fraction, "val": args.val_fraction},
-        seed=args.split_seed,
-        progress=False,
-    )
+    cube = build_cube(args, cube_path)
     t_build = time.perf_counter() - t0
     splits = split_plots(cube)
     t0 = time.perf_counter()
